@@ -1,0 +1,90 @@
+#include "data/prepare.h"
+
+#include <nlohmann/json.hpp>
+
+#include "data/corpus.h"
+#include "data/story_generator.h"
+#include "data/token_file.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/log.h"
+#include "util/strings.h"
+
+namespace moelab {
+using nlohmann::json;
+
+static int64_t text_chars(const std::string& text) {
+  int64_t chars = 0;
+  for (const std::string& story : split_stories(text)) chars += static_cast<int64_t>(count_code_points(story)) + 1;
+  return chars;  // each story's end-of-text counts as one character
+}
+
+PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir) {
+  PreparedData out;
+  std::string dir = run_dir + "/data";
+  out.train_tokens = dir + "/train.bin";
+  out.valid_tokens = dir + "/valid.bin";
+  std::string info_path = dir + "/info.json";
+  if (file_exists(info_path) && file_exists(out.train_tokens) && file_exists(out.valid_tokens) &&
+      file_exists(run_dir + "/tokenizer.json")) {
+    json info = json::parse(read_text_file(info_path));
+    out.tokenizer = load_tokenizer(run_dir);
+    out.valid_chars = info.at("valid_chars").get<int64_t>();
+    out.valid_token_count = info.at("valid_tokens").get<int64_t>();
+    return out;
+  }
+  ensure_directory(dir);
+
+  std::string train_text = data.train == "builtin" ? generate_stories(data.builtin_stories, static_cast<uint64_t>(seed))
+                                                   : read_corpus_file(data.train);
+  std::string valid_text;
+  if (data.valid) {
+    valid_text = read_corpus_file(*data.valid);
+  } else {
+    auto parts = split_tail(train_text, data.val_fraction);
+    train_text = std::move(parts.first);
+    valid_text = std::move(parts.second);
+  }
+  if (split_stories(train_text).empty()) throw UserError(data.train + ": no text left for training");
+  if (split_stories(valid_text).empty()) throw UserError("data: the validation text is empty");
+
+  if (data.tokenizer == "char") {
+    out.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::train(train_text));
+  } else {
+    out.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::train(train_text, data.bpe_vocab_size, run_dir));
+  }
+  std::vector<uint32_t> train_ids = out.tokenizer->encode(train_text);
+  int64_t unknown_before = out.tokenizer->unknown_count();
+  std::vector<uint32_t> valid_ids = out.tokenizer->encode(valid_text);
+  int64_t unknown_valid = out.tokenizer->unknown_count() - unknown_before;
+  if (unknown_valid > 0)
+    log::warn(strf("validation text: %lld characters not in the training text map to <unk>", (long long)unknown_valid));
+
+  write_token_file(out.train_tokens, train_ids, out.tokenizer->vocab_size());
+  write_token_file(out.valid_tokens, valid_ids, out.tokenizer->vocab_size());
+  out.tokenizer->save(run_dir);
+  out.valid_chars = text_chars(valid_text);
+  out.valid_token_count = static_cast<int64_t>(valid_ids.size());
+  json info = {{"train_tokens", train_ids.size()},   {"valid_tokens", valid_ids.size()},
+               {"train_chars", text_chars(train_text)}, {"valid_chars", out.valid_chars},
+               {"vocab_size", out.tokenizer->vocab_size()}, {"tokenizer", out.tokenizer->kind()},
+               {"unknown_in_valid", unknown_valid}};
+  write_file_atomic(info_path, info.dump(2) + "\n");
+  log::info(strf("data: %s train tokens, %s validation tokens, vocab %lld (%s)", human_count(train_ids.size()).c_str(),
+                 human_count(valid_ids.size()).c_str(), (long long)out.tokenizer->vocab_size(),
+                 out.tokenizer->kind().c_str()));
+  return out;
+}
+
+int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, const std::string& token_path) {
+  std::string text = read_corpus_file(text_path);
+  int64_t before = tokenizer.unknown_count();
+  std::vector<uint32_t> ids = tokenizer.encode(text);
+  if (tokenizer.unknown_count() > before)
+    log::warn(strf("%s: %lld characters unknown to the tokenizer map to <unk>", text_path.c_str(),
+                   (long long)(tokenizer.unknown_count() - before)));
+  write_token_file(token_path, ids, tokenizer.vocab_size());
+  return text_chars(text);
+}
+
+}  // namespace moelab

@@ -1,0 +1,24 @@
+#pragma once
+// Data preparation for a run: corpus text -> tokenizer (trained on the training split) ->
+// token files in RUN/data/. Done once per run directory; a resumed run reuses the files.
+#include <memory>
+#include <string>
+
+#include "config/run_config.h"
+#include "data/tokenizer.h"
+
+namespace moelab {
+
+struct PreparedData {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::string train_tokens, valid_tokens;  // token file paths
+  int64_t valid_chars = 0;                 // code points of the validation text (bits per char)
+  int64_t valid_token_count = 0;
+};
+
+PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir);
+
+// Encodes a text file with a run's tokenizer into a token file (moelab eval --data).
+int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, const std::string& token_path);
+
+}  // namespace moelab

@@ -1,0 +1,49 @@
+#include "models/attention.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+namespace moelab {
+
+CausalSelfAttention::CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope)
+    : heads_(heads), rope_(rope) {
+  qkv_ = register_module("qkv", torch::nn::Linear(dim, 3 * dim));
+  proj_ = register_module("proj", torch::nn::Linear(dim, dim));
+  if (rope_) {
+    int64_t half = dim / heads / 2;
+    torch::Tensor inv_freq = torch::pow(10000.0, -torch::arange(half, torch::kFloat32) / static_cast<double>(half));
+    torch::Tensor angles = torch::outer(torch::arange(max_seq_len, torch::kFloat32), inv_freq);
+    rope_cos_ = register_buffer("rope_cos", angles.cos());
+    rope_sin_ = register_buffer("rope_sin", angles.sin());
+  }
+}
+
+// Rotates (x1, x2) pairs of the two head-dimension halves by position-dependent angles.
+static torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  auto halves = x.chunk(2, -1);
+  torch::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
+  return torch::cat({halves[0] * c - halves[1] * s, halves[0] * s + halves[1] * c}, -1);
+}
+
+torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
+  const int64_t batch = x.size(0), seq = x.size(1), dim = x.size(2), head_dim = dim / heads_;
+  auto qkv = qkv_(x).view({batch, seq, 3, heads_, head_dim}).permute({2, 0, 3, 1, 4});  // [3, B, H, S, hd]
+  torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  if (rope_) {
+    torch::Tensor cos = rope_cos_.narrow(0, 0, seq), sin = rope_sin_.narrow(0, 0, seq);
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+  }
+  torch::Tensor y;
+#if TORCH_VERSION_MAJOR >= 2
+  y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+#else
+  torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
+  torch::Tensor future = torch::ones({seq, seq}, x.options().dtype(torch::kBool)).triu(1);
+  y = torch::matmul(torch::softmax(scores.masked_fill(future, -INFINITY), -1), v);
+#endif
+  return proj_(y.transpose(1, 2).reshape({batch, seq, dim}));
+}
+
+}  // namespace moelab

@@ -1,0 +1,20 @@
+#pragma once
+// Causal multi-head self-attention with optional rotary position embedding.
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+namespace moelab {
+
+class CausalSelfAttention : public torch::nn::Module {
+ public:
+  CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope);
+  torch::Tensor forward(const torch::Tensor& x);  // [B, S, d] -> [B, S, d]
+
+ private:
+  int64_t heads_;
+  bool rope_;
+  torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
+  torch::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim / 2]
+};
+
+}  // namespace moelab

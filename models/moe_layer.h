@@ -1,0 +1,32 @@
+#pragma once
+// The MoE layer composes router -> dispatcher -> experts -> combine. It keeps the last plan
+// so that metrics and traces can read what it did without recomputing anything.
+#include <memory>
+
+#include <torch/nn/module.h>
+
+#include "config/run_config.h"
+#include "models/experts.h"
+#include "models/token_dispatcher.h"
+#include "routers/router.h"
+
+namespace moelab {
+
+class MoeLayer : public torch::nn::Module {
+ public:
+  MoeLayer(const RouterConfig& router, int64_t dim, int64_t hidden, bool swiglu);
+  // x [T, d], token_ids [T] -> [T, d]; aux losses are in last_plan().
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
+
+  const RoutingPlan& last_plan() const { return last_plan_; }
+  Router& router() { return *router_; }
+  Experts& experts() { return *experts_; }
+
+ private:
+  std::shared_ptr<Router> router_;
+  std::shared_ptr<Experts> experts_;
+  TokenDispatcher dispatcher_;
+  RoutingPlan last_plan_;
+};
+
+}  // namespace moelab

@@ -1,0 +1,128 @@
+#include "models/tiny_moe.h"
+
+#include <torch/torch.h>
+
+namespace moelab {
+
+int64_t expert_hidden(const ModelConfig& model) { return model.ffn_mult * model.dim; }
+int64_t dense_hidden(const ModelConfig& model, const RouterConfig& router) {
+  return router.top_k * model.ffn_mult * model.dim;
+}
+
+DenseFfn::DenseFfn(int64_t dim, int64_t hidden, bool swiglu) : swiglu_(swiglu) {
+  up_ = register_module("up", torch::nn::Linear(dim, swiglu ? 2 * hidden : hidden));
+  down_ = register_module("down", torch::nn::Linear(hidden, dim));
+}
+
+torch::Tensor DenseFfn::forward(const torch::Tensor& x) {
+  torch::Tensor h = up_(x);
+  if (swiglu_) {
+    auto halves = h.chunk(2, -1);
+    h = torch::silu(halves[0]) * halves[1];
+  } else {
+    h = torch::gelu(h);
+  }
+  return down_(h);
+}
+
+Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe) {
+  ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.dim})));
+  ln2_ = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.dim})));
+  attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(model.dim, model.heads, model.seq_len,
+                                                                         model.position == "rope"));
+  bool swiglu = model.activation == "swiglu";
+  if (use_moe) moe = register_module("moe", std::make_shared<MoeLayer>(router, model.dim, expert_hidden(model), swiglu));
+  else dense_ = register_module("ffn", std::make_shared<DenseFfn>(model.dim, dense_hidden(model, router), swiglu));
+  dropout_ = register_module("dropout", torch::nn::Dropout(model.dropout));
+}
+
+torch::Tensor Block::forward(const torch::Tensor& x, const torch::Tensor& token_ids) {
+  torch::Tensor h = x + dropout_(attn_->forward(ln1_(x)));
+  torch::Tensor normed = ln2_(h);
+  torch::Tensor ffn;
+  if (moe) {
+    const int64_t batch = normed.size(0), seq = normed.size(1), dim = normed.size(2);
+    ffn = moe->forward(normed.reshape({batch * seq, dim}), token_ids.reshape({batch * seq})).view({batch, seq, dim});
+  } else {
+    ffn = dense_->forward(normed);
+  }
+  return h + dropout_(ffn);
+}
+
+TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(model), router_(router) {
+  tok_emb_ = register_module("tok_emb", torch::nn::Embedding(model.vocab_size, model.dim));
+  if (model.position == "learned") pos_emb_ = register_module("pos_emb", torch::nn::Embedding(model.seq_len, model.dim));
+  dropout_ = register_module("dropout", torch::nn::Dropout(model.dropout));
+  for (int64_t i = 0; i < model.layers; ++i) {
+    bool use_moe = !model.dense && (i % model.moe_every == model.moe_every - 1);
+    blocks_.push_back(register_module("block" + std::to_string(i), std::make_shared<Block>(model, router, use_moe)));
+  }
+  ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.dim})));
+  if (!model.tie_embeddings)
+    head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(model.dim, model.vocab_size).bias(false)));
+  // nanoGPT's initialisation for the dense parts; experts and gates keep their own.
+  torch::NoGradGuard no_grad;
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    if (name.find(".experts.") != std::string::npos || name.find(".router.") != std::string::npos) continue;
+    if (name.find("ln") != std::string::npos) continue;
+    if (name.find("bias") != std::string::npos) item.value().zero_();
+    else item.value().normal_(0.0, 0.02);
+  }
+}
+
+ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
+  const int64_t seq = tokens.size(1);
+  torch::Tensor x = tok_emb_(tokens);
+  if (pos_emb_) x = x + pos_emb_(torch::arange(seq, tokens.options()));
+  x = dropout_(x);
+  for (auto& block : blocks_) x = block->forward(x, tokens);
+  ModelOutput out;
+  x = ln_f_(x);
+  out.logits = head_ ? head_(x) : torch::matmul(x, tok_emb_->weight.t());
+  out.aux_loss = torch::zeros({}, out.logits.options().dtype(torch::kFloat32));
+  for (const auto& layer : moe_layers()) out.aux_loss = out.aux_loss + layer->last_plan().lb_loss + layer->last_plan().z_loss;
+  return out;
+}
+
+std::vector<std::shared_ptr<MoeLayer>> TinyMoE::moe_layers() const {
+  std::vector<std::shared_ptr<MoeLayer>> layers;
+  for (const auto& block : blocks_)
+    if (block->moe) layers.push_back(block->moe);
+  return layers;
+}
+
+std::vector<RoutingMetrics> TinyMoE::routing_metrics() const {
+  std::vector<RoutingMetrics> metrics;
+  for (const auto& layer : moe_layers()) metrics.push_back(compute_routing_metrics(layer->last_plan()));
+  return metrics;
+}
+
+void TinyMoE::update_expert_biases() {
+  for (const auto& layer : moe_layers()) layer->router().update_expert_bias();
+}
+
+int64_t TinyMoE::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+int64_t TinyMoE::active_parameter_count() const {
+  int64_t n = 0;
+  for (const auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    if (name.rfind("tok_emb", 0) == 0 || name.rfind("pos_emb", 0) == 0) continue;
+    int64_t count = item.value().numel();
+    if (name.find(".experts.") != std::string::npos) count = count / router_.num_experts * router_.top_k;
+    n += count;
+  }
+  return n;
+}
+
+double TinyMoE::flops_per_token() const {
+  return 6.0 * static_cast<double>(active_parameter_count()) +
+         12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);
+}
+
+}  // namespace moelab

@@ -1,0 +1,78 @@
+#pragma once
+// TinyMoE decoder (SPEC section 2): token + position embedding, pre-LayerNorm blocks of
+// causal attention and an FFN (MoE in every moe_every-th block, else dense), final
+// LayerNorm, bias-free LM head.
+#include <memory>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "config/run_config.h"
+#include "models/attention.h"
+#include "models/moe_layer.h"
+#include "routers/routing_metrics.h"
+
+namespace moelab {
+
+// Dense FFN: Linear(d, h) -> GELU (or SwiGLU) -> Linear(h, d).
+class DenseFfn : public torch::nn::Module {
+ public:
+  DenseFfn(int64_t dim, int64_t hidden, bool swiglu);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Linear up_{nullptr}, down_{nullptr};
+  bool swiglu_;
+};
+
+class Block : public torch::nn::Module {
+ public:
+  Block(const ModelConfig& model, const RouterConfig& router, bool moe);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
+  std::shared_ptr<MoeLayer> moe;  // null in dense blocks
+
+ private:
+  torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
+  std::shared_ptr<CausalSelfAttention> attn_;
+  std::shared_ptr<DenseFfn> dense_;
+  torch::nn::Dropout dropout_{nullptr};
+};
+
+struct ModelOutput {
+  torch::Tensor logits;    // [B, S, V]
+  torch::Tensor aux_loss;  // scalar: the sum of every MoE layer's balancing terms
+};
+
+class TinyMoE : public torch::nn::Module {
+ public:
+  TinyMoE(const ModelConfig& model, const RouterConfig& router);
+  ModelOutput forward(const torch::Tensor& tokens);  // tokens [B, S] int64
+
+  std::vector<std::shared_ptr<MoeLayer>> moe_layers() const;
+  std::vector<RoutingMetrics> routing_metrics() const;  // of the last forward, per MoE layer
+  void update_expert_biases();
+  int64_t parameter_count() const;
+  int64_t active_parameter_count() const;  // per token: k of E experts, no embeddings
+  double flops_per_token() const;           // training: 6 * active + attention (nanoGPT's count)
+  const ModelConfig& config() const { return model_; }
+
+ private:
+  ModelConfig model_;
+  RouterConfig router_;
+  torch::nn::Embedding tok_emb_{nullptr}, pos_emb_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+  std::vector<std::shared_ptr<Block>> blocks_;
+  torch::nn::LayerNorm ln_f_{nullptr};
+  torch::nn::Linear head_{nullptr};
+};
+
+// The FFN hidden width of one expert (m*d) and of the dense baseline (k*m*d: equal active
+// parameters).
+int64_t expert_hidden(const ModelConfig& model);
+int64_t dense_hidden(const ModelConfig& model, const RouterConfig& router);
+
+}  // namespace moelab

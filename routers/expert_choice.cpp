@@ -1,0 +1,55 @@
+// expert_choice (Zhou et al. 2022): S = softmax(logits) over experts; each expert takes its
+// top-C tokens by S, C = ceil(CF*T*k/E) (not capped: the seed's cap of 64 made it softk for
+// most tokens); gate = S[t, e]. A token no expert picked passes through the residual only,
+// or, with ec_fallback "topk", is routed softk-style (the seed). Expert choice looks at every
+// token of the batch, future ones included: it is not causal, and a model trained with it
+// routes differently when it generates one token at a time.
+#include <torch/torch.h>
+
+#include "kernels/routing_kernels.h"
+#include "routers/strategy.h"
+
+namespace moelab {
+namespace {
+
+class ExpertChoiceStrategy : public RoutingStrategy {
+ public:
+  ExpertChoiceStrategy(bool fallback, double temperature) : fallback_(fallback), temperature_(temperature) {}
+
+  bool applies_capacity() const override { return true; }
+
+  StrategyChoice route(const StrategyInputs& in) const override {
+    const int64_t tokens = in.logits.size(0), experts = in.num_experts;
+    const int64_t per_expert = std::min(in.capacity, tokens);
+    torch::Tensor scores = torch::softmax(in.logits, -1);  // [T, E]
+    // Each expert's top tokens; stable sort so equal scores keep the earlier token.
+    torch::Tensor picked_tokens =
+        std::get<1>(scores.detach().t().sort(/*stable=*/true, -1, true)).narrow(1, 0, per_expert);  // [E, C]
+    torch::Tensor selected = torch::zeros({experts, tokens}, in.token_ids.options().dtype(torch::kBool));
+    selected.scatter_(1, picked_tokens, true);
+    selected = selected.t().contiguous();  // [T, E]
+    torch::Tensor ids = torch::arange(experts, in.token_ids.options()).expand({tokens, experts}).contiguous();
+    torch::Tensor gates = scores * selected;
+    if (fallback_) {
+      torch::Tensor orphan = ~selected.any(1);  // [T]
+      kernels::TopKGate g = kernels::softmax_topk(in.logits, in.top_k, temperature_, /*renormalize=*/true);
+      torch::Tensor fallback_mask = torch::zeros_like(selected).scatter_(1, g.ids, true) & orphan.unsqueeze(1);
+      torch::Tensor fallback_gates = torch::zeros_like(gates).scatter(1, g.ids, g.gates);
+      gates = torch::where(fallback_mask, fallback_gates, gates);
+      selected = selected | fallback_mask;
+    }
+    return {ids, gates, selected, gates.detach()};
+  }
+
+ private:
+  bool fallback_;
+  double temperature_;
+};
+
+}  // namespace
+
+std::unique_ptr<RoutingStrategy> make_expert_choice_strategy(const RouterConfig& config) {
+  return std::make_unique<ExpertChoiceStrategy>(config.ec_fallback == "topk", config.temperature);
+}
+
+}  // namespace moelab

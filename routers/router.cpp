@@ -1,0 +1,71 @@
+#include "routers/router.h"
+
+#include <torch/torch.h>
+
+#include "routers/balancing.h"
+#include "routers/capacity.h"
+
+namespace moelab {
+
+Router::Router(const RouterConfig& config, int64_t dim) : config_(config), strategy_(make_strategy(config)) {
+  if (strategy_->uses_gate()) gate_ = register_module("gate", make_gate_network(config.gate, dim, config.num_experts));
+  expert_bias_ = register_buffer("expert_bias", torch::zeros({config.num_experts}));
+  pending_load_ = register_buffer("pending_load", torch::zeros({config.num_experts}, torch::kLong));
+}
+
+int64_t Router::gate_parameter_count() const {
+  int64_t n = 0;
+  if (gate_)
+    for (const auto& p : gate_->parameters()) n += p.numel();
+  return n;
+}
+
+RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_ids) {
+  const int64_t tokens = x.size(0), experts = config_.num_experts, k = config_.top_k;
+  RoutingPlan plan;
+  plan.num_experts = experts;
+  plan.top_k = k;
+  plan.capacity = expert_capacity(tokens, k, experts, config_.capacity_factor);
+
+  StrategyInputs in;
+  in.token_ids = token_ids;
+  in.num_experts = experts;
+  in.top_k = k;
+  in.capacity = plan.capacity;
+  if (gate_) {
+    plan.logits = gate_->forward(x).to(torch::kFloat32);
+    in.logits = plan.logits;
+    in.selection_logits = config_.bias_rate > 0 ? plan.logits + expert_bias_ : plan.logits;
+  }
+  StrategyChoice choice = strategy_->route(in);
+  plan.expert_ids = choice.expert_ids;
+  plan.selected = choice.selected;
+  plan.kept = strategy_->applies_capacity()
+                  ? choice.selected
+                  : apply_capacity(choice.expert_ids, choice.selected, choice.priority, experts, plan.capacity,
+                                   config_.drop_policy);
+  torch::Tensor gates = config_.renorm_after_drop && !strategy_->applies_capacity()
+                            ? renormalize_after_drop(choice.gates, choice.selected, plan.kept)
+                            : choice.gates;
+  plan.gates = gates * plan.kept;
+
+  torch::Tensor zero = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  plan.lb_loss = zero;
+  plan.z_loss = zero;
+  if (gate_ && config_.lb_coef > 0 && !strategy_->applies_capacity())
+    plan.lb_loss = config_.lb_coef * load_balancing_loss(plan.logits, plan.expert_ids, plan.selected, experts);
+  if (gate_ && config_.z_coef > 0) plan.z_loss = config_.z_coef * router_z_loss(plan.logits);
+  if (config_.bias_rate > 0 && is_training()) {
+    torch::NoGradGuard no_grad;
+    pending_load_.add_(expert_counts(plan.expert_ids, plan.selected, experts));
+  }
+  return plan;
+}
+
+void Router::update_expert_bias() {
+  if (config_.bias_rate <= 0) return;
+  moelab::update_expert_bias(expert_bias_, pending_load_, config_.bias_rate);
+  pending_load_.zero_();
+}
+
+}  // namespace moelab

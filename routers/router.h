@@ -1,0 +1,34 @@
+#pragma once
+// A router: gate network (logits) + strategy (assignments and gates) + capacity + balancing.
+#include <memory>
+
+#include <torch/nn/module.h>
+
+#include "config/run_config.h"
+#include "routers/gate_networks.h"
+#include "routers/routing_plan.h"
+#include "routers/strategy.h"
+
+namespace moelab {
+
+class Router : public torch::nn::Module {
+ public:
+  Router(const RouterConfig& config, int64_t dim);
+
+  // x [T, d], token_ids [T] -> the plan for these T tokens.
+  RoutingPlan forward(const torch::Tensor& x, const torch::Tensor& token_ids);
+
+  // Aux-loss-free balancing: moves the expert bias by the load seen since the last call.
+  void update_expert_bias();
+  const RouterConfig& config() const { return config_; }
+  int64_t gate_parameter_count() const;
+
+ private:
+  RouterConfig config_;
+  std::shared_ptr<GateNetwork> gate_;
+  std::unique_ptr<RoutingStrategy> strategy_;
+  torch::Tensor expert_bias_;  // buffer [E]: selection only, never the gates
+  torch::Tensor pending_load_; // buffer [E]: selected assignments since the last bias update
+};
+
+}  // namespace moelab

@@ -1,0 +1,33 @@
+// top1 (Switch Transformer): each token goes to its highest-scoring expert. The gate is the
+// expert's softmax probability, so the router learns from the LM loss; top1_gate = "none"
+// gives the seed's constant 1 (no router gradient).
+#include <torch/torch.h>
+
+#include "routers/strategy.h"
+
+namespace moelab {
+namespace {
+
+class Top1Strategy : public RoutingStrategy {
+ public:
+  explicit Top1Strategy(bool prob_gate) : prob_gate_(prob_gate) {}
+
+  StrategyChoice route(const StrategyInputs& in) const override {
+    torch::Tensor probs = torch::softmax(in.logits, -1);
+    torch::Tensor ids = std::get<1>(in.selection_logits.detach().sort(/*stable=*/true, -1, true)).narrow(1, 0, 1);
+    torch::Tensor prob = probs.gather(1, ids);
+    torch::Tensor gates = prob_gate_ ? prob : torch::ones_like(prob);
+    return {ids, gates, torch::ones_like(ids, torch::kBool), prob.detach()};
+  }
+
+ private:
+  bool prob_gate_;
+};
+
+}  // namespace
+
+std::unique_ptr<RoutingStrategy> make_top1_strategy(const RouterConfig& config) {
+  return std::make_unique<Top1Strategy>(config.top1_gate == "prob");
+}
+
+}  // namespace moelab

@@ -1,0 +1,9 @@
+#pragma once
+// One function per subcommand; each parses its own flags (argv[0] is the subcommand).
+namespace moelab::cli {
+
+int train_command(int argc, char** argv);
+int eval_command(int argc, char** argv);
+int generate_command(int argc, char** argv);
+
+}  // namespace moelab::cli

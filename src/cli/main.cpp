@@ -1,0 +1,41 @@
+// moelab: train small Mixture-of-Experts language models and study how they route.
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "cli/commands.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace {
+
+const char* kUsage = R"(usage: moelab <command> [options]     (moelab <command> --help for its options)
+
+commands:
+  train      train a model from a JSON(C) config          moelab train --config FILE [--set KEY=VALUE ...]
+  eval       score a run's checkpoint on its validation text or a text file
+  generate   sample stories from a run's checkpoint
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  try {
+    if (command == "train") return moelab::cli::train_command(argc - 1, argv + 1);
+    if (command == "eval") return moelab::cli::eval_command(argc - 1, argv + 1);
+    if (command == "generate") return moelab::cli::generate_command(argc - 1, argv + 1);
+    std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
+    return 2;
+  } catch (const moelab::UserError& e) {
+    std::cerr << "moelab " << command << ": error: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "moelab " << command << ": internal error: " << e.what() << std::endl;
+    return 1;
+  }
+}

@@ -1,0 +1,88 @@
+#pragma once
+// The run configuration: one typed struct per section, built from JSON by load_run_config().
+// The canonical defaults are SPEC's "unified" experiment; default_config_json() is their
+// single source of truth, and every key a user writes must exist there with the same type.
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+struct DataConfig {
+  std::string train = "builtin";     // "builtin" = the embedded story generator, or a path
+  std::optional<std::string> valid;  // none = last val_fraction of train
+  double val_fraction = 0.1;
+  std::string tokenizer = "char";    // char | bpe
+  int64_t bpe_vocab_size = 2048;
+  int64_t builtin_stories = 20000;   // stories the generator writes when train = builtin
+};
+
+struct ModelConfig {
+  int64_t layers = 4, dim = 256, heads = 4, seq_len = 256, ffn_mult = 4;
+  double dropout = 0.1;
+  std::string position = "learned";  // learned | rope
+  std::string activation = "gelu";   // gelu | swiglu
+  bool tie_embeddings = false;
+  int64_t moe_every = 1;             // every n-th block has a MoE FFN, the others dense
+  bool dense = false;                // dense baseline with the MoE's active parameters
+  int64_t vocab_size = 0;            // set from the tokenizer, not by the user
+};
+
+struct RouterConfig {
+  std::string strategy = "softk", gate = "linear";
+  int64_t num_experts = 8, top_k = 2;
+  double capacity_factor = 1.25;     // <= 0: dropless
+  std::string drop_policy = "position";  // position | probs
+  bool renorm_after_drop = true;
+  double temperature = 1.0;
+  double lb_coef = 1e-2, z_coef = 0.0, bias_rate = 0.0;
+  std::string hash_key = "token_id";     // token_id | position
+  std::string ec_fallback = "none";      // none | topk
+  int64_t sinkhorn_iters = 3;
+  std::string top1_gate = "prob";        // prob | none
+  std::string hard_weight = "sum";       // sum | mean
+};
+
+struct TrainConfig {
+  int64_t batch_size = 32, max_steps = 1200;
+  double lr = 3e-4, weight_decay = 0.01;
+  int64_t warmup_steps = 50;
+  double grad_clip = 1.0;
+  int64_t eval_interval = 200, eval_windows = 0, log_interval = 10, checkpoint_interval = 200;
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string dtype = "auto";   // auto | fp32 | bf16
+  int64_t threads = 0;          // 0 = all cores
+  double peak_tflops = 0;       // the device's peak, for MFU; 0 = not reported
+};
+
+struct RunConfig {
+  int64_t seed = 17;
+  std::string out = "runs/unified-softk";
+  DataConfig data;
+  ModelConfig model;
+  RouterConfig router;
+  TrainConfig train;
+};
+
+nlohmann::json default_config_json();
+
+// Reads a JSON-with-comments file; a parse error names the file, line and column.
+nlohmann::json parse_jsonc_file(const std::string& path);
+nlohmann::json parse_jsonc_text(const std::string& text, const std::string& origin);
+
+// Overlays `user` on `base`, refusing keys absent from `base` and values of another type;
+// `origin` (a file name) prefixes every error.
+void merge_config(nlohmann::json& base, const nlohmann::json& user, const std::string& origin);
+
+// Applies "section.key=value" (value parsed as JSON, else taken as a string).
+void apply_override(nlohmann::json& config, const std::string& assignment);
+
+// Typed struct from a merged config; impossible values are refused naming the key.
+RunConfig run_config_from_json(const nlohmann::json& config, const std::string& origin);
+nlohmann::json run_config_to_json(const RunConfig& config);
+
+// defaults <- file (if any) <- overrides, then checked.
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace moelab

@@ -1,0 +1,72 @@
+#include "train/checkpoint.h"
+
+#include <torch/torch.h>
+
+#include "util/error.h"
+#include "util/files.h"
+
+namespace moelab {
+namespace {
+constexpr const char* kFormat = "moelab-checkpoint-v1";
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+}  // namespace
+
+std::string checkpoint_path(const std::string& run_dir) { return run_dir + "/checkpoints/latest.pt"; }
+
+void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer& optimizer,
+                     const TrainingState& state) {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("step", c10::IValue(state.step));
+  archive.write("tokens_seen", c10::IValue(state.tokens_seen));
+  archive.write("train_seconds", c10::IValue(state.train_seconds));
+  archive.write("sampler_state", c10::IValue(state.sampler_state));
+  archive.write("rng_cpu", at::detail::getDefaultCPUGenerator().get_state());
+  torch::serialize::OutputArchive model_archive, optimizer_archive;
+  model.save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  std::string tmp = temp_path_beside(path);
+  archive.save_to(tmp);
+  commit_file(tmp, path);
+}
+
+TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
+                              const torch::Device& device) {
+  if (!file_exists(path)) throw UserError(path + ": no checkpoint there");
+  TrainingState state;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path, device);
+    c10::IValue value;
+    if (!archive.try_read("format", value) || !value.isString() || value.toStringRef() != kFormat)
+      throw UserError(path + ": not a moelab checkpoint (no '" + std::string(kFormat) + "' format tag)");
+    archive.read("step", value);
+    state.step = value.toInt();
+    archive.read("tokens_seen", value);
+    state.tokens_seen = value.toInt();
+    archive.read("train_seconds", value);
+    state.train_seconds = value.toDouble();
+    archive.read("sampler_state", value);
+    state.sampler_state = value.toStringRef();
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    model.load(model_archive);
+    if (optimizer) {
+      torch::serialize::InputArchive optimizer_archive;
+      archive.read("optimizer", optimizer_archive);
+      optimizer->load(optimizer_archive);
+      torch::Tensor rng;
+      archive.read("rng_cpu", rng);
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      generator.set_state(rng.cpu());
+    }
+  } catch (const c10::Error& e) {
+    throw UserError(path + ": not a readable moelab checkpoint for this run's model (" + first_line(e.what_without_backtrace()) + ")");
+  }
+  return state;
+}
+
+}  // namespace moelab

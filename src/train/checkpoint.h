@@ -1,0 +1,30 @@
+#pragma once
+// Checkpoints: model parameters and buffers, optimizer state, RNG state, the data sampler's
+// state and the step, in one file written atomically (a kill at any moment leaves the last
+// good checkpoint). RUN/checkpoints/latest.pt.
+#include <string>
+
+#include <torch/optim/optimizer.h>
+
+#include "models/tiny_moe.h"
+
+namespace moelab {
+
+struct TrainingState {
+  int64_t step = 0;  // steps completed
+  int64_t tokens_seen = 0;
+  double train_seconds = 0;  // wall time spent training (evaluation excluded)
+  std::string sampler_state;
+};
+
+std::string checkpoint_path(const std::string& run_dir);
+
+void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer& optimizer,
+                     const TrainingState& state);
+
+// Loads into `model` (and `optimizer` if given, and the global RNG when restoring training).
+// A file that is not a moelab checkpoint, or one of another model shape, is a UserError.
+TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
+                              const torch::Device& device);
+
+}  // namespace moelab

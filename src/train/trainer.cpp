@@ -1,0 +1,223 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "data/batch_sampler.h"
+#include "data/prepare.h"
+#include "data/token_file.h"
+#include "models/tiny_moe.h"
+#include "routers/strategy.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/lr_schedule.h"
+#include "train/metrics_log.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/log.h"
+#include "util/strings.h"
+
+namespace moelab {
+namespace {
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Weight decay on matrices only (nanoGPT): biases, LayerNorm gains and the expert bias
+// vectors are not decayed.
+torch::optim::AdamW make_optimizer(TinyMoE& model, const TrainConfig& train) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : model.parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto options = torch::optim::AdamWOptions(train.lr).betas({0.9, 0.95}).weight_decay(train.weight_decay);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(options));
+  auto plain = options;
+  plain.weight_decay(0.0);
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(plain));
+  return torch::optim::AdamW(std::move(groups), options);
+}
+
+void set_learning_rate(torch::optim::AdamW& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+}
+}  // namespace
+
+std::string resolve_device(const std::string& device) {
+  if (device == "auto") return torch::cuda::is_available() ? "cuda" : "cpu";
+  if (device == "cuda" && !torch::cuda::is_available())
+    throw UserError("train.device is cuda but no CUDA device is available to this build");
+  return device;
+}
+
+RunConfig load_run_config_from(const std::string& run_dir) {
+  std::string path = run_dir + "/config.json";
+  if (!file_exists(path)) throw UserError(run_dir + ": not a moelab run directory (no config.json)");
+  json config = default_config_json();
+  merge_config(config, parse_jsonc_file(path), path);
+  return run_config_from_json(config, path);
+}
+
+json train(RunConfig config, const TrainOptions& options) {
+  const bool resuming = !options.resume_dir.empty();
+  if (resuming) config = load_run_config_from(options.resume_dir);
+  const std::string run_dir = resuming ? options.resume_dir : config.out;
+  validate_router_config(config.router, "config");
+  const std::string ckpt = checkpoint_path(run_dir);
+  if (!resuming && (file_exists(ckpt) || file_exists(run_dir + "/metrics.jsonl")))
+    throw UserError(run_dir + ": already holds a run; pass --resume " + run_dir + " or choose another --out");
+  if (resuming && !file_exists(ckpt)) throw UserError(ckpt + ": no checkpoint to resume from");
+
+  const TrainConfig& tc = config.train;
+  torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
+                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const torch::Device device(resolve_device(tc.device));
+  ensure_directory(run_dir + "/checkpoints");
+
+  PreparedData data = prepare_data(config.data, config.seed, run_dir);
+  config.model.vocab_size = data.tokenizer->vocab_size();
+  if (!resuming) write_file_atomic(run_dir + "/config.json", run_config_to_json(config).dump(2) + "\n");
+  TokenFile train_tokens(data.train_tokens), valid_tokens(data.valid_tokens);
+  const double chars_per_token = static_cast<double>(data.valid_chars) / static_cast<double>(data.valid_token_count);
+
+  torch::manual_seed(static_cast<uint64_t>(config.seed));
+  TinyMoE model(config.model, config.router);
+  model.to(device);
+  torch::optim::AdamW optimizer = make_optimizer(model, tc);
+  BatchSampler sampler(train_tokens, tc.batch_size, config.model.seq_len, static_cast<uint64_t>(config.seed) + 1);
+
+  TrainingState state;
+  if (resuming) {
+    state = load_checkpoint(ckpt, model, &optimizer, device);
+    sampler.restore(state.sampler_state);
+    log::info(strf("resuming %s at step %lld", run_dir.c_str(), (long long)state.step));
+  }
+  MetricsLog metrics(run_dir + "/metrics.jsonl", resuming ? state.step : -1);
+  const double flops_per_token = model.flops_per_token();
+  log::info(strf("model: %s parameters, %s active per token, %s FLOPs per token; %s on %s",
+                 human_count(model.parameter_count()).c_str(), human_count(model.active_parameter_count()).c_str(),
+                 human_count(flops_per_token).c_str(), config.router.strategy.c_str(), device.str().c_str()));
+
+  const int64_t tokens_per_step = tc.batch_size * config.model.seq_len;
+  torch::Tensor inputs = torch::empty({tc.batch_size, config.model.seq_len}, torch::kLong);
+  torch::Tensor targets = torch::empty_like(inputs);
+  json last_routing = json::object();
+  EvalResult last_eval;
+  bool evaluated = false;
+  double interval_loss = 0, interval_seconds = 0;
+  int64_t interval_steps = 0;
+
+  auto save = [&] {
+    state.sampler_state = sampler.state();
+    save_checkpoint(ckpt, model, optimizer, state);
+  };
+  auto run_eval = [&](int64_t step) {
+    last_eval = evaluate(model, valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows, chars_per_token, device);
+    evaluated = true;
+    metrics.write({{"kind", "eval"}, {"step", step}, {"val_loss", last_eval.loss}, {"val_ppl", last_eval.ppl},
+                   {"bits_per_token", last_eval.bits_per_token}, {"bits_per_char", last_eval.bits_per_char},
+                   {"eval_tokens", last_eval.tokens}});
+    log::info(strf("step %lld | val loss %.4f | ppl %.3f | %.3f bits/char", (long long)step, last_eval.loss,
+                   last_eval.ppl, last_eval.bits_per_char));
+  };
+
+  model.train();
+  const int64_t last_step = options.stop_after > 0 ? std::min(options.stop_after, tc.max_steps) : tc.max_steps;
+  while (state.step < last_step) {
+    const int64_t step = state.step + 1;  // 1-based: the step being taken
+    const bool log_step = step % tc.log_interval == 0 || step == tc.max_steps;
+    Clock::time_point step_start = Clock::now();
+    const double lr = learning_rate(step - 1, tc.lr, tc.warmup_steps, tc.max_steps);
+    set_learning_rate(optimizer, lr);
+
+    sampler.next(inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
+    ModelOutput out = model.forward(inputs.to(device));
+    torch::Tensor lm_loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat32),
+                                                                 targets.to(device).reshape(-1));
+    torch::Tensor loss = lm_loss + out.aux_loss;
+    optimizer.zero_grad();
+    loss.backward();
+    double grad_norm = tc.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(model.parameters(), tc.grad_clip) : 0.0;
+    optimizer.step();
+    model.update_expert_biases();
+
+    const double loss_value = lm_loss.item<double>();
+    if (!std::isfinite(loss_value) || !std::isfinite(out.aux_loss.item<double>()))
+      throw UserError(strf("step %lld: the training loss is %s; stopped. The last good checkpoint is %s", (long long)step,
+                           std::isnan(loss_value) ? "NaN" : "not finite", ckpt.c_str()));
+    state.step = step;
+    state.tokens_seen += tokens_per_step;
+    const double step_seconds = seconds_since(step_start);
+    state.train_seconds += step_seconds;
+    interval_seconds += step_seconds;
+    interval_loss += loss_value;
+    ++interval_steps;
+
+    if (log_step) {
+      // Routing metrics of this step's plans: read back only at log steps.
+      std::vector<RoutingMetrics> layers = model.routing_metrics();
+      json routing = json::object();
+      if (!layers.empty()) {
+        routing = average_metrics(layers).to_json();
+        routing["layers"] = json::array();
+        for (const RoutingMetrics& m : layers) routing["layers"].push_back(m.to_json());
+      }
+      last_routing = routing;
+      const double tokens_per_s = static_cast<double>(interval_steps * tokens_per_step) / interval_seconds;
+      json row = {{"kind", "train"},       {"step", step},
+                  {"lr", lr},              {"loss", interval_loss / static_cast<double>(interval_steps)},
+                  {"step_loss", loss_value}, {"aux_loss", out.aux_loss.item<double>()},
+                  {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
+                  {"step_ms", 1000.0 * interval_seconds / static_cast<double>(interval_steps)},
+                  {"tflops", tokens_per_s * flops_per_token / 1e12}, {"routing", routing}};
+      if (tc.peak_tflops > 0) row["mfu"] = tokens_per_s * flops_per_token / (tc.peak_tflops * 1e12);
+      metrics.write(row);
+      std::string route_line = layers.empty() ? "" : strf(" | drop %.3f cv %.3f ent %.2f", routing["drop_rate"].get<double>(),
+                                                          routing["load_cv"].get<double>(), routing["gate_entropy"].get<double>());
+      const double eta = (tc.max_steps - step) * state.train_seconds / static_cast<double>(step);
+      log::info(strf("step %lld/%lld | loss %.4f | lr %.2e | %s tok/s%s | eta %s", (long long)step, (long long)tc.max_steps,
+                     interval_loss / static_cast<double>(interval_steps), lr, human_count(tokens_per_s).c_str(),
+                     route_line.c_str(), human_duration(eta).c_str()));
+      interval_loss = interval_seconds = 0;
+      interval_steps = 0;
+    }
+    if ((tc.eval_interval > 0 && step % tc.eval_interval == 0) || step == tc.max_steps) run_eval(step);
+    if ((tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0) || step == last_step) save();
+  }
+
+  if (state.step < tc.max_steps) {
+    log::info(strf("stopped after step %lld as asked; resume with --resume %s", (long long)state.step, run_dir.c_str()));
+    return json{{"steps", state.step}, {"stopped_early", true}};
+  }
+  if (!evaluated) run_eval(state.step);
+  json summary = {{"steps", state.step},
+                  {"final_val_loss", last_eval.loss},
+                  {"final_ppl", last_eval.ppl},
+                  {"bits_per_token", last_eval.bits_per_token},
+                  {"bits_per_char", last_eval.bits_per_char},
+                  {"tokens_per_s", static_cast<double>(state.tokens_seen) / state.train_seconds},
+                  {"train_seconds", state.train_seconds},
+                  {"tokens_seen", state.tokens_seen},
+                  {"parameters", model.parameter_count()},
+                  {"active_parameters", model.active_parameter_count()},
+                  {"flops_per_token", flops_per_token},
+                  {"strategy", config.model.dense ? std::string("dense") : config.router.strategy},
+                  {"gate", config.router.gate},
+                  {"capacity_factor", config.router.capacity_factor},
+                  {"num_experts", config.router.num_experts},
+                  {"top_k", config.router.top_k},
+                  {"router_parameters", model.moe_layers().empty() ? 0 : model.moe_layers()[0]->router().gate_parameter_count()},
+                  {"device", device.str()},
+                  {"routing", last_routing}};
+  if (tc.peak_tflops > 0)
+    summary["mfu"] = summary["tokens_per_s"].get<double>() * flops_per_token / (tc.peak_tflops * 1e12);
+  write_file_atomic(run_dir + "/summary.json", summary.dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace moelab
