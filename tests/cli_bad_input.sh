@@ -1,1 +1,58 @@
-exit 0
+#!/usr/bin/env bash
+# The command line on bad input: one clear error naming the file/field, exit status 2, and
+# nothing already written is damaged.
+set -u
+moelab=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+failures=0
+
+expect_error() {  # expect_error NAME PATTERN -- command...
+  local name=$1 pattern=$2
+  shift 3
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [ "$rc" -ne 2 ]; then
+    echo "FAIL $name: exit $rc, expected 2"; echo "$out"; failures=$((failures + 1))
+  elif ! grep -q -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: message lacks '$pattern'"; echo "$out"; failures=$((failures + 1))
+  elif [ "$(wc -l <<<"$out")" -ne 1 ]; then
+    echo "FAIL $name: expected one line"; echo "$out"; failures=$((failures + 1))
+  else
+    echo "ok   $name: $out"
+  fi
+}
+
+printf '{"router": {"strategy": "softk", "capacty_factor": 1.0}}' >"$dir/typo.json"
+expect_error unknown-key "typo.json: unknown key 'router.capacty_factor'" -- "$moelab" train --config "$dir/typo.json"
+printf '{"model": {"dim": 64, "heads": 5}}' >"$dir/heads.json"
+expect_error heads "'model.heads' must divide model.dim" -- "$moelab" train --config "$dir/heads.json"
+printf '{"seed": 1,\n "out": }' >"$dir/broken.json"
+expect_error parse "broken.json:2:" -- "$moelab" train --config "$dir/broken.json"
+expect_error strategy "router.strategy must be one of" -- "$moelab" train --set router.strategy=top3 --out "$dir/x"
+expect_error missing-config "cannot open" -- "$moelab" train --config "$dir/nope.json"
+expect_error missing-corpus "cannot open" -- "$moelab" train --set data.train="$dir/none.txt" --out "$dir/y"
+printf 'ok\n\xff\xfe\n' >"$dir/binary.txt"
+expect_error bad-corpus "binary.txt:2: not valid UTF-8" -- "$moelab" train --set data.train="$dir/binary.txt" --out "$dir/z"
+expect_error bad-flag "moelab train" -- "$moelab" train --no-such-flag
+expect_error not-a-run "not a moelab run directory" -- "$moelab" eval --run "$dir"
+
+# A finished tiny run, then attempts that must leave it untouched.
+"$moelab" train --out "$dir/run" --sample 0 --set data.builtin_stories=100 --set model.layers=1 --set model.dim=32 \
+  --set model.seq_len=32 --set train.batch_size=4 --set train.max_steps=3 --set train.eval_windows=4 >/dev/null 2>&1 \
+  || { echo "FAIL tiny run did not train"; failures=$((failures + 1)); }
+before=$(cat "$dir/run/metrics.jsonl" "$dir/run/checkpoints/latest.pt" | md5sum)
+expect_error rerun "already holds a run" -- "$moelab" train --out "$dir/run" --set train.max_steps=3
+head -c 1000 "$dir/run/checkpoints/latest.pt" >"$dir/truncated.pt"
+cp "$dir/run/checkpoints/latest.pt" "$dir/good.pt"
+cp "$dir/truncated.pt" "$dir/run/checkpoints/latest.pt"
+expect_error corrupt-checkpoint "latest.pt: not a readable moelab checkpoint" -- "$moelab" generate --run "$dir/run"
+cmp -s "$dir/truncated.pt" "$dir/run/checkpoints/latest.pt" || { echo "FAIL corrupt checkpoint was modified"; failures=$((failures + 1)); }
+cp "$dir/good.pt" "$dir/run/checkpoints/latest.pt"
+after=$(cat "$dir/run/metrics.jsonl" "$dir/run/checkpoints/latest.pt" | md5sum)
+[ "$before" = "$after" ] || { echo "FAIL the finished run changed"; failures=$((failures + 1)); }
+"$moelab" eval --run "$dir/run" >/dev/null || { echo "FAIL eval of the intact run"; failures=$((failures + 1)); }
+
+echo "cli bad-input checks: $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,1 +1,258 @@
+// Tests of the torch-free core: config, corpus, story generator, tokenizers, token files,
+// batch sampling.
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <set>
+
+#include "config/run_config.h"
+#include "data/batch_sampler.h"
+#include "data/corpus.h"
+#include "data/story_generator.h"
+#include "data/token_file.h"
+#include "data/tokenizer.h"
+#include "test_support.h"
+#include "util/error.h"
+#include "util/files.h"
+
+using namespace moelab;
+using moelab::testing::TempDir;
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+// ---- config ----
+
+TEST(Config, DefaultsAreTheUnifiedExperiment) {
+  RunConfig c = load_run_config("", {});
+  EXPECT_EQ(c.seed, 17);
+  EXPECT_EQ(c.model.layers, 4);
+  EXPECT_EQ(c.model.dim, 256);
+  EXPECT_EQ(c.model.seq_len, 256);
+  EXPECT_EQ(c.router.strategy, "softk");
+  EXPECT_EQ(c.router.num_experts, 8);
+  EXPECT_EQ(c.router.top_k, 2);
+  EXPECT_DOUBLE_EQ(c.router.capacity_factor, 1.25);
+  EXPECT_TRUE(c.router.renorm_after_drop);
+  EXPECT_DOUBLE_EQ(c.router.lb_coef, 1e-2);
+  EXPECT_EQ(c.train.batch_size, 32);
+  EXPECT_EQ(c.train.max_steps, 1200);
+  EXPECT_DOUBLE_EQ(c.train.lr, 3e-4);
+  EXPECT_EQ(c.train.warmup_steps, 50);
+}
+
+TEST(Config, CommentsAndOverrides) {
+  TempDir dir;
+  write_file_atomic(dir / "c.jsonc", "{\n // a comment\n \"model\": {\"dim\": 64, /* inline */ \"heads\": 2},\n"
+                                     " \"router\": {\"strategy\": \"top1\", \"capacity_factor\": 1}\n}\n");
+  RunConfig c = load_run_config(dir / "c.jsonc", {"train.max_steps=20", "router.strategy=hash", "data.valid=\"v.txt\""});
+  EXPECT_EQ(c.model.dim, 64);
+  EXPECT_EQ(c.model.heads, 2);
+  EXPECT_EQ(c.router.strategy, "hash");
+  EXPECT_DOUBLE_EQ(c.router.capacity_factor, 1.0);
+  EXPECT_EQ(c.train.max_steps, 20);
+  ASSERT_TRUE(c.data.valid.has_value());
+  EXPECT_EQ(*c.data.valid, "v.txt");
+}
+
+TEST(Config, RefusesUnknownKeysWrongTypesAndImpossibleValues) {
+  TempDir dir;
+  write_file_atomic(dir / "a.json", R"({"router": {"stratgy": "top1"}})");
+  EXPECT_NE(error_of([&] { load_run_config(dir / "a.json", {}); }).find("unknown key 'router.stratgy'"), std::string::npos);
+  write_file_atomic(dir / "b.json", R"({"model": {"layers": "four"}})");
+  std::string e = error_of([&] { load_run_config(dir / "b.json", {}); });
+  EXPECT_NE(e.find("'model.layers' must be an integer, got a string"), std::string::npos) << e;
+  EXPECT_NE(e.find("b.json"), std::string::npos);
+  e = error_of([] { load_run_config("", {"model.heads=3"}); });
+  EXPECT_NE(e.find("'model.heads' must divide model.dim"), std::string::npos) << e;
+  e = error_of([] { load_run_config("", {"router.top_k=9"}); });
+  EXPECT_NE(e.find("'router.top_k' must be <= router.num_experts"), std::string::npos) << e;
+  e = error_of([] { load_run_config("", {"model.seq_len=0"}); });
+  EXPECT_NE(e.find("'model.seq_len' must be >= 1"), std::string::npos) << e;
+  e = error_of([] { load_run_config("", {"train.max_steps=1.5"}); });
+  EXPECT_NE(e.find("must be an integer"), std::string::npos) << e;
+  e = error_of([] { load_run_config("", {"nosuch=1"}); });
+  EXPECT_NE(e.find("unknown key 'nosuch'"), std::string::npos) << e;
+  e = error_of([] { load_run_config("", {"data.tokenizer=words"}); });
+  EXPECT_NE(e.find("'data.tokenizer' must be one of char|bpe"), std::string::npos) << e;
+}
+
+TEST(Config, ParseErrorNamesFileLineAndColumn) {
+  TempDir dir;
+  write_file_atomic(dir / "bad.jsonc", "{\n  \"seed\": 3,\n  \"out\": \n}\n");
+  std::string e = error_of([&] { load_run_config(dir / "bad.jsonc", {}); });
+  EXPECT_NE(e.find("bad.jsonc:4:"), std::string::npos) << e;
+}
+
+TEST(Config, ResolvedConfigRoundTrips) {
+  RunConfig c = load_run_config("", {"router.strategy=expert_choice", "model.dense=true"});
+  nlohmann::json j = run_config_to_json(c);
+  nlohmann::json base = default_config_json();
+  merge_config(base, j, "round-trip");
+  RunConfig back = run_config_from_json(base, "round-trip");
+  EXPECT_EQ(run_config_to_json(back), j);
+}
+
+// ---- corpus and generator ----
+
+TEST(Corpus, SplitsStoriesOnEndOfTextLines) {
+  auto stories = split_stories("Once upon a time.\n<|endoftext|>\nThe end.\nMore.\n<|endoftext|>\n");
+  ASSERT_EQ(stories.size(), 2u);
+  EXPECT_EQ(stories[0], "Once upon a time.");
+  EXPECT_EQ(stories[1], "The end.\nMore.");
+  EXPECT_EQ(split_stories(join_stories(stories)), stories);
+  EXPECT_EQ(split_stories("plain text\nwith lines").size(), 1u);
+}
+
+TEST(Corpus, TailSplitTakesTheLastFractionOfCharacters) {
+  std::string text = "abcdefghij\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9";  // 20 code points
+  auto [head, tail] = split_tail(text, 0.25);
+  EXPECT_EQ(count_code_points(tail), 5u);
+  EXPECT_EQ(head + tail, text);
+}
+
+TEST(Corpus, RejectsNonUtf8NamingTheLine) {
+  TempDir dir;
+  write_file_atomic(dir / "bad.txt", "fine\nalso fine\nbroken \xff here\n");
+  std::string e = error_of([&] { read_corpus_file(dir / "bad.txt"); });
+  EXPECT_NE(e.find("bad.txt:3: not valid UTF-8"), std::string::npos) << e;
+  write_file_atomic(dir / "empty.txt", "");
+  EXPECT_NE(error_of([&] { read_corpus_file(dir / "empty.txt"); }).find("empty"), std::string::npos);
+}
+
+TEST(StoryGenerator, DeterministicVariedAndLarge) {
+  std::string a = generate_stories(200, 5), b = generate_stories(200, 5), c = generate_stories(200, 6);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  auto stories = split_stories(a);
+  ASSERT_EQ(stories.size(), 200u);
+  std::set<std::string> distinct(stories.begin(), stories.end());
+  EXPECT_GT(distinct.size(), 190u);
+  std::set<std::string> openings;
+  for (const auto& s : stories) openings.insert(s.substr(0, s.find('.')));
+  EXPECT_GT(openings.size(), 50u);
+  EXPECT_NE(a.find('"'), std::string::npos);  // dialogue
+  EXPECT_GT(generate_stories(8000, 1).size(), 3u * 1000 * 1000);  // a few MB on demand
+}
+
+// ---- tokenizers ----
+
+TEST(CharTokenizer, RoundTripsGeneratedText) {
+  std::string text = generate_stories(300, 11);
+  CharTokenizer tok = CharTokenizer::train(text);
+  std::vector<uint32_t> ids = tok.encode(text);
+  EXPECT_EQ(tok.decode(ids), text);
+  EXPECT_EQ(tok.unknown_count(), 0);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), tok.eot_id()), 300);
+}
+
+TEST(CharTokenizer, RoundTripsRealTinyStoriesAndCountsUnknowns) {
+  MOELAB_REQUIRE_SHARED("data/tinystories/train.txt");
+  std::string train = read_corpus_file(moelab::testing::shared_path("data/tinystories/train.txt"));
+  std::string valid = read_corpus_file(moelab::testing::shared_path("data/tinystories/valid.txt"));
+  // SOURCES.md: 79 distinct characters in train and valid together, newline not counted.
+  EXPECT_EQ(CharTokenizer::train(train + valid).code_points().size(), 79u + 1);
+  CharTokenizer tok = CharTokenizer::train(train);
+  std::string round = tok.decode(tok.encode(train));
+  EXPECT_EQ(split_stories(round), split_stories(train));
+  EXPECT_EQ(tok.unknown_count(), 0);
+  tok.encode(valid);  // valid.txt has characters train.txt lacks: counted, not fatal
+  const int64_t unseen_in_valid = tok.unknown_count();
+  EXPECT_GT(unseen_in_valid, 0);
+  std::vector<uint32_t> ids = tok.encode("A \u263a smile");  // a character not in the training text
+  EXPECT_EQ(tok.unknown_count(), unseen_in_valid + 1);
+  EXPECT_EQ(ids[2], 0u);
+}
+
+TEST(CharTokenizer, SavesAndLoads) {
+  TempDir dir;
+  CharTokenizer tok = CharTokenizer::train("hello world\n<|endoftext|>\n");
+  tok.save(dir.path());
+  auto loaded = load_tokenizer(dir.path());
+  EXPECT_EQ(loaded->vocab_size(), tok.vocab_size());
+  EXPECT_EQ(loaded->encode("hello"), tok.encode("hello"));
+  write_file_atomic(dir / "tokenizer.json", "{\"type\": \"words\"}");
+  EXPECT_NE(error_of([&] { load_tokenizer(dir.path()); }).find("'type' must be char or bpe"), std::string::npos);
+}
+
+TEST(BpeTokenizer, RoundTripsGeneratedAndRealText) {
+  moelab::testing::use_built_bpe_tool();
+  TempDir dir;
+  std::string train = generate_stories(400, 3);
+  BpeTokenizer tok = BpeTokenizer::train(train, 512, dir.path());
+  std::string held_out = generate_stories(20, 99);
+  std::vector<uint32_t> ids = tok.encode(held_out);
+  EXPECT_LT(ids.size(), held_out.size() / 2);  // subwords, not characters
+  EXPECT_EQ(split_stories(tok.decode(ids)), split_stories(held_out));
+  for (uint32_t id : ids) EXPECT_LT(id, 512u);
+  std::string odd = "Zo\u00eb's caf\u00e9 \u263a costs 42\u20ac\n<|endoftext|>\n";  // unseen characters: byte fallback
+  EXPECT_EQ(tok.decode(tok.encode(odd)), odd);
+  if (std::filesystem::exists(moelab::testing::shared_path("data/tinystories/valid.txt"))) {
+    std::string real = read_corpus_file(moelab::testing::shared_path("data/tinystories/valid.txt")).substr(0, 200000);
+    real = real.substr(0, real.rfind("<|endoftext|>")) + "<|endoftext|>\n";
+    EXPECT_EQ(split_stories(tok.decode(tok.encode(real))), split_stories(real));
+  }
+}
+
+TEST(BpeTokenizer, HelperFailureIsAClearError) {
+  ::setenv("MOELAB_BPE", "/nonexistent/moelab-bpe", 1);
+  BpeTokenizer tok("/nonexistent.model", 512);
+  EXPECT_NE(error_of([&] { tok.encode("hi"); }).find("cannot run the BPE helper"), std::string::npos);
+  moelab::testing::use_built_bpe_tool();
+  EXPECT_NE(error_of([&] { tok.encode("hi"); }).find("moelab-bpe"), std::string::npos);
+}
+
+// ---- token files and batches ----
+
+TEST(TokenFile, RoundTripsNarrowAndWideIds) {
+  TempDir dir;
+  std::vector<uint32_t> small = {0, 1, 65535, 7}, wide = {0, 70000, 3, 1u << 30};
+  write_token_file(dir / "a.bin", small, 65536);
+  write_token_file(dir / "b.bin", wide, int64_t{1} << 31);
+  TokenFile a(dir / "a.bin"), b(dir / "b.bin");
+  ASSERT_EQ(a.size(), 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(a.at(i), small[i]);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(b.at(i), wide[i]);
+  EXPECT_EQ(std::filesystem::file_size(dir / "a.bin"), 32u + 8u);
+}
+
+TEST(TokenFile, RejectsMalformedFiles) {
+  TempDir dir;
+  write_file_atomic(dir / "junk.bin", std::string(40, 'x'));
+  EXPECT_NE(error_of([&] { TokenFile t(dir / "junk.bin"); }).find("bad magic"), std::string::npos);
+  write_token_file(dir / "t.bin", {1, 2, 3}, 10);
+  std::string bytes = read_text_file(dir / "t.bin");
+  write_file_atomic(dir / "short.bin", bytes.substr(0, bytes.size() - 1));
+  EXPECT_NE(error_of([&] { TokenFile t(dir / "short.bin"); }).find("header says 3 ids"), std::string::npos);
+}
+
+TEST(BatchSampler, WindowsAreShiftedAndResumable) {
+  TempDir dir;
+  std::vector<uint32_t> ids(1000);
+  for (uint32_t i = 0; i < ids.size(); ++i) ids[i] = i % 977;
+  write_token_file(dir / "t.bin", ids, 1000);
+  TokenFile tokens(dir / "t.bin");
+  BatchSampler a(tokens, 4, 16, 42), b(tokens, 4, 16, 42);
+  std::vector<int64_t> x(64), y(64), x2(64), y2(64);
+  a.next(x.data(), y.data());
+  for (int i = 0; i < 64; ++i) {
+    if (i % 16 != 15) {
+      EXPECT_EQ(y[i], x[i + 1]);
+    }
+  }
+  std::string saved = a.state();
+  a.next(x.data(), y.data());
+  b.restore(saved);
+  b.next(x2.data(), y2.data());
+  EXPECT_EQ(x, x2);
+  EXPECT_EQ(y, y2);
+  EXPECT_NE(error_of([&] { b.restore("not a state"); }).find("sampler state"), std::string::npos);
+}

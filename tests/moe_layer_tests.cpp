@@ -1,1 +1,163 @@
+// The dispatcher and the MoE layer against plain definitions.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kernels/routing_kernels.h"
+#include "models/moe_layer.h"
+#include "models/tiny_moe.h"
+
+using namespace moelab;
+
+namespace {
+
+RouterConfig layer_router(const std::string& strategy, int64_t experts, int64_t k, double cf) {
+  RouterConfig c;
+  c.strategy = strategy;
+  c.num_experts = experts;
+  c.top_k = k;
+  c.capacity_factor = cf;
+  return c;
+}
+
+// The MoE layer by its definition: for each token, the gate-weighted sum of its kept experts
+// applied to it one at a time.
+torch::Tensor per_token_reference(MoeLayer& layer, const torch::Tensor& x, const RoutingPlan& plan) {
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    torch::Tensor acc = torch::zeros({x.size(1)});
+    for (int64_t j = 0; j < plan.expert_ids.size(1); ++j) {
+      if (!plan.kept[t][j].item<bool>()) continue;
+      int64_t e = plan.expert_ids[t][j].item<int64_t>();
+      acc = acc + plan.gates[t][j] * layer.experts().expert_forward(e, x[t].unsqueeze(0)).squeeze(0);
+    }
+    rows.push_back(acc);
+  }
+  return torch::stack(rows);
+}
+
+}  // namespace
+
+TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
+  RoutingPlan plan;
+  plan.num_experts = 3;
+  plan.top_k = 2;
+  plan.expert_ids = torch::tensor({2, 0, 0, 1, 2, 0}, torch::kLong).view({3, 2});
+  plan.kept = torch::tensor({true, true, true, false, true, true}).view({3, 2});
+  plan.gates = torch::tensor({0.5, 0.25, 1.0, 0.0, 2.0, 3.0}).view({3, 2});
+  torch::Tensor x = torch::tensor({1.0, 10.0, 100.0}).view({3, 1});
+  TokenDispatcher dispatcher;
+  DispatchedTokens d = dispatcher.dispatch(x, plan);
+  // expert 0: entries 1 (t0), 2 (t1), 5 (t2); expert 1: none kept; expert 2: entries 0 (t0), 4 (t2)
+  EXPECT_EQ(d.expert_rows, (std::vector<int64_t>{3, 0, 2}));
+  EXPECT_TRUE(torch::equal(d.token_index, torch::tensor({0, 1, 2, 0, 2}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(d.packed.squeeze(1), torch::tensor({1.0, 10.0, 100.0, 1.0, 100.0})));
+  // Pretend expert e multiplies by (e + 1): outputs 1, 10, 100, 3, 300.
+  torch::Tensor y = torch::tensor({1.0, 10.0, 100.0, 3.0, 300.0}).view({5, 1});
+  torch::Tensor out = dispatcher.combine(y, d);
+  // t0: 0.25*1 + 0.5*3 = 1.75; t1: 1.0*10 = 10; t2: 3*100 + 2*300 = 900
+  EXPECT_TRUE(torch::allclose(out.squeeze(1), torch::tensor({1.75, 10.0, 900.0})));
+}
+
+TEST(Kernels, UnpermuteGradients) {
+  torch::manual_seed(2);
+  torch::Tensor y = torch::randn({5, 4}, torch::requires_grad());
+  torch::Tensor gates = torch::rand({5}, torch::requires_grad());
+  torch::Tensor index = torch::tensor({0, 2, 2, 1, 0}, torch::kLong);
+  torch::Tensor out = kernels::unpermute(y, index, gates, 3);
+  torch::Tensor upstream = torch::randn({3, 4});
+  (out * upstream).sum().backward();
+  // d out[t] / d y[i] = gates[i] at t = index[i]; d / d gates[i] = <y[i], upstream[index[i]]>
+  torch::Tensor up = upstream.index_select(0, index);
+  EXPECT_TRUE(torch::allclose(y.grad(), up * gates.detach().unsqueeze(1)));
+  EXPECT_TRUE(torch::allclose(gates.grad(), (y.detach() * up).sum(1)));
+}
+
+class MoeLayerMatchesPerTokenLoop : public ::testing::TestWithParam<std::tuple<std::string, double>> {};
+
+TEST_P(MoeLayerMatchesPerTokenLoop, OnRandomInputs) {
+  auto [strategy, cf] = GetParam();
+  torch::manual_seed(11);
+  MoeLayer layer(layer_router(strategy, 6, 2, cf), 16, 24, /*swiglu=*/false);
+  torch::Tensor x = torch::randn({37, 16});
+  torch::Tensor tokens = torch::randint(0, 50, {37}, torch::kLong);
+  torch::Tensor out = layer.forward(x, tokens);
+  const RoutingPlan& plan = layer.last_plan();
+  torch::Tensor expected = per_token_reference(layer, x, plan);
+  EXPECT_TRUE(torch::allclose(out, expected, 1e-5, 1e-5)) << (out - expected).abs().max().item<double>();
+  if (cf > 0 && strategy != "expert_choice") {
+    EXPECT_LE(plan.kept.sum().item<int64_t>(), plan.capacity * 6);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Strategies, MoeLayerMatchesPerTokenLoop,
+                         ::testing::Values(std::make_tuple("softk", 1.25), std::make_tuple("softk", 0.0),
+                                           std::make_tuple("softk", 0.6), std::make_tuple("top1", 1.0),
+                                           std::make_tuple("topk_hard", 1.0), std::make_tuple("hash", 1.0),
+                                           std::make_tuple("expert_choice", 1.0), std::make_tuple("sinkhorn", 1.25)));
+
+TEST(MoeLayer, GradientsMatchThePerTokenLoop) {
+  torch::manual_seed(4);
+  MoeLayer layer(layer_router("softk", 4, 2, 0.75), 8, 16, /*swiglu=*/true);
+  torch::Tensor x = torch::randn({20, 8}, torch::requires_grad());
+  torch::Tensor tokens = torch::zeros({20}, torch::kLong);
+  torch::Tensor upstream = torch::randn({20, 8});
+  (layer.forward(x, tokens) * upstream).sum().backward();
+  torch::Tensor grad_fast = x.grad().clone();
+  torch::Tensor w1_grad_fast = layer.experts().w1.grad().clone();
+  x.grad().zero_();
+  layer.zero_grad();
+  RoutingPlan plan = layer.router().forward(x, tokens);
+  (per_token_reference(layer, x, plan) * upstream).sum().backward();
+  EXPECT_TRUE(torch::allclose(grad_fast, x.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(w1_grad_fast, layer.experts().w1.grad(), 1e-5, 1e-6));
+}
+
+TEST(TinyMoE, ShapesParameterCountsAndDenseBaseline) {
+  ModelConfig m;
+  m.layers = 2;
+  m.dim = 32;
+  m.heads = 4;
+  m.seq_len = 16;
+  m.vocab_size = 50;
+  RouterConfig r = layer_router("softk", 4, 2, 1.25);
+  TinyMoE moe(m, r);
+  torch::Tensor tokens = torch::randint(0, 50, {3, 16}, torch::kLong);
+  ModelOutput out = moe.forward(tokens);
+  EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{3, 16, 50}));
+  EXPECT_GT(out.aux_loss.item<double>(), 0.0);
+  EXPECT_EQ(moe.moe_layers().size(), 2u);
+  m.dense = true;
+  TinyMoE dense(m, r);
+  EXPECT_TRUE(dense.moe_layers().empty());
+  // Equal active parameters: k experts of width m*d against one FFN of width k*m*d, apart from
+  // the router's gate.
+  // the router's gate and the k - 1 extra output biases, in each of the 2 layers.
+  const int64_t gate = 32 * 4 + 4, extra_bias = (2 - 1) * 32;
+  EXPECT_EQ(moe.active_parameter_count() - 2 * (gate + extra_bias), dense.active_parameter_count());
+  m.dense = false;
+  m.moe_every = 2;
+  m.position = "rope";
+  m.tie_embeddings = true;
+  TinyMoE interleaved(m, r);
+  EXPECT_EQ(interleaved.moe_layers().size(), 1u);
+  EXPECT_EQ(interleaved.forward(tokens).logits.sizes(), (std::vector<int64_t>{3, 16, 50}));
+}
+
+TEST(TinyMoE, AttentionIsCausal) {
+  ModelConfig m;
+  m.layers = 2;
+  m.dim = 32;
+  m.heads = 2;
+  m.seq_len = 12;
+  m.vocab_size = 30;
+  m.dropout = 0.0;
+  RouterConfig r = layer_router("hash", 4, 1, 0.0);  // token-local routing: no batch coupling
+  TinyMoE model(m, r);
+  model.eval();
+  torch::Tensor a = torch::randint(0, 30, {1, 12}, torch::kLong);
+  torch::Tensor b = a.clone();
+  b[0][8] = (a[0][8].item<int64_t>() + 1) % 30;
+  torch::Tensor la = model.forward(a).logits, lb = model.forward(b).logits;
+  EXPECT_TRUE(torch::allclose(la.narrow(1, 0, 8), lb.narrow(1, 0, 8), 1e-5, 1e-6));
+  EXPECT_FALSE(torch::allclose(la.narrow(1, 8, 1), lb.narrow(1, 8, 1)));
+}

@@ -1,0 +1,36 @@
+#pragma once
+// Helpers shared by the test binaries: where the shared real data is, and temp folders.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace moelab::testing {
+
+inline std::string shared_path(const std::string& relative) { return std::string(MOELAB_SHARED_DIR) + "/" + relative; }
+
+// Skips the calling test (with a message) when ../shared is not beside the checkout.
+#define MOELAB_REQUIRE_SHARED(relative)                                                      \
+  do {                                                                                       \
+    if (!std::filesystem::exists(::moelab::testing::shared_path(relative)))                  \
+      GTEST_SKIP() << "../shared/" << (relative) << " is absent: real-data test skipped";    \
+  } while (0)
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "moelab-test-XXXXXX").string();
+    path_ = ::mkdtemp(pattern.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline void use_built_bpe_tool() { ::setenv("MOELAB_BPE", MOELAB_BPE_PATH, 1); }
+
+}  // namespace moelab::testing
