@@ -1,5 +1,7 @@
 #include "data/prepare.h"
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include "data/corpus.h"
@@ -12,6 +14,15 @@
 
 namespace moelab {
 using nlohmann::json;
+
+static double unigram_entropy(const std::vector<uint32_t>& ids, int64_t vocab_size) {
+  std::vector<double> counts(static_cast<size_t>(vocab_size), 0.0);
+  for (uint32_t id : ids) counts[id] += 1.0;
+  double entropy = 0, total = static_cast<double>(ids.size());
+  for (double c : counts)
+    if (c > 0) entropy -= c / total * std::log(c / total);
+  return entropy;
+}
 
 static int64_t text_chars(const std::string& text) {
   int64_t chars = 0;
@@ -31,6 +42,7 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
     out.tokenizer = load_tokenizer(run_dir);
     out.valid_chars = info.at("valid_chars").get<int64_t>();
     out.valid_token_count = info.at("valid_tokens").get<int64_t>();
+    out.unigram_entropy = info.at("unigram_entropy").get<double>();
     return out;
   }
   ensure_directory(dir);
@@ -65,14 +77,15 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   out.tokenizer->save(run_dir);
   out.valid_chars = text_chars(valid_text);
   out.valid_token_count = static_cast<int64_t>(valid_ids.size());
+  out.unigram_entropy = unigram_entropy(train_ids, out.tokenizer->vocab_size());
   json info = {{"train_tokens", train_ids.size()},   {"valid_tokens", valid_ids.size()},
                {"train_chars", text_chars(train_text)}, {"valid_chars", out.valid_chars},
                {"vocab_size", out.tokenizer->vocab_size()}, {"tokenizer", out.tokenizer->kind()},
-               {"unknown_in_valid", unknown_valid}};
+               {"unknown_in_valid", unknown_valid}, {"unigram_entropy", out.unigram_entropy}};
   write_file_atomic(info_path, info.dump(2) + "\n");
-  log::info(strf("data: %s train tokens, %s validation tokens, vocab %lld (%s)", human_count(train_ids.size()).c_str(),
-                 human_count(valid_ids.size()).c_str(), (long long)out.tokenizer->vocab_size(),
-                 out.tokenizer->kind().c_str()));
+  log::info(strf("data: %s train tokens, %s validation tokens, vocab %lld (%s), unigram entropy %.3f nats/token",
+                 human_count(train_ids.size()).c_str(), human_count(valid_ids.size()).c_str(),
+                 (long long)out.tokenizer->vocab_size(), out.tokenizer->kind().c_str(), out.unigram_entropy));
   return out;
 }
 

@@ -14,6 +14,8 @@ struct PreparedData {
   std::string train_tokens, valid_tokens;  // token file paths
   int64_t valid_chars = 0;                 // code points of the validation text (bits per char)
   int64_t valid_token_count = 0;
+  double unigram_entropy = 0;  // nats per token of the training ids: what a model without
+                               // context can reach, the bar that learning must clear
 };
 
 PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir);

@@ -38,10 +38,11 @@ int train_command(int argc, char** argv) {
   if (summary.value("stopped_early", false)) return 0;
   const std::string run_dir = train_options.resume_dir.empty() ? config.out : train_options.resume_dir;
   std::cout << "\n== " << run_dir << " ==\n"
-            << strf("steps %lld | val loss %.4f | ppl %.3f | %.3f bits/char | %s tokens/s (training only)\n",
+            << strf("steps %lld | val loss %.4f nats/token (unigram entropy of the text: %.3f) | ppl %.3f | "
+                    "%.3f bits/char | %s tokens/s (training only)\n",
                     (long long)summary["steps"].get<int64_t>(), summary["final_val_loss"].get<double>(),
-                    summary["final_ppl"].get<double>(), summary["bits_per_char"].get<double>(),
-                    human_count(summary["tokens_per_s"].get<double>()).c_str());
+                    summary["unigram_entropy"].get<double>(), summary["final_ppl"].get<double>(),
+                    summary["bits_per_char"].get<double>(), human_count(summary["tokens_per_s"].get<double>()).c_str());
   const nlohmann::json& routing = summary["routing"];
   if (routing.contains("drop_rate"))
     std::cout << strf("routing: drop rate %.4f | load cv %.4f | gate entropy %.3f | dead experts %.1f\n",

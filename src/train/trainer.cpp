@@ -203,6 +203,7 @@ json train(RunConfig config, const TrainOptions& options) {
                   {"tokens_per_s", static_cast<double>(state.tokens_seen) / state.train_seconds},
                   {"train_seconds", state.train_seconds},
                   {"tokens_seen", state.tokens_seen},
+                  {"unigram_entropy", data.unigram_entropy},
                   {"parameters", model.parameter_count()},
                   {"active_parameters", model.active_parameter_count()},
                   {"flops_per_token", flops_per_token},
