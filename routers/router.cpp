@@ -7,7 +7,8 @@
 
 namespace moelab {
 
-Router::Router(const RouterConfig& config, int64_t dim) : config_(config), strategy_(make_strategy(config)) {
+Router::Router(const RouterConfig& config, int64_t dim)
+    : config_(config), trained_capacity_factor_(config.capacity_factor), strategy_(make_strategy(config)) {
   if (strategy_->uses_gate()) gate_ = register_module("gate", make_gate_network(config.gate, dim, config.num_experts));
   expert_bias_ = register_buffer("expert_bias", torch::zeros({config.num_experts}));
   pending_load_ = register_buffer("pending_load", torch::zeros({config.num_experts}, torch::kLong));
@@ -60,6 +61,11 @@ RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_i
     pending_load_.add_(expert_counts(plan.expert_ids, plan.selected, experts));
   }
   return plan;
+}
+
+void Router::set_dropless(bool dropless) {
+  if (strategy_->applies_capacity()) return;
+  config_.capacity_factor = dropless ? 0.0 : trained_capacity_factor_;
 }
 
 void Router::update_expert_bias() {

@@ -21,10 +21,15 @@ class Router : public torch::nn::Module {
   // Aux-loss-free balancing: moves the expert bias by the load seen since the last call.
   void update_expert_bias();
   const RouterConfig& config() const { return config_; }
+  // Generation routes each token without capacity: a lone sequence would otherwise fill the
+  // experts with its earlier tokens and drop the very token being predicted. Expert choice,
+  // whose capacity is its definition, keeps it.
+  void set_dropless(bool dropless);
   int64_t gate_parameter_count() const;
 
  private:
   RouterConfig config_;
+  double trained_capacity_factor_;
   std::shared_ptr<GateNetwork> gate_;
   std::unique_ptr<RoutingStrategy> strategy_;
   torch::Tensor expert_bias_;  // buffer [E]: selection only, never the gates

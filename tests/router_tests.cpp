@@ -309,3 +309,21 @@ TEST(Registry, RefusesUnknownNamesAndImpossibleSettings) {
   EXPECT_EQ(message(router_config("sinkhorn", 8, 2, 1)), "");
   EXPECT_EQ(strategy_names().size(), 6u);
 }
+
+TEST(Router, GenerationRoutesWithoutCapacityAndRestoresIt) {
+  RouterConfig c = router_config("softk", 4, 2, 0.5);
+  Router router(c, 8);
+  torch::manual_seed(9);
+  torch::Tensor x = torch::randn({16, 8});
+  torch::Tensor ids = torch::zeros({16}, torch::kLong);
+  EXPECT_EQ(router.forward(x, ids).capacity, 4);
+  router.set_dropless(true);
+  RoutingPlan dropless = router.forward(x, ids);
+  EXPECT_EQ(dropless.capacity, 0);
+  EXPECT_TRUE(torch::equal(dropless.kept, dropless.selected));
+  router.set_dropless(false);
+  EXPECT_EQ(router.forward(x, ids).capacity, 4);
+  Router ec(router_config("expert_choice", 4, 2, 0.5), 8);
+  ec.set_dropless(true);  // expert choice keeps its capacity: it is the definition
+  EXPECT_EQ(ec.forward(x, ids).capacity, 4);
+}

@@ -5,5 +5,6 @@ namespace moelab::cli {
 int train_command(int argc, char** argv);
 int eval_command(int argc, char** argv);
 int generate_command(int argc, char** argv);
+int sweep_command(int argc, char** argv);
 
 }  // namespace moelab::cli

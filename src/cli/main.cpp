@@ -15,6 +15,7 @@ commands:
   train      train a model from a JSON(C) config          moelab train --config FILE [--set KEY=VALUE ...]
   eval       score a run's checkpoint on its validation text or a text file
   generate   sample stories from a run's checkpoint
+  sweep      run a grid of training runs (resumable) with a summary CSV and report
 )";
 
 }  // namespace
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
     if (command == "train") return moelab::cli::train_command(argc - 1, argv + 1);
     if (command == "eval") return moelab::cli::eval_command(argc - 1, argv + 1);
     if (command == "generate") return moelab::cli::generate_command(argc - 1, argv + 1);
+    if (command == "sweep") return moelab::cli::sweep_command(argc - 1, argv + 1);
     std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
     return 2;
   } catch (const moelab::UserError& e) {

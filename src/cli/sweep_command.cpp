@@ -1,0 +1,28 @@
+#include <iostream>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "sweep/sweep.h"
+#include "util/files.h"
+#include "util/strings.h"
+
+namespace moelab::cli {
+
+int sweep_command(int argc, char** argv) {
+  cxxopts::Options options("moelab sweep", "Run a grid of training runs; finished cells are skipped on a rerun.");
+  options.add_options()("config", "sweep file (JSON with comments)", cxxopts::value<std::string>())(
+      "out", "sweep directory (overrides the file's \"out\")", cxxopts::value<std::string>()->default_value(""))(
+      "parallel", "cells to train at once", cxxopts::value<int>()->default_value("1"));
+  auto args = parse_options(options, argc, argv);
+  SweepPlan plan = load_sweep(required<std::string>(args, "config", "moelab sweep"), args["out"].as<std::string>());
+  SweepOptions run_options;
+  run_options.parallel = args["parallel"].as<int>();
+  if (run_options.parallel < 1) throw UserError("moelab sweep: --parallel must be >= 1");
+  run_options.moelab_binary = executable_directory() + "/moelab";
+  int failed = run_sweep(plan, run_options);
+  std::cout << read_text_file(plan.out + "/report.md");
+  if (failed > 0) std::cout << strf("%d cell(s) failed; rerun the same command to retry them\n", failed);
+  return failed > 0 ? 1 : 0;
+}
+
+}  // namespace moelab::cli

@@ -1,0 +1,203 @@
+#include "sweep/sweep.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <thread>
+
+#include "config/run_config.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/log.h"
+#include "util/strings.h"
+
+extern char** environ;
+
+namespace moelab {
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+namespace {
+
+std::string cell_part(const std::string& key, const json& value) {
+  std::string leaf = key.substr(key.rfind('.') + 1);
+  std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+  std::string out = leaf + "-";
+  for (char c : text) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-') ? c : '_';
+  return out;
+}
+
+std::string cell_dir(const SweepPlan& plan, const SweepCell& cell) { return plan.out + "/" + cell.name; }
+
+}  // namespace
+
+SweepPlan load_sweep(const std::string& path, const std::string& out_override) {
+  ordered_json sweep;
+  try {
+    sweep = ordered_json::parse(read_text_file(path), nullptr, true, /*ignore_comments=*/true);
+  } catch (const ordered_json::parse_error&) {
+    parse_jsonc_file(path);  // re-parse for the error with a line and column
+    throw;
+  }
+  if (!sweep.is_object()) throw UserError(path + ": a sweep file must be a JSON object");
+  for (auto it = sweep.begin(); it != sweep.end(); ++it)
+    if (it.key() != "base" && it.key() != "grid" && it.key() != "out" && it.key() != "set")
+      throw UserError(path + ": unknown key '" + it.key() + "' (expected base, grid, out, set)");
+  SweepPlan plan;
+  plan.base = default_config_json();
+  if (sweep.contains("base")) {
+    const ordered_json& base = sweep["base"];
+    if (base.is_string()) merge_config(plan.base, parse_jsonc_file(base.get<std::string>()), base.get<std::string>());
+    else if (base.is_object()) merge_config(plan.base, json::parse(base.dump()), path + ": base");
+    else throw UserError(path + ": 'base' must be a config path or an object");
+  }
+  if (sweep.contains("set")) {
+    if (!sweep["set"].is_object()) throw UserError(path + ": 'set' must be an object of key: value");
+    for (auto it = sweep["set"].begin(); it != sweep["set"].end(); ++it) apply_override(plan.base, it.key() + "=" + it.value().dump());
+  }
+  plan.out = !out_override.empty() ? out_override : sweep.value("out", std::string());
+  if (plan.out.empty()) throw UserError(path + ": 'out' (or --out) must name the sweep's directory");
+  if (!sweep.contains("grid") || !sweep["grid"].is_object() || sweep["grid"].empty())
+    throw UserError(path + ": 'grid' must be a non-empty object of key: [values]");
+
+  plan.cells.push_back({});
+  for (auto it = sweep["grid"].begin(); it != sweep["grid"].end(); ++it) {
+    if (!it.value().is_array() || it.value().empty())
+      throw UserError(path + ": grid key '" + it.key() + "' must map to a non-empty array of values");
+    plan.keys.push_back(it.key());
+    std::vector<SweepCell> next;
+    for (const SweepCell& cell : plan.cells) {
+      for (const auto& value : it.value()) {
+        SweepCell c = cell;
+        c.name += (c.name.empty() ? "" : "_") + cell_part(it.key(), json::parse(value.dump()));
+        c.overrides.push_back(it.key() + "=" + value.dump());
+        c.values[it.key()] = value;
+        next.push_back(std::move(c));
+      }
+    }
+    plan.cells = std::move(next);
+  }
+  // Check every cell now, so that a typo fails before hours of training.
+  for (const SweepCell& cell : plan.cells) {
+    json config = plan.base;
+    for (const std::string& o : cell.overrides) apply_override(config, o);
+    run_config_from_json(config, path + " (cell " + cell.name + ")");
+  }
+  return plan;
+}
+
+int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
+  ensure_directory(plan.out + "/configs");
+  const int parallel = std::max(1, options.parallel);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  struct Running {
+    pid_t pid;
+    const SweepCell* cell;
+  };
+  std::vector<Running> running;
+  int failed = 0, skipped = 0;
+  auto reap_one = [&] {
+    int status = 0;
+    pid_t pid = ::wait(&status);
+    auto it = std::find_if(running.begin(), running.end(), [&](const Running& r) { return r.pid == pid; });
+    if (it == running.end()) return;
+    bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (ok) {
+      log::info("sweep: finished " + it->cell->name);
+    } else {
+      ++failed;
+      log::error("sweep: cell " + it->cell->name + " failed (see " + cell_dir(plan, *it->cell) + "/train.log); continuing");
+    }
+    running.erase(it);
+  };
+
+  for (const SweepCell& cell : plan.cells) {
+    const std::string dir = cell_dir(plan, cell);
+    if (file_exists(dir + "/summary.json")) {
+      ++skipped;
+      continue;
+    }
+    json config = plan.base;
+    for (const std::string& o : cell.overrides) apply_override(config, o);
+    config["out"] = dir;
+    if (config["train"]["threads"].get<int64_t>() == 0) config["train"]["threads"] = std::max(1, cores / parallel);
+    const std::string config_path = plan.out + "/configs/" + cell.name + ".json";
+    write_file_atomic(config_path, config.dump(2) + "\n");
+    ensure_directory(dir);
+
+    std::vector<std::string> argv = {options.moelab_binary, "train", "--sample", "0"};
+    if (file_exists(dir + "/checkpoints/latest.pt")) {
+      argv.insert(argv.end(), {"--resume", dir});
+      log::info("sweep: resuming " + cell.name);
+    } else {
+      argv.insert(argv.end(), {"--config", config_path});
+      log::info("sweep: starting " + cell.name);
+    }
+    while (static_cast<int>(running.size()) >= parallel) reap_one();
+    std::string log_path = dir + "/train.log";
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    pid_t pid = 0;
+    int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) throw UserError(options.moelab_binary + ": cannot start a training process for the sweep");
+    running.push_back({pid, &cell});
+  }
+  while (!running.empty()) reap_one();
+  if (skipped > 0) log::info(strf("sweep: %d finished cells skipped", skipped));
+
+  write_file_atomic(plan.out + "/summary.csv", sweep_summary_csv(plan));
+  std::string report = "# Sweep " + plan.out + "\n\n| cell | val loss | PPL | tokens/s | drop rate | load_cv |\n|---|---|---|---|---|---|\n";
+  for (const SweepCell& cell : plan.cells) {
+    std::string summary_path = cell_dir(plan, cell) + "/summary.json";
+    if (!file_exists(summary_path)) {
+      report += "| " + cell.name + " | failed | | | | |\n";
+      continue;
+    }
+    json s = json::parse(read_text_file(summary_path));
+    const json& r = s["routing"];
+    report += strf("| %s | %.4f | %.3f | %.0f | %s | %s |\n", cell.name.c_str(), s["final_val_loss"].get<double>(),
+                   s["final_ppl"].get<double>(), s["tokens_per_s"].get<double>(),
+                   r.contains("drop_rate") ? strf("%.4f", r["drop_rate"].get<double>()).c_str() : "-",
+                   r.contains("load_cv") ? strf("%.4f", r["load_cv"].get<double>()).c_str() : "-");
+  }
+  write_file_atomic(plan.out + "/report.md", report);
+  return failed;
+}
+
+std::string sweep_summary_csv(const SweepPlan& plan) {
+  std::string csv = "cell,strategy,gate,capacity_factor,num_experts,top_k,ppl,val_loss,tokens_per_s,drop_rate,load_cv,"
+                    "gate_entropy,mean_topk_prob,router_params,steps";
+  for (const std::string& key : plan.keys) csv += "," + key;
+  csv += "\n";
+  auto number = [](const json& v) { return v.is_number() ? strf("%.6g", v.get<double>()) : std::string(); };
+  for (const SweepCell& cell : plan.cells) {
+    std::string summary_path = cell_dir(plan, cell) + "/summary.json";
+    if (!file_exists(summary_path)) continue;
+    json s = json::parse(read_text_file(summary_path));
+    json r = s.value("routing", json::object());
+    csv += cell.name + "," + s["strategy"].get<std::string>() + "," + s["gate"].get<std::string>() + "," +
+           number(s["capacity_factor"]) + "," + number(s["num_experts"]) + "," + number(s["top_k"]) + "," +
+           number(s["final_ppl"]) + "," + number(s["final_val_loss"]) + "," + number(s["tokens_per_s"]) + "," +
+           number(r.value("drop_rate", json())) + "," + number(r.value("load_cv", json())) + "," +
+           number(r.value("gate_entropy", json())) + "," + number(r.value("mean_topk_prob", json())) + "," +
+           number(s["router_parameters"]) + "," + number(s["steps"]);
+    for (const std::string& key : plan.keys) {
+      const ordered_json& v = cell.values[key];
+      csv += "," + (v.is_string() ? v.get<std::string>() : v.dump());
+    }
+    csv += "\n";
+  }
+  return csv;
+}
+
+}  // namespace moelab

@@ -1,0 +1,41 @@
+#pragma once
+// Sweeps: a grid over config keys, each cell a normal run directory, run one after another
+// or several at once, resumable (finished cells are skipped, unfinished ones resumed), with
+// a summary CSV and a Markdown report.
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace moelab {
+
+struct SweepCell {
+  std::string name;                  // e.g. "strategy-softk_capacity_factor-1.25"
+  std::vector<std::string> overrides;  // "router.strategy=\"softk\"", ...
+  nlohmann::ordered_json values;     // grid key -> value
+};
+
+struct SweepPlan {
+  std::string out;                  // the sweep's directory
+  nlohmann::json base;              // the base config (defaults <- base file/object)
+  std::vector<std::string> keys;    // grid keys in file order
+  std::vector<SweepCell> cells;
+};
+
+// Reads SWEEP.jsonc: {"base": PATH or {...}, "grid": {"key": [values...]}, "out": DIR,
+// "set": {"key": value}}; every cell's config is checked before anything runs.
+SweepPlan load_sweep(const std::string& path, const std::string& out_override);
+
+struct SweepOptions {
+  int parallel = 1;
+  std::string moelab_binary;  // the executable that trains each cell
+};
+
+// Runs the cells that are not finished and writes summary.csv and report.md; returns the
+// number of cells that failed.
+int run_sweep(const SweepPlan& plan, const SweepOptions& options);
+
+// One CSV row per finished cell (the columns SPEC section 5 lists, then the grid keys).
+std::string sweep_summary_csv(const SweepPlan& plan);
+
+}  // namespace moelab
