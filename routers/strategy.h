@@ -34,6 +34,9 @@ class RoutingStrategy {
   virtual bool uses_gate() const { return true; }
   // True when the strategy enforces capacity itself (expert choice).
   virtual bool applies_capacity() const { return false; }
+  // Experts each token is routed to, which sizes the capacity: top1 routes to one whatever
+  // router.top_k says.
+  virtual int64_t experts_per_token(int64_t configured_top_k) const { return configured_top_k; }
 };
 
 using StrategyFactory = std::function<std::unique_ptr<RoutingStrategy>(const RouterConfig&)>;

@@ -12,6 +12,8 @@ class Top1Strategy : public RoutingStrategy {
  public:
   explicit Top1Strategy(bool prob_gate) : prob_gate_(prob_gate) {}
 
+  int64_t experts_per_token(int64_t) const override { return 1; }
+
   StrategyChoice route(const StrategyInputs& in) const override {
     torch::Tensor probs = torch::softmax(in.logits, -1);
     torch::Tensor ids = std::get<1>(in.selection_logits.detach().sort(/*stable=*/true, -1, true)).narrow(1, 0, 1);

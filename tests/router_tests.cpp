@@ -327,3 +327,14 @@ TEST(Router, GenerationRoutesWithoutCapacityAndRestoresIt) {
   ec.set_dropless(true);  // expert choice keeps its capacity: it is the definition
   EXPECT_EQ(ec.forward(x, ids).capacity, 4);
 }
+
+TEST(Strategies, Top1SizesCapacityForOneExpertPerToken) {
+  // router.top_k = 2 in the config, but top1 routes each token once: C = ceil(1.0 * 8 * 1 / 2) = 4.
+  torch::Tensor logits = torch::zeros({8, 2});
+  logits.select(1, 0).fill_(1.0);  // everyone prefers expert 0
+  RoutingPlan plan = route_logits(router_config("top1", 2, 2, 1.0), logits);
+  EXPECT_EQ(plan.capacity, 4);
+  EXPECT_EQ(plan.expert_ids.size(1), 1);
+  EXPECT_EQ(plan.kept.sum().item<int64_t>(), 4);
+  EXPECT_DOUBLE_EQ(compute_routing_metrics(plan).drop_rate, 0.5);
+}

@@ -6,5 +6,8 @@ int train_command(int argc, char** argv);
 int eval_command(int argc, char** argv);
 int generate_command(int argc, char** argv);
 int sweep_command(int argc, char** argv);
+int place_command(int argc, char** argv);
+int coact_command(int argc, char** argv);
+int trace_command(int argc, char** argv);
 
 }  // namespace moelab::cli

@@ -16,6 +16,9 @@ commands:
   eval       score a run's checkpoint on its validation text or a text file
   generate   sample stories from a run's checkpoint
   sweep      run a grid of training runs (resumable) with a summary CSV and report
+  trace      routing traces: `trace synth` writes a synthetic one
+  place      expert-placement simulator: replicate, place and search on a device mesh
+  coact      expert co-activation matrix of a trace layer
 )";
 
 }  // namespace
@@ -31,6 +34,9 @@ int main(int argc, char** argv) {
     if (command == "eval") return moelab::cli::eval_command(argc - 1, argv + 1);
     if (command == "generate") return moelab::cli::generate_command(argc - 1, argv + 1);
     if (command == "sweep") return moelab::cli::sweep_command(argc - 1, argv + 1);
+    if (command == "trace") return moelab::cli::trace_command(argc - 1, argv + 1);
+    if (command == "place") return moelab::cli::place_command(argc - 1, argv + 1);
+    if (command == "coact") return moelab::cli::coact_command(argc - 1, argv + 1);
     std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
     return 2;
   } catch (const moelab::UserError& e) {

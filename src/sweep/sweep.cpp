@@ -121,6 +121,7 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
       ++skipped;
       continue;
     }
+    while (static_cast<int>(running.size()) >= parallel) reap_one();
     json config = plan.base;
     for (const std::string& o : cell.overrides) apply_override(config, o);
     config["out"] = dir;
@@ -137,7 +138,6 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
       argv.insert(argv.end(), {"--config", config_path});
       log::info("sweep: starting " + cell.name);
     }
-    while (static_cast<int>(running.size()) >= parallel) reap_one();
     std::string log_path = dir + "/train.log";
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);

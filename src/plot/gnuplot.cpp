@@ -1,0 +1,83 @@
+#include "plot/gnuplot.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "util/files.h"
+#include "util/log.h"
+#include "util/strings.h"
+
+namespace moelab::plot {
+namespace {
+
+std::string quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+bool run_script(const std::string& png, const std::string& script, const std::string& data) {
+  if (!gnuplot_available()) {
+    log::warn("gnuplot is not installed (apt-get install gnuplot-nox): " + png + " not drawn");
+    return false;
+  }
+  std::string data_path = temp_path_beside(png + ".dat"), script_path = temp_path_beside(png + ".gp");
+  write_file_atomic(data_path, data);
+  std::string full = "set terminal pngcairo size 1000,650 enhanced font 'Sans,11'\nset output " + quoted(png) +
+                     "\ndatafile = " + quoted(data_path) + "\n" + script;
+  write_file_atomic(script_path, full);
+  int rc = std::system(("gnuplot " + quoted(script_path) + " 2>/dev/null").c_str());
+  std::remove(data_path.c_str());
+  std::remove(script_path.c_str());
+  if (rc != 0) log::warn("gnuplot failed to draw " + png);
+  return rc == 0;
+}
+
+}  // namespace
+
+bool gnuplot_available() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
+
+bool line_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+                const std::vector<Series>& series, bool points) {
+  std::string data, plot = "plot ";
+  for (size_t s = 0; s < series.size(); ++s) {
+    for (size_t i = 0; i < series[s].x.size(); ++i) data += strf("%.10g %.10g\n", series[s].x[i], series[s].y[i]);
+    data += "\n\n";
+    plot += strf("%sdatafile index %zu using 1:2 with %s lw 2 title %s", s ? ", " : "", s, points ? "linespoints pt 7" : "lines",
+                 quoted(series[s].title).c_str());
+  }
+  std::string script = "set title " + quoted(title) + "\nset xlabel " + quoted(xlabel) + "\nset ylabel " + quoted(ylabel) +
+                       "\nset grid\nset key outside right\n" + plot + "\n";
+  return run_script(png, script, data);
+}
+
+bool heatmap(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+             const std::vector<std::vector<double>>& values) {
+  std::string data;
+  for (const auto& row : values) {
+    for (size_t c = 0; c < row.size(); ++c) data += strf("%s%.10g", c ? " " : "", row[c]);
+    data += "\n";
+  }
+  const size_t rows = values.size(), cols = rows ? values[0].size() : 0;
+  std::string script = "set title " + quoted(title) + "\nset xlabel " + quoted(xlabel) + "\nset ylabel " + quoted(ylabel) +
+                       strf("\nset xrange [-0.5:%zu.5]\nset yrange [%zu.5:-0.5]\n", cols ? cols - 1 : 0, rows ? rows - 1 : 0) +
+                       "set palette rgbformulae 33,13,10\nset size ratio -1\nplot datafile matrix with image notitle\n";
+  return run_script(png, script, data);
+}
+
+bool bar_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+               const std::vector<std::string>& labels, const std::vector<double>& values) {
+  std::string data;
+  for (size_t i = 0; i < values.size(); ++i) data += strf("%zu %s %.10g\n", i, quoted(labels[i]).c_str(), values[i]);
+  std::string script = "set title " + quoted(title) + "\nset xlabel " + quoted(xlabel) + "\nset ylabel " + quoted(ylabel) +
+                       "\nset style fill solid 0.8\nset boxwidth 0.8\nset grid ytics\nset yrange [0:*]\n" +
+                       (values.size() > 40 ? std::string("set xtics auto\n") : std::string("set xtics rotate by -45\n")) +
+                       (values.size() > 40 ? "plot datafile using 1:3 with boxes notitle\n"
+                                           : "plot datafile using 1:3:xtic(2) with boxes notitle\n");
+  return run_script(png, script, data);
+}
+
+}  // namespace moelab::plot

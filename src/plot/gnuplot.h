@@ -1,0 +1,25 @@
+#pragma once
+// Pictures through gnuplot (Debian's gnuplot-nox, pngcairo terminal): moelab writes the data
+// and a script, gnuplot draws. Each function returns false (and logs why) when gnuplot is
+// missing or fails, so a run never dies for want of a picture.
+#include <string>
+#include <vector>
+
+namespace moelab::plot {
+
+struct Series {
+  std::string title;
+  std::vector<double> x, y;
+};
+
+bool line_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+                const std::vector<Series>& series, bool points = false);
+// A matrix as a heatmap (rows top to bottom).
+bool heatmap(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+             const std::vector<std::vector<double>>& values);
+bool bar_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+               const std::vector<std::string>& labels, const std::vector<double>& values);
+
+bool gnuplot_available();
+
+}  // namespace moelab::plot
