@@ -19,18 +19,26 @@ int synth(int argc, char** argv) {
       "tokens-per-batch", "tokens per batch", cxxopts::value<int64_t>()->default_value(std::to_string(d.tokens_per_batch)))(
       "rows", "mesh rows for origin rows", cxxopts::value<int64_t>()->default_value(std::to_string(d.rows)))(
       "experts", "experts", cxxopts::value<int64_t>()->default_value(std::to_string(d.experts)))(
-      "k", "experts per token", cxxopts::value<int64_t>()->default_value(std::to_string(d.k)))(
+      "top-k", "experts per token (also --k)", cxxopts::value<int64_t>()->default_value(std::to_string(d.k)))(
       "zipf", "Zipf exponent of expert popularity", cxxopts::value<double>()->default_value("1.0"))(
       "coact", "co-activation probability", cxxopts::value<double>()->default_value("0.0"))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"));
-  auto args = parse_options(options, argc, argv);
+  // cxxopts cannot name a long option with one letter; SPEC's command line says --k.
+  std::vector<std::string> renamed(argv, argv + argc);
+  for (std::string& a : renamed) {
+    if (a == "--k") a = "--top-k";
+    else if (a.rfind("--k=", 0) == 0) a = "--top-k=" + a.substr(4);
+  }
+  std::vector<char*> args_v;
+  for (std::string& a : renamed) args_v.push_back(a.data());
+  auto args = parse_options(options, argc, args_v.data());
   SyntheticTraceOptions o;
   o.layers = args["layers"].as<int64_t>();
   o.batches = args["batches"].as<int64_t>();
   o.tokens_per_batch = args["tokens-per-batch"].as<int64_t>();
   o.rows = args["rows"].as<int64_t>();
   o.experts = args["experts"].as<int64_t>();
-  o.k = args["k"].as<int64_t>();
+  o.k = args["top-k"].as<int64_t>();
   o.zipf = args["zipf"].as<double>();
   o.coactivation = args["coact"].as<double>();
   o.seed = args["seed"].as<uint64_t>();

@@ -281,10 +281,13 @@ Evaluation SwapEvaluator::evaluation() const {
 double SwapEvaluator::objective() const { return evaluation().objective(evaluator_.system_.objective); }
 
 double SwapEvaluator::swap(int32_t a, int32_t b) {
-  saved_.clear();
+  record_undo_.clear();
+  token_undo_.clear();
   last_a_ = a;
   last_b_ = b;
   const int32_t da = placement_.device[a], db = placement_.device[b];
+  device_a_ = da;
+  device_b_ = db;
   placement_.device[a] = db;
   placement_.device[b] = da;
   const auto& records = evaluator_.trace_.records;
@@ -292,13 +295,20 @@ double SwapEvaluator::swap(int32_t a, int32_t b) {
     const PreparedRecord& rec = records[r];
     const int32_t ta = rec.instance_tokens[a], tb = rec.instance_tokens[b];
     if (ta == 0 && tb == 0) continue;
-    saved_.emplace_back(r, state_[r]);
     RecordState& s = state_[r];
+    RecordUndo undo{r, s.cost, s.max_compute, s.device_compute[da], s.device_compute[db], {}};
+    for (const ViewState& v : s.views) undo.view_maxima.emplace_back(v.max_dispatch, v.max_combine);
+    record_undo_.push_back(std::move(undo));
     const double wa = instance_compute_us(ta), wb = instance_compute_us(tb);
     s.device_compute[da] += wb - wa;
     s.device_compute[db] += wa - wb;
     for (int32_t inst : {a, b})
-      for (int32_t u = rec.users_offset[inst]; u < rec.users_offset[inst + 1]; ++u) recost_token(r, rec.users[u]);
+      for (int32_t u = rec.users_offset[inst]; u < rec.users_offset[inst + 1]; ++u) {
+        TokenUndo token{r, rec.users[u], {}};
+        for (const ViewState& v : s.views) token.values.emplace_back(v.dispatch[token.token], v.combine[token.token]);
+        token_undo_.push_back(std::move(token));
+        recost_token(r, rec.users[u]);
+      }
     refresh_record(r);
   }
   return objective();
@@ -307,8 +317,24 @@ double SwapEvaluator::swap(int32_t a, int32_t b) {
 void SwapEvaluator::undo() {
   if (last_a_ < 0) return;
   std::swap(placement_.device[last_a_], placement_.device[last_b_]);
-  for (auto& [r, saved] : saved_) state_[r] = std::move(saved);
-  saved_.clear();
+  for (auto it = token_undo_.rbegin(); it != token_undo_.rend(); ++it)
+    for (size_t v = 0; v < it->values.size(); ++v) {
+      state_[it->record].views[v].dispatch[it->token] = it->values[v].first;
+      state_[it->record].views[v].combine[it->token] = it->values[v].second;
+    }
+  for (const RecordUndo& u : record_undo_) {
+    RecordState& s = state_[u.record];
+    s.cost = u.cost;
+    s.max_compute = u.max_compute;
+    s.device_compute[device_a_] = u.compute_a;
+    s.device_compute[device_b_] = u.compute_b;
+    for (size_t v = 0; v < s.views.size(); ++v) {
+      s.views[v].max_dispatch = u.view_maxima[v].first;
+      s.views[v].max_combine = u.view_maxima[v].second;
+    }
+  }
+  record_undo_.clear();
+  token_undo_.clear();
   last_a_ = last_b_ = -1;
 }
 

@@ -97,8 +97,21 @@ class SwapEvaluator {
   const Evaluator& evaluator_;
   Placement placement_;
   std::vector<RecordState> state_;
-  // Undo log of the last swap: the states of the records it touched.
-  std::vector<std::pair<size_t, RecordState>> saved_;
+  // Undo log of the last swap: what it changed, value by value.
+  struct RecordUndo {
+    size_t record;
+    RecordCost cost;
+    double max_compute, compute_a, compute_b;
+    std::vector<std::pair<double, double>> view_maxima;
+  };
+  struct TokenUndo {
+    size_t record;
+    int64_t token;
+    std::vector<std::pair<double, double>> values;  // (dispatch, combine) per view
+  };
+  std::vector<RecordUndo> record_undo_;
+  std::vector<TokenUndo> token_undo_;
+  int32_t device_a_ = -1, device_b_ = -1;
   int32_t last_a_ = -1, last_b_ = -1;
 };
 

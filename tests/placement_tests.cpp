@@ -1,0 +1,342 @@
+// Trace formats, co-activation and the placement simulator (no libtorch).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "placement/cost_model.h"
+#include "placement/evaluator.h"
+#include "placement/initial_placement.h"
+#include "placement/search.h"
+#include "test_support.h"
+#include "trace/coactivation.h"
+#include "trace/placement_jsonl.h"
+#include "trace/synthetic_trace.h"
+#include "util/error.h"
+#include "util/files.h"
+
+using namespace moelab;
+using namespace moelab::placement;
+using moelab::testing::TempDir;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<TraceRecord> read_all(const std::string& path, int64_t layer = -1) {
+  std::vector<TraceRecord> out;
+  read_placement_jsonl(path, layer, 0, [&](TraceRecord&& r) {
+    out.push_back(std::move(r));
+    return true;
+  });
+  return out;
+}
+
+SystemConfig tiny_system() {
+  SystemConfig s;
+  s.rows = 2;
+  s.cols = 2;
+  s.experts = 2;
+  s.num_shared_experts = 0;
+  s.slots = 2;
+  s.capacity_factor = 2.0;
+  return s;
+}
+
+}  // namespace
+
+TEST(PlacementJsonl, RoundTripsAndReadsTheTokenForm) {
+  TempDir dir;
+  TraceRecord r;
+  r.layer = 3;
+  r.batch_id = 7;
+  r.k = 2;
+  r.experts = {0, 5, 2, 1, 4, 3};
+  r.weights = {0.75f, 0.25f, 0.5f, 0.5f, 0.9f, 0.1f};
+  r.origin_rows = {0, 1, 0};
+  r.request_id = "req-1";
+  {
+    std::ofstream out(dir / "t.jsonl");
+    write_placement_jsonl(out, r);
+    TraceRecord other = r;
+    other.layer = 4;
+    write_placement_jsonl(out, other);
+    out << R"({"layer": 3, "batch_id": 8, "tokens": [{"origin_row": 1, "topk_experts": [6, 7]}]})" << "\n";
+  }
+  auto layer3 = read_all(dir / "t.jsonl", 3);
+  ASSERT_EQ(layer3.size(), 2u);
+  EXPECT_EQ(layer3[0].experts, r.experts);
+  EXPECT_EQ(layer3[0].weights, r.weights);
+  EXPECT_EQ(layer3[0].origin_rows, r.origin_rows);
+  EXPECT_EQ(layer3[0].request_id, "req-1");
+  EXPECT_EQ(layer3[1].experts, (std::vector<int32_t>{6, 7}));
+  EXPECT_EQ(layer3[1].origin_rows, (std::vector<int32_t>{1}));
+  EXPECT_EQ(read_all(dir / "t.jsonl").size(), 3u);
+}
+
+TEST(PlacementJsonl, BadLinesNameFileLineAndField) {
+  TempDir dir;
+  write_file_atomic(dir / "a.jsonl", "{\"layer\": 0, \"topk_experts\": [[1, 2], [3, 4]]}\n{\"layer\": 0, \"topk_experts\": [[1, 2], [3]]}\n");
+  std::string e = error_of([&] { read_all(dir / "a.jsonl"); });
+  EXPECT_NE(e.find("a.jsonl:2: field 'topk_experts[1]': 1 experts, expected k = 2"), std::string::npos) << e;
+  write_file_atomic(dir / "b.jsonl", "{\"layer\": 0, \"topk_experts\": [[1, 2]]}\n{not json\n");
+  e = error_of([&] { read_all(dir / "b.jsonl"); });
+  EXPECT_NE(e.find("b.jsonl:2:"), std::string::npos) << e;
+  write_file_atomic(dir / "c.jsonl", "{\"layer\": 0, \"topk_experts\": [[1, -2]]}\n");
+  EXPECT_NE(error_of([&] { read_all(dir / "c.jsonl"); }).find("non-negative"), std::string::npos);
+  write_file_atomic(dir / "d.jsonl", "{\"layer\": 0, \"origin_rows\": [0, 1], \"topk_experts\": [[1, 2]]}\n");
+  EXPECT_NE(error_of([&] { read_all(dir / "d.jsonl"); }).find("2 entries for 1 tokens"), std::string::npos);
+}
+
+TEST(Coactivation, HandCheckedTinyTrace) {
+  TraceRecord r;
+  r.k = 3;
+  r.experts = {0, 1, 2, 1, 2, 3};  // pairs: 01 02 12 | 12 13 23
+  CoactivationMatrix m(4);
+  m.add(r);
+  EXPECT_EQ(m.to_csv(), "0,1,1,0\n1,0,2,1\n1,2,0,1\n0,1,1,0\n");
+  TraceRecord bad;
+  bad.k = 1;
+  bad.experts = {9};
+  EXPECT_NE(error_of([&] { m.add(bad); }).find("expert id 9 is beyond"), std::string::npos);
+}
+
+TEST(SyntheticTrace, SeededDistinctAndSkewed) {
+  SyntheticTraceOptions o;
+  o.batches = 4;
+  o.tokens_per_batch = 512;
+  o.experts = 32;
+  o.k = 4;
+  o.zipf = 1.2;
+  o.seed = 5;
+  std::vector<TraceRecord> a, b;
+  generate_synthetic_trace(o, [&](const TraceRecord& r) { a.push_back(r); });
+  generate_synthetic_trace(o, [&](const TraceRecord& r) { b.push_back(r); });
+  ASSERT_EQ(a.size(), 4u);
+  std::vector<int64_t> counts(32, 0);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].experts, b[i].experts);
+    EXPECT_EQ(a[i].origin_rows, b[i].origin_rows);
+    for (int64_t t = 0; t < a[i].tokens(); ++t) {
+      std::set<int32_t> distinct(a[i].experts.begin() + t * 4, a[i].experts.begin() + t * 4 + 4);
+      EXPECT_EQ(distinct.size(), 4u);
+      EXPECT_LT(a[i].origin_rows[t], 16);
+    }
+    for (int32_t e : a[i].experts) ++counts[e];
+  }
+  std::sort(counts.begin(), counts.end());
+  EXPECT_GT(counts.back(), 3 * counts[16]);  // Zipf: the hottest expert well above the median
+}
+
+TEST(CostModel, CoefficientsAreTheMinimumNormLeastSquaresFit) {
+  const double best[8] = {26.868, 96.183, 33.005, 36.073, 39.141, 42.209, 45.277, 48.345};
+  const double avg[8] = {55.258, 66.713, 78.169, 89.624, 101.079, 112.535, 123.990, 135.445};
+  const double worst[8] = {88.238, 96.183, 104.129, 112.074, 120.020, 127.965, 135.911, 143.856};
+  for (int64_t rows : {2, 8, 16}) {
+    Coefficients c = fit_dispatch_coefficients(rows);
+    // Least squares: the residual is orthogonal to every column of X = [1, E, avg_hop, max_hop].
+    double h[3] = {0.0, (rows - 1) / 2.0, rows / 2.0};
+    double g[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 8; ++i)
+      for (int which = 0; which < 3; ++which) {
+        double y = which == 0 ? best[i] : which == 1 ? avg[i] : worst[i];
+        double x[4] = {1.0, i + 1.0, h[which], h[which]};
+        double residual = y - (c[0] * x[0] + c[1] * x[1] + c[2] * x[2] + c[3] * x[3]);
+        for (int j = 0; j < 4; ++j) g[j] += residual * x[j];
+      }
+    for (double v : g) EXPECT_NEAR(v, 0.0, 1e-7) << "rows " << rows;
+    // Minimum norm: the solution lies in X's row space, where the two hop terms are equal.
+    EXPECT_DOUBLE_EQ(c[2], c[3]);
+  }
+  Coefficients one_row = fit_dispatch_coefficients(1);  // no hops at all
+  EXPECT_EQ(one_row[2], 0.0);
+  EXPECT_EQ(one_row[3], 0.0);
+}
+
+TEST(Evaluator, HandBuiltTwoByTwoCase) {
+  SystemConfig s = tiny_system();
+  TraceRecord r;
+  r.k = 2;
+  r.experts = {0, 1, 1, 0};
+  r.origin_rows = {0, 1};
+  Replication rep = replication_from_counts({1, 1});
+  Placement p;
+  p.device = {0, 3};  // expert 0 at (row 0, col 0), expert 1 at (row 1, col 1)
+  PreparedTrace trace = prepare_trace(s, {r}, rep, 0);
+  Evaluator ev(s, trace, 1);
+  Coefficients c = fit_dispatch_coefficients(2);
+  // Each token: hops 0 and 1 (avg 0.5, max 1); E_col = 1 (one instance per column); U = 2.
+  double dispatch = c[0] + c[1] * 1 + c[2] * 0.5 + c[3] * 1;
+  double combine = c[0] + c[1] * 2 + c[2] * 0.5 + c[3] * 1;
+  double compute = 118.0;  // each device: one instance with 2 tokens -> ceil(2/32) = 1 block
+  Evaluation e = ev.evaluate(p);
+  EXPECT_NEAR(e.mean, dispatch + compute + combine, 1e-9);
+  EXPECT_NEAR(e.p99, e.mean, 1e-9);
+  EXPECT_NEAR(e.dispatch_mean, dispatch, 1e-9);
+  EXPECT_NEAR(e.combine_mean, combine, 1e-9);
+  EXPECT_NEAR(e.compute_mean, compute, 1e-9);
+  // Both experts in one column (devices 0 and 2): E_col = 2.
+  p.device = {0, 2};
+  EXPECT_NEAR(ev.evaluate(p).dispatch_mean, c[0] + c[1] * 2 + c[2] * 0.5 + c[3] * 1, 1e-9);
+  // Both on one device is refused by max_per_device = 1.
+  p.device = {0, 0};
+  EXPECT_NE(error_of([&] { check_placement(s, rep, p, "test"); }).find("max_per_device"), std::string::npos);
+}
+
+TEST(Evaluator, ReplicaRoutingFillsThenRoundRobins) {
+  SystemConfig s = tiny_system();
+  s.slots = 3;
+  s.capacity_factor = 1.0;
+  TraceRecord r;
+  r.k = 1;
+  r.experts = {0, 0, 0, 0, 0, 1};  // 6 tokens, capacity = max(1, int(1.0 * 6 / 3)) = 2
+  Replication rep = replication_from_counts({2, 1});
+  PreparedTrace trace = prepare_trace(s, {r}, rep, 0);
+  // expert 0's instances 0 and 1: tokens 0,1 -> 0; 2,3 -> 1; then round-robin 4 -> 0
+  EXPECT_EQ(trace.records[0].instance, (std::vector<int32_t>{0, 0, 1, 1, 0, 2}));
+  EXPECT_EQ(trace.records[0].instance_tokens, (std::vector<int32_t>{3, 2, 1}));
+}
+
+TEST(Evaluator, IncrementalSwapsMatchFullEvaluation) {
+  SystemConfig s;
+  s.rows = 4;
+  s.cols = 4;
+  s.experts = 24;
+  s.slots = 40;
+  s.origin_mode = "average-rows";
+  SyntheticTraceOptions o;
+  o.batches = 6;
+  o.tokens_per_batch = 200;
+  o.experts = 24;
+  o.k = 4;
+  o.rows = 4;
+  std::vector<TraceRecord> records;
+  generate_synthetic_trace(o, [&](const TraceRecord& r) {
+    records.push_back(r);
+    records.back().origin_rows.clear();  // let average-rows apply
+  });
+  std::vector<int64_t> freq = count_expert_frequency(s, records);
+  Replication rep = replicate(s, freq);
+  EXPECT_EQ(rep.num_instances(), 40);
+  PreparedTrace trace = prepare_trace(s, records, rep, 1);
+  Evaluator ev(s, trace, 2);
+  uint64_t state = 9;
+  Placement p = random_placement(s, rep, state);
+  SwapEvaluator sw(ev, p);
+  EXPECT_NEAR(sw.objective(), ev.evaluate(p).mean, 1e-9);
+  std::mt19937_64 rng(4);
+  for (int i = 0; i < 40; ++i) {
+    int32_t a = static_cast<int32_t>(rng() % 40), b = static_cast<int32_t>(rng() % 40);
+    double incremental = sw.swap(a, b);
+    EXPECT_NEAR(incremental, ev.evaluate(sw.placement()).mean, 1e-9);
+    if (i % 2) sw.undo();
+  }
+  EXPECT_NEAR(sw.objective(), ev.evaluate(sw.placement()).mean, 1e-9);
+}
+
+TEST(Search, NeverWorseAndReproducible) {
+  SystemConfig s;
+  s.rows = 4;
+  s.cols = 4;
+  s.experts = 32;
+  s.num_shared_experts = 1;
+  s.slots = 48;
+  SyntheticTraceOptions o;
+  o.batches = 5;
+  o.tokens_per_batch = 256;
+  o.experts = 32;
+  o.k = 4;
+  o.rows = 4;
+  o.coactivation = 0.5;
+  std::vector<TraceRecord> records;
+  generate_synthetic_trace(o, [&](const TraceRecord& r) { records.push_back(r); });
+  std::vector<int64_t> freq = count_expert_frequency(s, records);
+  Replication rep = replicate(s, freq);
+  CoactivationMatrix coact(s.experts);
+  for (const auto& r : records) coact.add(r);
+  PreparedTrace trace = prepare_trace(s, records, rep, 0);
+  Evaluator ev(s, trace, 2);
+  for (const char* strategy : {"balance", "balance_load_coactivation", "hot-tier", "eplb", "random"}) {
+    InitialPlacementConfig init;
+    init.placement_strategy = strategy;
+    init.top_n = 8;
+    Placement start = initial_placement(s, init, rep, freq, coact, 3);
+    check_placement(s, rep, start, strategy);
+    for (const char* kind : {"random", "local", "anneal", "sequence"}) {
+      SearchConfig search;
+      search.search = kind;
+      search.iters = 10;
+      search.local_search_iters = 60;
+      search.anneal_iters = 60;
+      search.search_sequence = {{"local", 20, 1, 0.01}, {"anneal", 20, 1.0, 0.01}};
+      SearchResult a = run_search(ev, search, rep, start, 11), b = run_search(ev, search, rep, start, 11);
+      EXPECT_LE(a.after.mean, a.before.mean + 1e-9) << strategy << " " << kind;
+      EXPECT_EQ(a.best.device, b.best.device) << strategy << " " << kind;
+      check_placement(s, rep, a.best, kind);
+      for (size_t i = 1; i < a.convergence.size(); ++i) EXPECT_LE(a.convergence[i], a.convergence[i - 1]);
+    }
+  }
+}
+
+TEST(InitialPlacement, EplbRespectsSlotsAndSpreadsReplicas) {
+  SystemConfig s;
+  s.rows = 2;
+  s.cols = 4;
+  s.experts = 10;
+  s.num_shared_experts = 1;
+  s.slots = 16;  // max_per_device = 2
+  std::vector<int64_t> freq = {100, 90, 80, 5, 5, 5, 5, 5, 5, 5, 0};
+  Replication rep = replicate(s, freq);
+  // 10 + 2 shared (one per row) = 12 instances; 4 extra slots go to the 4 most frequent
+  // experts (of the tied ones, the lowest id).
+  EXPECT_EQ(rep.replicas, (std::vector<int64_t>{2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2}));
+  InitialPlacementConfig init;
+  init.placement_strategy = "eplb";
+  Placement p = initial_placement(s, init, rep, freq, CoactivationMatrix(10), 0);
+  std::vector<int> per_device(8, 0);
+  for (int32_t d : p.device) ++per_device[d];
+  for (int n : per_device) EXPECT_LE(n, 2);
+  for (int e = 0; e < 3; ++e) EXPECT_NE(p.device[rep.instances[e][0]], p.device[rep.instances[e][1]]);
+}
+
+TEST(PlacementFiles, PlacementJsonRoundTripsAndConfigsRefuseBadInput) {
+  TempDir dir;
+  SystemConfig s = tiny_system();
+  Replication rep = replication_from_counts({1, 1});
+  Placement p;
+  p.device = {3, 0};
+  write_file_atomic(dir / "placement.json", placement_to_json(s, rep, p));
+  Replication rep2;
+  Placement p2;
+  read_placement_json(dir / "placement.json", s, rep2, p2);
+  EXPECT_EQ(p2.device, p.device);
+  EXPECT_EQ(rep2.replicas, rep.replicas);
+  write_file_atomic(dir / "bad.json", R"({"0": [{"device": 9}], "1": [{"device": 0}]})");
+  EXPECT_NE(error_of([&] { read_placement_json(dir / "bad.json", s, rep2, p2); }).find("outside the 2 x 2 mesh"), std::string::npos);
+
+  write_file_atomic(dir / "sys.jsonc", "{\"rows\": 2, \"cols\": 2, \"experts\": 8, \"slots\": 4, // too few\n \"num_shared_experts\": 0}");
+  EXPECT_NE(error_of([&] { load_system_config(dir / "sys.jsonc"); }).find("'slots' must be >="), std::string::npos);
+  write_file_atomic(dir / "sys2.jsonc", "{\"rowz\": 2}");
+  EXPECT_NE(error_of([&] { load_system_config(dir / "sys2.jsonc"); }).find("unknown key 'rowz'"), std::string::npos);
+  write_file_atomic(dir / "search.jsonc", R"({"search": "sequence", "search_sequence": [{"type": "tabu", "iters": 3}]})");
+  EXPECT_NE(error_of([&] { load_search_config(dir / "search.jsonc"); }).find("search_sequence[0].type"), std::string::npos);
+
+  SystemConfig small = tiny_system();
+  small.trace = dir / "trace.jsonl";
+  write_file_atomic(small.trace, "{\"layer\": 0, \"topk_experts\": [[0, 5]]}\n");
+  std::vector<TraceRecord> records = load_layer_records(small);
+  EXPECT_NE(error_of([&] { count_expert_frequency(small, records); }).find("expert id 5 is beyond the system's 2 experts"),
+            std::string::npos);
+  write_file_atomic(small.trace, "");
+  EXPECT_NE(error_of([&] { load_layer_records(small); }).find("no records for layer 0"), std::string::npos);
+}
