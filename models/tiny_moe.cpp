@@ -92,6 +92,13 @@ std::vector<std::shared_ptr<MoeLayer>> TinyMoE::moe_layers() const {
   return layers;
 }
 
+std::vector<int64_t> TinyMoE::moe_layer_ids() const {
+  std::vector<int64_t> ids;
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    if (blocks_[i]->moe) ids.push_back(static_cast<int64_t>(i));
+  return ids;
+}
+
 std::vector<RoutingMetrics> TinyMoE::routing_metrics() const {
   std::vector<RoutingMetrics> metrics;
   for (const auto& layer : moe_layers()) metrics.push_back(compute_routing_metrics(layer->last_plan()));

@@ -53,6 +53,7 @@ class TinyMoE : public torch::nn::Module {
   ModelOutput forward(const torch::Tensor& tokens);  // tokens [B, S] int64
 
   std::vector<std::shared_ptr<MoeLayer>> moe_layers() const;
+  std::vector<int64_t> moe_layer_ids() const;  // block index of each MoE layer
   std::vector<RoutingMetrics> routing_metrics() const;  // of the last forward, per MoE layer
   void update_expert_biases();
   int64_t parameter_count() const;

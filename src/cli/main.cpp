@@ -16,7 +16,7 @@ commands:
   eval       score a run's checkpoint on its validation text or a text file
   generate   sample stories from a run's checkpoint
   sweep      run a grid of training runs (resumable) with a summary CSV and report
-  trace      routing traces: `trace synth` writes a synthetic one
+  trace      record a run's routing (jsonl|neupims|coact|freq); trace synth|import-npz|convert|stats
   place      expert-placement simulator: replicate, place and search on a device mesh
   coact      expert co-activation matrix of a trace layer
 )";

@@ -1,0 +1,84 @@
+#include "trace/recorder.h"
+
+#include <random>
+
+#include <torch/torch.h>
+
+#include "util/error.h"
+#include "util/strings.h"
+
+namespace moelab {
+
+TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = plan.expert_ids.cpu(), gates = plan.gates.detach().to(torch::kFloat32).cpu();
+  if (ids.size(1) != k) {  // expert choice: the k best-gated columns per token
+    torch::Tensor order = std::get<1>(gates.sort(/*stable=*/true, -1, /*descending=*/true)).narrow(1, 0, k);
+    ids = ids.gather(1, order);
+    gates = gates.gather(1, order);
+  }
+  ids = ids.to(torch::kInt32).contiguous();
+  gates = gates.contiguous();
+  TraceRecord r;
+  r.layer = layer;
+  r.k = static_cast<int>(k);
+  r.experts.assign(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
+  r.weights.assign(gates.data_ptr<float>(), gates.data_ptr<float>() + gates.numel());
+  return r;
+}
+
+int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,
+                       const torch::Device& device, const RecordSink& sink) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  const int64_t seq = model.config().seq_len;
+  int64_t sequences = (tokens.size() - 1) / seq;
+  if (options.max_sequences > 0) sequences = std::min(sequences, options.max_sequences);
+  if (sequences <= 0) throw UserError(tokens.path() + ": too few tokens for one sequence of model.seq_len");
+  if (options.mode == "decode") {
+    if (options.positions.empty()) throw UserError("trace: --mode decode needs --positions (1-based, e.g. 1,2,3)");
+    for (int64_t p : options.positions)
+      if (p < 1 || p > seq) throw UserError(strf("trace: position %lld is outside 1..seq_len = %lld", (long long)p, (long long)seq));
+  }
+  const auto layers = model.moe_layers();
+  const auto layer_ids = model.moe_layer_ids();
+  std::mt19937_64 rng(options.seed);
+  int64_t recorded = 0;
+  for (int64_t first = 0, batch = 0; first < sequences; first += options.batch_size, ++batch) {
+    const int64_t rows = std::min(options.batch_size, sequences - first);
+    torch::Tensor input = torch::empty({rows, seq}, torch::kLong);
+    for (int64_t r = 0; r < rows; ++r) tokens.copy_window((first + r) * seq, seq, input.data_ptr<int64_t>() + r * seq);
+    std::vector<int32_t> sequence_row(rows);
+    for (int64_t r = 0; r < rows; ++r)
+      sequence_row[r] = static_cast<int32_t>(options.origin == "random" ? rng() % static_cast<uint64_t>(options.rows)
+                                                                         : (first + r) % options.rows);
+    model.forward(input.to(device));
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const RoutingPlan& plan = layers[l]->last_plan();
+      TraceRecord all = plan_to_record(plan, layer_ids[l], plan.top_k);
+      all.batch_id = batch;
+      if (options.mode == "prefill") {
+        for (int64_t t = 0; t < rows * seq; ++t) all.origin_rows.push_back(sequence_row[t / seq]);
+        sink(all, batch, -1);
+        continue;
+      }
+      for (int64_t p : options.positions) {
+        TraceRecord at = all;
+        at.experts.clear();
+        at.weights.clear();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t t = r * seq + (p - 1);
+          at.experts.insert(at.experts.end(), all.experts.begin() + t * all.k, all.experts.begin() + (t + 1) * all.k);
+          at.weights.insert(at.weights.end(), all.weights.begin() + t * all.k, all.weights.begin() + (t + 1) * all.k);
+          at.origin_rows.push_back(sequence_row[r]);
+        }
+        at.request_id = strf("position-%lld", (long long)p);
+        sink(at, batch, p);
+      }
+    }
+    recorded += options.mode == "prefill" ? rows * seq : rows * static_cast<int64_t>(options.positions.size());
+  }
+  return recorded;
+}
+
+}  // namespace moelab

@@ -1,0 +1,38 @@
+#pragma once
+// Recording routing from a trained model. The recorder runs the model in eval mode and reads
+// each MoE layer's routing plan after the forward pass: it never changes what the model
+// computes. For each token it records the k experts the router chose and their gates as the
+// model used them (0 where capacity dropped the assignment). Expert choice, whose tokens
+// have any number of experts, is recorded as each token's k highest-gated experts.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "data/token_file.h"
+#include "models/tiny_moe.h"
+#include "trace/trace_record.h"
+
+namespace moelab {
+
+struct RecordOptions {
+  std::string mode = "prefill";      // prefill: every token; decode: the given positions
+  std::vector<int64_t> positions;    // 1-based token positions (decode)
+  int64_t batch_size = 8;            // sequences per forward pass
+  int64_t rows = 16;                 // mesh rows for origin rows
+  std::string origin = "round-robin";  // round-robin (by sequence) | random
+  int64_t max_sequences = 0;         // 0 = every seq_len window of the file
+  uint64_t seed = 0;
+};
+
+// The plan of one MoE layer as k experts and gates per token ([T, k] row-major).
+TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k);
+
+// position = -1 for prefill records, else the 1-based position the record holds.
+using RecordSink = std::function<void(const TraceRecord& record, int64_t batch, int64_t position)>;
+
+// Returns the number of tokens whose routing was recorded (per layer).
+int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,
+                       const torch::Device& device, const RecordSink& sink);
+
+}  // namespace moelab
