@@ -340,3 +340,129 @@ TEST(PlacementFiles, PlacementJsonRoundTripsAndConfigsRefuseBadInput) {
   write_file_atomic(small.trace, "");
   EXPECT_NE(error_of([&] { load_layer_records(small); }).find("no records for layer 0"), std::string::npos);
 }
+
+// ---- NeuPIMs-MoE CSV and NPZ import ----
+
+#include <zip.h>
+
+#include "trace/neupims_csv.h"
+#include "trace/npz_import.h"
+
+TEST(NeupimsCsv, RoundTripsAndWritesTheTrueLayer) {
+  TempDir dir;
+  TraceRecord r;
+  r.layer = 5;
+  r.k = 2;
+  r.experts = {3, 0, 1, 2};
+  r.weights = {0.7f, 0.3f, 0.6f, 0.4f};
+  write_file_atomic(dir / "t.csv", neupims_csv(r, 4));
+  std::string text = read_text_file(dir / "t.csv");
+  EXPECT_EQ(text,
+            "layer_id,token_id,expert_0,expert_1,expert_2,expert_3\n"
+            "5,0,0.300000,0.000000,0.000000,0.700000\n"
+            "5,1,0.000000,0.600000,0.400000,0.000000\n");
+  TraceRecord back = read_neupims_csv(dir / "t.csv");
+  EXPECT_EQ(back.layer, 5);
+  EXPECT_EQ(back.k, 2);
+  EXPECT_EQ(back.experts, (std::vector<int32_t>{3, 0, 1, 2}));  // by descending score
+  EXPECT_NEAR(back.weights[0], 0.7f, 1e-6);
+  EXPECT_EQ(read_neupims_csv(dir / "t.csv", 1, 9).experts, (std::vector<int32_t>{3, 1}));
+  EXPECT_EQ(read_neupims_csv(dir / "t.csv", 1, 9).layer, 9);
+}
+
+TEST(NeupimsCsv, StatsCountsAndRanksOnAKnownCase) {
+  TraceRecord r;
+  r.k = 2;
+  // token 0: e2 (0.9) e0; token 1: e2 (0.8) e1; token 2: e1 (0.6) e2
+  r.experts = {2, 0, 1, 2, 1, 2};
+  r.weights = {0.9f, 0.1f, 0.2f, 0.8f, 0.6f, 0.4f};
+  EXPECT_EQ(topk_stats_csv(r, 1, 3), "Expert_ID,Token_Count,Percentage,Rank\n2,2,66.67,1\n1,1,33.33,2\n0,0,0.00,3\n");
+  EXPECT_EQ(topk_stats_csv(r, 2, 3), "Expert_ID,Token_Count,Percentage,Rank\n2,3,50.00,1\n1,2,33.33,2\n0,1,16.67,3\n");
+  EXPECT_NE(topk_stats_txt(r, 2, 3, "x").find("Experts used: 3 of 3"), std::string::npos);
+}
+
+TEST(NeupimsCsv, RejectsWrongHeadersAndRows) {
+  TempDir dir;
+  write_file_atomic(dir / "a.csv", "layer,token,e0\n0,0,1.0\n");
+  EXPECT_NE(error_of([&] { read_neupims_csv(dir / "a.csv"); }).find("a.csv:1: field 'header'"), std::string::npos);
+  write_file_atomic(dir / "b.csv", "layer_id,token_id,expert_0,expert_1\n0,0,0.5,0.5\n0,1,0.5\n");
+  EXPECT_NE(error_of([&] { read_neupims_csv(dir / "b.csv"); }).find("b.csv:3: field 'row'"), std::string::npos);
+  write_file_atomic(dir / "c.csv", "layer_id,token_id,expert_0,expert_1\n0,0,0.5,abc\n");
+  EXPECT_NE(error_of([&] { read_neupims_csv(dir / "c.csv"); }).find("field 'expert_1'"), std::string::npos);
+}
+
+TEST(NeupimsCsv, ReadsRealFlameMoeRouting) {
+  MOELAB_REQUIRE_SHARED("data/routing/flame-moe-290m-prefill/layer10.csv");
+  const std::string path = moelab::testing::shared_path("data/routing/flame-moe-290m-prefill/layer10.csv");
+  TraceRecord r = read_neupims_csv(path, 0, 10);
+  EXPECT_EQ(r.k, 6);
+  EXPECT_EQ(r.tokens(), 2048);
+  EXPECT_EQ(neupims_csv_experts(path), 64);
+  // Rewriting what we read reproduces the producer's scores to its 6 decimals.
+  TempDir dir;
+  write_file_atomic(dir / "again.csv", neupims_csv(r, 64));
+  TraceRecord again = read_neupims_csv(dir / "again.csv");
+  EXPECT_EQ(again.experts, r.experts);
+  std::string stats = topk_stats_csv(r, 6, 64);
+  EXPECT_NE(stats.find(",1\n"), std::string::npos);
+}
+
+namespace {
+std::string npy_int64(const std::vector<int64_t>& values, const std::vector<int64_t>& shape) {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ",";
+  if (shape.size() > 1) dims.pop_back();
+  std::string header = "{'descr': '<i8', 'fortran_order': False, 'shape': (" + dims + "), }";
+  while ((10 + header.size() + 1) % 64) header += ' ';
+  header += '\n';
+  std::string out = std::string("\x93NUMPY\x01\x00", 8);
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>(header.size() >> 8);
+  out += header;
+  out.append(reinterpret_cast<const char*>(values.data()), values.size() * 8);
+  return out;
+}
+
+void write_npz(const std::string& path, const std::vector<std::pair<std::string, std::string>>& entries) {
+  int error = 0;
+  zip_t* z = zip_open(path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &error);
+  std::vector<std::string> keep;
+  for (const auto& [name, bytes] : entries) {
+    keep.push_back(bytes);
+    zip_source_t* src = zip_source_buffer(z, keep.back().data(), keep.back().size(), 0);
+    zip_file_add(z, (name + ".npy").c_str(), src, ZIP_FL_OVERWRITE);
+  }
+  zip_close(z);
+}
+}  // namespace
+
+TEST(NpzImport, ConvertsRequestsWithTokenSlicesAndLayers) {
+  TempDir dir;
+  // 3 tokens (2 prompt, 1 output), 2 layers, k = 2: value = 10 * token + layer * 3 + j
+  std::vector<int64_t> routed;
+  for (int t = 0; t < 3; ++t)
+    for (int l = 0; l < 2; ++l)
+      for (int j = 0; j < 2; ++j) routed.push_back(10 * t + 3 * l + j);
+  write_npz(dir / "req_a.npz", {{"request_id", npy_int64({42}, {})},
+                                {"prompt_token_ids", npy_int64({5, 6}, {2})},
+                                {"output_token_ids", npy_int64({7}, {1})},
+                                {"routed_experts", npy_int64(routed, {3, 2, 2})}});
+  std::vector<TraceRecord> records;
+  NpzImportOptions o;
+  EXPECT_EQ(import_npz_folder(dir.path(), o, [&](const TraceRecord& r) { records.push_back(r); }), 1);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].batch_id, 42);
+  EXPECT_EQ(records[1].layer, 1);
+  EXPECT_EQ(records[1].experts, (std::vector<int32_t>{3, 4, 13, 14, 23, 24}));
+  records.clear();
+  o.token_slice = "output";
+  o.layers = {0};
+  import_npz_folder(dir.path(), o, [&](const TraceRecord& r) { records.push_back(r); });
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].experts, (std::vector<int32_t>{20, 21}));
+  EXPECT_EQ(records[0].source_file, "req_a.npz");
+
+  write_file_atomic(dir / "broken.npz", "not a zip at all");
+  EXPECT_NE(error_of([&] { import_npz_folder(dir.path(), {}, [](const TraceRecord&) {}); }).find("broken.npz: not a readable .npz"),
+            std::string::npos);
+}

@@ -205,3 +205,67 @@ TEST(Training, EveryStrategyTrains) {
     EXPECT_LT(r.back()["loss"].get<double>(), r.front()["loss"].get<double>()) << strategy;
   }
 }
+
+#include "data/token_file.h"
+#include "trace/placement_jsonl.h"
+#include "trace/recorder.h"
+
+TEST(Tracing, RecordedRoutingIsWhatTheModelUsedAndChangesNothing) {
+  Quiet quiet;
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "run");
+  c.train.max_steps = 4;
+  c.train.trace_interval = 2;
+  train(c, {});
+  // Training wrote the routing of steps 2 and 4, one line per MoE layer.
+  int lines = 0;
+  read_placement_jsonl(dir / "run/traces/train_routing.jsonl", -1, 0, [&](TraceRecord&& r) {
+    EXPECT_EQ(r.tokens(), c.train.batch_size * c.model.seq_len);
+    EXPECT_EQ(r.batch_id, lines < 2 ? 2 : 4);
+    ++lines;
+    return true;
+  });
+  EXPECT_EQ(lines, 4);
+
+  LoadedRun run = load_run(dir / "run");
+  TokenFile tokens(dir / "run/data/valid.bin");
+  RecordOptions o;
+  o.batch_size = 3;
+  o.max_sequences = 6;
+  o.rows = 4;
+  std::vector<TraceRecord> prefill;
+  record_routing(*run.model, tokens, o, run.device, [&](const TraceRecord& r, int64_t, int64_t) { prefill.push_back(r); });
+  ASSERT_EQ(prefill.size(), 4u);  // 2 batches x 2 MoE layers
+  EXPECT_EQ(prefill[1].layer, 1);
+  // Origin rows: round-robin by sequence.
+  EXPECT_EQ(prefill[2].origin_rows[0], 3);
+  EXPECT_EQ(prefill[2].origin_rows[32 * 2], 5 % 4);
+
+  // The same batch through the model directly: the plan equals the recorded routing, and
+  // the logits are those of a forward pass without any recording.
+  torch::NoGradGuard no_grad;
+  torch::Tensor input = torch::empty({3, 32}, torch::kLong);
+  for (int r = 0; r < 3; ++r) tokens.copy_window(r * 32, 32, input.data_ptr<int64_t>() + r * 32);
+  torch::Tensor logits = run.model->forward(input).logits;
+  for (int l = 0; l < 2; ++l) {
+    const RoutingPlan& plan = run.model->moe_layers()[l]->last_plan();
+    torch::Tensor ids = torch::tensor(prefill[l].experts, torch::kInt32).view({-1, 2}).to(torch::kLong);
+    torch::Tensor gates = torch::tensor(prefill[l].weights).view({-1, 2});
+    EXPECT_TRUE(torch::equal(ids, plan.expert_ids));
+    EXPECT_TRUE(torch::equal(gates, plan.gates));
+  }
+  record_routing(*run.model, tokens, o, run.device, [](const TraceRecord&, int64_t, int64_t) {});
+  EXPECT_TRUE(torch::equal(logits, run.model->forward(input).logits));
+
+  // Decode: positions 1 and 5 of each sequence, as prefill recorded them.
+  o.mode = "decode";
+  o.positions = {1, 5};
+  std::vector<std::pair<int64_t, TraceRecord>> decode;
+  record_routing(*run.model, tokens, o, run.device, [&](const TraceRecord& r, int64_t, int64_t p) { decode.emplace_back(p, r); });
+  ASSERT_EQ(decode.size(), 8u);  // 2 batches x 2 layers x 2 positions
+  const auto& [position, at] = decode[1];  // batch 0, layer 0, position 5
+  EXPECT_EQ(position, 5);
+  ASSERT_EQ(at.tokens(), 3);
+  for (int r = 0; r < 3; ++r)
+    for (int j = 0; j < 2; ++j) EXPECT_EQ(at.experts[r * 2 + j], prefill[0].experts[(r * 32 + 4) * 2 + j]);
+}

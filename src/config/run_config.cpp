@@ -58,7 +58,8 @@ json run_config_to_json(const RunConfig& c) {
                 {"device", t.device},
                 {"dtype", t.dtype},
                 {"threads", t.threads},
-                {"peak_tflops", t.peak_tflops}};
+                {"peak_tflops", t.peak_tflops},
+                {"trace_interval", t.trace_interval}};
   return j;
 }
 
@@ -253,6 +254,7 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   t.dtype = r.choice("train", "dtype", {"auto", "fp32", "bf16"});
   t.threads = r.integer("train", "threads", 0, 1024);
   t.peak_tflops = r.number("train", "peak_tflops", 0.0, 1e6);
+  t.trace_interval = r.integer("train", "trace_interval", 0);
   return c;
 }
 

@@ -54,6 +54,7 @@ struct TrainConfig {
   std::string dtype = "auto";   // auto | fp32 | bf16
   int64_t threads = 0;          // 0 = all cores
   double peak_tflops = 0;       // the device's peak, for MFU; 0 = not reported
+  int64_t trace_interval = 0;   // every n steps, the step's routing to RUN/traces/train_routing.jsonl; 0 = off
 };
 
 struct RunConfig {

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <thread>
 
 #include <torch/torch.h>
@@ -15,6 +16,8 @@
 #include "train/evaluate.h"
 #include "train/lr_schedule.h"
 #include "train/metrics_log.h"
+#include "trace/placement_jsonl.h"
+#include "trace/recorder.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/log.h"
@@ -158,6 +161,18 @@ json train(RunConfig config, const TrainOptions& options) {
     interval_loss += loss_value;
     ++interval_steps;
 
+    if (tc.trace_interval > 0 && step % tc.trace_interval == 0) {
+      // The routing this step's batch took, for the run's own analysis (moelab place, coact).
+      ensure_directory(run_dir + "/traces");
+      std::ofstream trace(run_dir + "/traces/train_routing.jsonl", std::ios::app);
+      const auto layers = model.moe_layers();
+      const auto ids = model.moe_layer_ids();
+      for (size_t l = 0; l < layers.size(); ++l) {
+        TraceRecord record = plan_to_record(layers[l]->last_plan(), ids[l], layers[l]->last_plan().top_k);
+        record.batch_id = step;
+        write_placement_jsonl(trace, record);
+      }
+    }
     if (log_step) {
       // Routing metrics of this step's plans: read back only at log steps.
       std::vector<RoutingMetrics> layers = model.routing_metrics();
