@@ -1,5 +1,7 @@
 #include "train/run.h"
 
+#include <thread>
+
 #include <torch/torch.h>
 
 #include "train/checkpoint.h"
@@ -8,6 +10,8 @@
 namespace moelab {
 
 LoadedRun load_run(const std::string& run_dir, const std::string& device) {
+  // Debian's libtorch starts with one thread; evaluation, sampling and tracing use them all.
+  torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   LoadedRun run;
   run.config = load_run_config_from(run_dir);
   run.tokenizer = load_tokenizer(run_dir);
