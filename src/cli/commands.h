@@ -9,5 +9,6 @@ int sweep_command(int argc, char** argv);
 int place_command(int argc, char** argv);
 int coact_command(int argc, char** argv);
 int trace_command(int argc, char** argv);
+int plot_command(int argc, char** argv);
 
 }  // namespace moelab::cli

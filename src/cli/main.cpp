@@ -19,6 +19,7 @@ commands:
   trace      record a run's routing (jsonl|neupims|coact|freq); trace synth|import-npz|convert|stats
   place      expert-placement simulator: replicate, place and search on a device mesh
   coact      expert co-activation matrix of a trace layer
+  plot       pictures: plot sweep --config SWEEP | plot run --run DIR
 )";
 
 }  // namespace
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     if (command == "trace") return moelab::cli::trace_command(argc - 1, argv + 1);
     if (command == "place") return moelab::cli::place_command(argc - 1, argv + 1);
     if (command == "coact") return moelab::cli::coact_command(argc - 1, argv + 1);
+    if (command == "plot") return moelab::cli::plot_command(argc - 1, argv + 1);
     std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
     return 2;
   } catch (const moelab::UserError& e) {

@@ -2,7 +2,10 @@
 
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "data/token_file.h"
 #include "sweep/sweep.h"
+#include "trace/routing_pictures.h"
+#include "train/run.h"
 #include "util/files.h"
 #include "util/strings.h"
 
@@ -19,6 +22,14 @@ int sweep_command(int argc, char** argv) {
   run_options.parallel = args["parallel"].as<int>();
   if (run_options.parallel < 1) throw UserError("moelab sweep: --parallel must be >= 1");
   run_options.moelab_binary = executable_directory() + "/moelab";
+  run_options.draw_cell = [](const std::string& dir) {
+    draw_run_pictures(dir, dir + "/plots/run");
+    LoadedRun run = load_run(dir);
+    TokenFile valid(dir + "/data/valid.bin");
+    std::vector<uint32_t> ids;
+    for (int64_t i = 0; i < std::min<int64_t>(valid.size(), run.config.model.seq_len); ++i) ids.push_back(valid.at(i));
+    draw_routing_pictures(run, run.tokenizer->decode(ids), dir + "/plots/routing");
+  };
   int failed = run_sweep(plan, run_options);
   std::cout << read_text_file(plan.out + "/report.md");
   if (failed > 0) std::cout << strf("%d cell(s) failed; rerun the same command to retry them\n", failed);

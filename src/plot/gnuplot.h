@@ -20,6 +20,15 @@ bool heatmap(const std::string& png, const std::string& title, const std::string
 bool bar_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
                const std::vector<std::string>& labels, const std::vector<double>& values);
 
+// Points only, one marker style per series (e.g. one per routing strategy).
+bool scatter(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
+             const std::vector<Series>& series);
+
+// Text laid out `columns` characters per line, each character coloured by its class
+// (0..classes-1), with a legend of class names.
+bool colored_text(const std::string& png, const std::string& title, const std::vector<std::string>& characters,
+                  const std::vector<int>& classes, const std::vector<std::string>& class_names, int columns);
+
 bool gnuplot_available();
 
 }  // namespace moelab::plot

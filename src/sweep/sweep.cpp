@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "config/run_config.h"
+#include "sweep/sweep_plots.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/log.h"
@@ -156,6 +157,15 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
   if (skipped > 0) log::info(strf("sweep: %d finished cells skipped", skipped));
 
   write_file_atomic(plan.out + "/summary.csv", sweep_summary_csv(plan));
+  std::vector<std::string> pictures = draw_sweep_plots(plan);
+  if (options.draw_cell)
+    for (const SweepCell& cell : plan.cells) {
+      const std::string dir = cell_dir(plan, cell);
+      if (file_exists(dir + "/summary.json") && !file_exists(dir + "/plots")) {
+        ensure_directory(dir + "/plots");
+        options.draw_cell(dir);
+      }
+    }
   std::string report = "# Sweep " + plan.out + "\n\n| cell | val loss | PPL | tokens/s | drop rate | load_cv |\n|---|---|---|---|---|---|\n";
   for (const SweepCell& cell : plan.cells) {
     std::string summary_path = cell_dir(plan, cell) + "/summary.json";
@@ -170,6 +180,10 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
                    r.contains("drop_rate") ? strf("%.4f", r["drop_rate"].get<double>()).c_str() : "-",
                    r.contains("load_cv") ? strf("%.4f", r["load_cv"].get<double>()).c_str() : "-");
   }
+  report += "\nColumns: validation loss in nats per token, PPL = exp(loss), training tokens/s (evaluation excluded), "
+            "drop rate and load CV at the last log step, averaged over MoE layers. Per-cell pictures (training curves, expert "
+            "load, token-to-expert heatmaps, tokens coloured by expert) are in each cell's plots/ folder.\n";
+  for (const std::string& png : pictures) report += "\n![" + png + "](" + png + ")\n";
   write_file_atomic(plan.out + "/report.md", report);
   return failed;
 }

@@ -2,6 +2,7 @@
 // Sweeps: a grid over config keys, each cell a normal run directory, run one after another
 // or several at once, resumable (finished cells are skipped, unfinished ones resumed), with
 // a summary CSV and a Markdown report.
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,8 @@ SweepPlan load_sweep(const std::string& path, const std::string& out_override);
 struct SweepOptions {
   int parallel = 1;
   std::string moelab_binary;  // the executable that trains each cell
+  // Called for each finished cell whose directory has no plots/ yet (pictures of the run).
+  std::function<void(const std::string& cell_dir)> draw_cell;
 };
 
 // Runs the cells that are not finished and writes summary.csv and report.md; returns the

@@ -1,0 +1,68 @@
+#include "sweep/sweep_plots.h"
+
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "plot/gnuplot.h"
+#include "util/files.h"
+
+namespace moelab {
+using nlohmann::json;
+
+std::vector<std::string> draw_sweep_plots(const SweepPlan& plan) {
+  std::map<std::string, plot::Series> frontier, drops, cv;
+  std::vector<plot::Series> curves;
+  for (const SweepCell& cell : plan.cells) {
+    const std::string dir = plan.out + "/" + cell.name;
+    if (!file_exists(dir + "/summary.json")) continue;
+    json s = json::parse(read_text_file(dir + "/summary.json"));
+    const std::string strategy = s["strategy"];
+    const json r = s.value("routing", json::object());
+    auto add = [&](std::map<std::string, plot::Series>& m, double x, double y) {
+      plot::Series& series = m.try_emplace(strategy, plot::Series{strategy, {}, {}}).first->second;
+      series.x.push_back(x);
+      series.y.push_back(y);
+    };
+    add(frontier, s["tokens_per_s"].get<double>(), s["final_ppl"].get<double>());
+    if (r.contains("drop_rate")) add(drops, s["capacity_factor"].get<double>(), r["drop_rate"].get<double>());
+    if (r.contains("load_cv")) add(cv, r["load_cv"].get<double>(), s["final_ppl"].get<double>());
+    plot::Series curve{cell.name, {}, {}};
+    std::ifstream metrics(dir + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(metrics, line)) {
+      json row = json::parse(line, nullptr, false);
+      if (row.is_discarded() || row.value("kind", "") != "train") continue;
+      curve.x.push_back(row["step"].get<double>());
+      curve.y.push_back(row["loss"].get<double>());
+    }
+    curves.push_back(curve);
+  }
+  auto values = [](const std::map<std::string, plot::Series>& m) {
+    std::vector<plot::Series> out;
+    for (const auto& [name, series] : m) out.push_back(series);
+    return out;
+  };
+  std::vector<std::string> drawn;
+  auto keep = [&](bool ok, const std::string& name) {
+    if (ok) drawn.push_back(name);
+  };
+  keep(plot::scatter(plan.out + "/frontier.png", "quality / throughput frontier", "training tokens/s", "validation perplexity",
+                     values(frontier)),
+       "frontier.png");
+  if (!drops.empty())
+    keep(plot::line_chart(plan.out + "/drop_vs_cf.png", "token drop rate vs capacity factor", "capacity factor", "drop rate",
+                          values(drops), true),
+         "drop_vs_cf.png");
+  if (!cv.empty())
+    keep(plot::scatter(plan.out + "/loadcv_vs_ppl.png", "load imbalance vs quality", "load CV (std/mean of expert load)",
+                       "validation perplexity", values(cv)),
+         "loadcv_vs_ppl.png");
+  if (!curves.empty())
+    keep(plot::line_chart(plan.out + "/curves.png", "training loss of every cell", "step", "train loss (nats/token)", curves),
+         "curves.png");
+  return drawn;
+}
+
+}  // namespace moelab
