@@ -36,6 +36,11 @@ expect_error missing-corpus "cannot open" -- "$moelab" train --set data.train="$
 printf 'ok\n\xff\xfe\n' >"$dir/binary.txt"
 expect_error bad-corpus "binary.txt:2: not valid UTF-8" -- "$moelab" train --set data.train="$dir/binary.txt" --out "$dir/z"
 expect_error bad-flag "moelab train" -- "$moelab" train --no-such-flag
+printf '{"grid": {"router.strategy": ["softk", "top3"]}, "out": "%s/sw"}' "$dir" >"$dir/sweep.jsonc"
+expect_error sweep-strategy "(cell strategy-top3): router.strategy must be one of" -- "$moelab" sweep --config "$dir/sweep.jsonc"
+[ -e "$dir/sw" ] && { echo "FAIL a refused sweep created its directory"; failures=$((failures + 1)); }
+printf '{"rows": 2, "cols": 2, "experts": 8, "slots": 4, "trace": "t.jsonl"}' >"$dir/system.jsonc"
+expect_error place-slots "'slots' must be >=" -- "$moelab" place --system "$dir/system.jsonc"
 expect_error not-a-run "not a moelab run directory" -- "$moelab" eval --run "$dir"
 
 # A finished tiny run, then attempts that must leave it untouched.

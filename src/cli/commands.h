@@ -10,5 +10,6 @@ int place_command(int argc, char** argv);
 int coact_command(int argc, char** argv);
 int trace_command(int argc, char** argv);
 int plot_command(int argc, char** argv);
+int bench_command(int argc, char** argv);
 
 }  // namespace moelab::cli

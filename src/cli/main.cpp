@@ -20,6 +20,7 @@ commands:
   place      expert-placement simulator: replicate, place and search on a device mesh
   coact      expert co-activation matrix of a trace layer
   plot       pictures: plot sweep --config SWEEP | plot run --run DIR
+  bench      benchmarks: bench capacity
 )";
 
 }  // namespace
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
     if (command == "place") return moelab::cli::place_command(argc - 1, argv + 1);
     if (command == "coact") return moelab::cli::coact_command(argc - 1, argv + 1);
     if (command == "plot") return moelab::cli::plot_command(argc - 1, argv + 1);
+    if (command == "bench") return moelab::cli::bench_command(argc - 1, argv + 1);
     std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
     return 2;
   } catch (const moelab::UserError& e) {

@@ -3,6 +3,7 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "data/token_file.h"
+#include "routers/strategy.h"
 #include "sweep/sweep.h"
 #include "trace/routing_pictures.h"
 #include "train/run.h"
@@ -17,7 +18,8 @@ int sweep_command(int argc, char** argv) {
       "out", "sweep directory (overrides the file's \"out\")", cxxopts::value<std::string>()->default_value(""))(
       "parallel", "cells to train at once", cxxopts::value<int>()->default_value("1"));
   auto args = parse_options(options, argc, argv);
-  SweepPlan plan = load_sweep(required<std::string>(args, "config", "moelab sweep"), args["out"].as<std::string>());
+  SweepPlan plan = load_sweep(required<std::string>(args, "config", "moelab sweep"), args["out"].as<std::string>(),
+                              [](const RunConfig& c, const std::string& origin) { validate_router_config(c.router, origin); });
   SweepOptions run_options;
   run_options.parallel = args["parallel"].as<int>();
   if (run_options.parallel < 1) throw UserError("moelab sweep: --parallel must be >= 1");

@@ -65,7 +65,10 @@ bool heatmap(const std::string& png, const std::string& title, const std::string
   const size_t rows = values.size(), cols = rows ? values[0].size() : 0;
   std::string script = "set title " + quoted(title) + "\nset xlabel " + quoted(xlabel) + "\nset ylabel " + quoted(ylabel) +
                        strf("\nset xrange [-0.5:%zu.5]\nset yrange [%zu.5:-0.5]\n", cols ? cols - 1 : 0, rows ? rows - 1 : 0) +
-                       "set palette rgbformulae 33,13,10\nset size ratio -1\nplot datafile matrix with image notitle\n";
+                       "set palette rgbformulae 33,13,10\n" +
+                       // Square cells when the matrix is roughly square; a wide one (tokens x experts) fills the page.
+                       (rows && cols && rows * 4 >= cols && cols * 4 >= rows ? "set size ratio -1\n" : "") +
+                       (rows <= 32 ? "set ytics 1\n" : "") + "plot datafile matrix with image notitle\n";
   return run_script(png, script, data);
 }
 

@@ -36,7 +36,8 @@ std::string cell_dir(const SweepPlan& plan, const SweepCell& cell) { return plan
 
 }  // namespace
 
-SweepPlan load_sweep(const std::string& path, const std::string& out_override) {
+SweepPlan load_sweep(const std::string& path, const std::string& out_override,
+                     const std::function<void(const RunConfig&, const std::string& origin)>& validate) {
   ordered_json sweep;
   try {
     sweep = ordered_json::parse(read_text_file(path), nullptr, true, /*ignore_comments=*/true);
@@ -86,7 +87,9 @@ SweepPlan load_sweep(const std::string& path, const std::string& out_override) {
   for (const SweepCell& cell : plan.cells) {
     json config = plan.base;
     for (const std::string& o : cell.overrides) apply_override(config, o);
-    run_config_from_json(config, path + " (cell " + cell.name + ")");
+    const std::string origin = path + " (cell " + cell.name + ")";
+    RunConfig checked = run_config_from_json(config, origin);
+    if (validate) validate(checked, origin);
   }
   return plan;
 }

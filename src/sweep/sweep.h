@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/run_config.h"
+
 namespace moelab {
 
 struct SweepCell {
@@ -25,7 +27,9 @@ struct SweepPlan {
 
 // Reads SWEEP.jsonc: {"base": PATH or {...}, "grid": {"key": [values...]}, "out": DIR,
 // "set": {"key": value}}; every cell's config is checked before anything runs.
-SweepPlan load_sweep(const std::string& path, const std::string& out_override);
+// `validate` adds checks this torch-free library cannot make (the router registry's names).
+SweepPlan load_sweep(const std::string& path, const std::string& out_override,
+                     const std::function<void(const RunConfig&, const std::string& origin)>& validate = {});
 
 struct SweepOptions {
   int parallel = 1;

@@ -48,6 +48,7 @@ std::vector<std::string> draw_sweep_plots(const SweepPlan& plan) {
   auto keep = [&](bool ok, const std::string& name) {
     if (ok) drawn.push_back(name);
   };
+  if (frontier.empty()) return drawn;  // no finished cell yet
   keep(plot::scatter(plan.out + "/frontier.png", "quality / throughput frontier", "training tokens/s", "validation perplexity",
                      values(frontier)),
        "frontier.png");
