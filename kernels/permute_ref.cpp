@@ -1,18 +1,21 @@
 // Reference dispatch and combine. permute moves M*d elements (read + write); unpermute reads
-// M*d and writes T*d, with M*d multiply-adds. Autograd gives the backward of both: the
-// gradient of x is a scatter-add, that of the gates a row-wise dot product.
+// T*K*d and writes T*d, with T*K*d multiply-adds, summing each token's K rows in order, so
+// it is deterministic. Autograd gives both backwards.
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"
 
-namespace moelab::kernels {
+namespace moelab::kernels::reference {
 
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index) { return x.index_select(0, token_index); }
 
-torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& token_index, const torch::Tensor& gates,
-                        int64_t num_tokens) {
-  torch::Tensor weighted = y * gates.to(y.scalar_type()).unsqueeze(1);
-  return torch::zeros({num_tokens, y.size(1)}, y.options()).index_add(0, token_index, weighted);
+torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates) {
+  const int64_t tokens = row_of_entry.size(0), columns = row_of_entry.size(1), rows = y.size(0);
+  // Dropped entries read an appended zero row.
+  torch::Tensor padded = torch::cat({y, torch::zeros({1, y.size(1)}, y.options())}, 0);
+  torch::Tensor index = torch::where(row_of_entry >= 0, row_of_entry, torch::full_like(row_of_entry, rows)).reshape(-1);
+  torch::Tensor gathered = padded.index_select(0, index).view({tokens, columns, y.size(1)});
+  return (gathered * gates.to(y.scalar_type()).unsqueeze(-1)).sum(1);
 }
 
-}  // namespace moelab::kernels
+}  // namespace moelab::kernels::reference

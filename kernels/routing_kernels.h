@@ -1,7 +1,8 @@
 #pragma once
-// The routing path's kernels, one dispatch point each. Every op has a CPU reference built
-// from libtorch ops (kernels/<op>_ref.cpp) that autograd differentiates; the CUDA versions
-// (kernels/<op>.cu, built with MOELAB_CUDA) are checked against these in the tests.
+// The routing path's kernels, one dispatch point each: CUDA tensors go to the kernels in
+// kernels/<op>.cu (built with MOELAB_CUDA), everything else to the CPU references in
+// kernels/<op>_ref.cpp, written with libtorch ops that autograd differentiates. The tests
+// compare the two on random inputs.
 #include <torch/types.h>
 
 namespace moelab::kernels {
@@ -12,7 +13,8 @@ struct TopKGate {
   torch::Tensor ids;    // [T, k] int64, by descending probability; ties: lower expert id first
 };
 
-// Fused gate: softmax over experts + top-k (+ renormalisation over the k).
+// Fused gate: softmax over experts + top-k (+ renormalisation over the k). E <= 512, k <= 8
+// on CUDA; fp32 or bf16 logits.
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 
 // Position of each flat assignment within its expert's queue. Assignments queue in `order`
@@ -21,15 +23,27 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
 torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Tensor& valid,
                                const torch::Tensor& order, int64_t num_experts);
 
-// Dispatch: rows of x gathered into expert-major order (packed[i] = x[token_index[i]]).
-torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
-// Combine: out[t] = sum over i with token_index[i] = t of gates[i] * y[i]; gradients flow to
-// y and gates.
-torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& token_index, const torch::Tensor& gates,
-                        int64_t num_tokens);
+// Dispatch: packed[i] = x[token_index[i]]. row_of_entry [T, K] (the packed row of each of a
+// token's K assignments, -1 when not kept) is the inverse map the backward pass uses.
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry);
+
+// Combine: out[t] = sum_j gates[t, j] * y[row_of_entry[t, j]] over the kept j, in j order
+// (deterministic, no atomics); gradients flow to y and gates.
+torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 
 // Sinkhorn balancing without gradient: q = exp(logits/tau - rowmax) in fp32, then `iters`
 // rounds of scaling rows to sum 1 and columns to sum T/E.
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
+
+// The CPU references, callable on any device (the tests compare against them).
+namespace reference {
+TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
+torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
+}  // namespace reference
+
+bool cuda_kernels_built();
+// Benchmarks turn the CUDA kernels off to time the same work done by plain libtorch ops.
+void set_cuda_kernels_enabled(bool enabled);
 
 }  // namespace moelab::kernels

@@ -5,7 +5,7 @@
 
 #include "kernels/routing_kernels.h"
 
-namespace moelab::kernels {
+namespace moelab::kernels::reference {
 
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {
   torch::Tensor probs = torch::softmax(logits.to(torch::kFloat32) / temperature, -1);
@@ -15,4 +15,4 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
   return {gates, ids};
 }
 
-}  // namespace moelab::kernels
+}  // namespace moelab::kernels::reference

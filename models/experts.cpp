@@ -28,13 +28,46 @@ torch::Tensor Experts::expert_forward(int64_t e, const torch::Tensor& x) {
   return torch::addmm(b2[e], h, w2[e]);
 }
 
-torch::Tensor Experts::forward(const torch::Tensor& packed, const std::vector<int64_t>& expert_rows) {
+// at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
+#if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
+#define MOELAB_GROUPED_MM 1
+#endif
+
+bool Experts::grouped_gemm_available() {
+#ifdef MOELAB_GROUPED_MM
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor& expert_rows) {
+#ifdef MOELAB_GROUPED_MM
+  if (packed.is_cuda() && (packed.scalar_type() == torch::kBFloat16 || at::autocast::is_autocast_enabled(at::kCUDA))) {
+    // Row offsets and each row's expert stay on the device: no host synchronisation.
+    const int64_t rows = packed.size(0);
+    torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
+    torch::Tensor expert_of_row =
+        torch::repeat_interleave(torch::arange(expert_rows.size(0), expert_rows.options()), expert_rows, /*dim=*/0, rows);
+    const auto bf16 = torch::kBFloat16;
+    torch::Tensor h = at::_grouped_mm(packed.to(bf16), w1.to(bf16), offsets) + b1.index_select(0, expert_of_row).to(bf16);
+    if (swiglu_) {
+      auto halves = h.chunk(2, -1);
+      h = torch::silu(halves[0]) * halves[1];
+    } else {
+      h = torch::gelu(h);
+    }
+    return at::_grouped_mm(h, w2.to(bf16), offsets) + b2.index_select(0, expert_of_row).to(bf16);
+  }
+#endif
+  torch::Tensor counts = expert_rows.cpu();
   std::vector<torch::Tensor> outputs;
   int64_t start = 0;
-  for (size_t e = 0; e < expert_rows.size(); ++e) {
-    if (expert_rows[e] == 0) continue;
-    outputs.push_back(expert_forward(static_cast<int64_t>(e), packed.narrow(0, start, expert_rows[e])));
-    start += expert_rows[e];
+  for (int64_t e = 0; e < counts.size(0); ++e) {
+    const int64_t n = counts[e].item<int64_t>();
+    if (n == 0) continue;
+    outputs.push_back(expert_forward(e, packed.narrow(0, start, n)));
+    start += n;
   }
   if (outputs.empty()) return packed.new_zeros({0, w2.size(2)});
   return torch::cat(outputs, 0);

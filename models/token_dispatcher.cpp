@@ -16,17 +16,18 @@ DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const Routing
   entries = entries.index_select(0, order);
 
   DispatchedTokens out;
-  out.num_tokens = x.size(0);
   out.token_index = entries.div(columns, "floor");
-  out.gates = plan.gates.reshape(-1).index_select(0, entries);
-  out.packed = kernels::permute(x, out.token_index);
-  torch::Tensor rows = expert_counts(experts, torch::ones_like(experts, torch::kBool), plan.num_experts).cpu();
-  out.expert_rows.assign(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + plan.num_experts);
+  out.row_of_entry = torch::full({x.size(0) * columns}, -1, entries.options())
+                         .index_put_({entries}, torch::arange(entries.size(0), entries.options()))
+                         .view({x.size(0), columns});
+  out.gates = plan.gates;
+  out.packed = kernels::permute(x, out.token_index, out.row_of_entry);
+  out.expert_rows = expert_counts(experts, torch::ones_like(experts, torch::kBool), plan.num_experts);
   return out;
 }
 
 torch::Tensor TokenDispatcher::combine(const torch::Tensor& expert_output, const DispatchedTokens& dispatched) const {
-  return kernels::unpermute(expert_output, dispatched.token_index, dispatched.gates, dispatched.num_tokens);
+  return kernels::unpermute(expert_output, dispatched.row_of_entry, dispatched.gates);
 }
 
 }  // namespace moelab

@@ -1,8 +1,6 @@
 #pragma once
 // The token dispatcher packs tokens by expert according to a routing plan and combines the
 // experts' outputs back, gate-weighted. It knows nothing of how the plan was made.
-#include <vector>
-
 #include <torch/types.h>
 
 #include "routers/routing_plan.h"
@@ -10,11 +8,11 @@
 namespace moelab {
 
 struct DispatchedTokens {
-  torch::Tensor packed;       // [M, d]: kept assignments, expert-major, flat order within an expert
-  torch::Tensor token_index;  // [M] int64: the token each packed row came from
-  torch::Tensor gates;        // [M] float32: its gate (differentiable)
-  std::vector<int64_t> expert_rows;  // [E]: rows of `packed` per expert
-  int64_t num_tokens = 0;
+  torch::Tensor packed;        // [M, d]: kept assignments, expert-major, flat order within an expert
+  torch::Tensor token_index;   // [M] int64: the token each packed row came from
+  torch::Tensor row_of_entry;  // [T, K] int64: the packed row of each assignment, -1 if not kept
+  torch::Tensor gates;         // [T, K] float32: the plan's gates (differentiable)
+  torch::Tensor expert_rows;    // [E] int64: rows of `packed` per expert (on the device)
 };
 
 class TokenDispatcher {

@@ -48,7 +48,7 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   TokenDispatcher dispatcher;
   DispatchedTokens d = dispatcher.dispatch(x, plan);
   // expert 0: entries 1 (t0), 2 (t1), 5 (t2); expert 1: none kept; expert 2: entries 0 (t0), 4 (t2)
-  EXPECT_EQ(d.expert_rows, (std::vector<int64_t>{3, 0, 2}));
+  EXPECT_TRUE(torch::equal(d.expert_rows, torch::tensor({3, 0, 2}, torch::kLong)));
   EXPECT_TRUE(torch::equal(d.token_index, torch::tensor({0, 1, 2, 0, 2}, torch::kLong)));
   EXPECT_TRUE(torch::equal(d.packed.squeeze(1), torch::tensor({1.0, 10.0, 100.0, 1.0, 100.0})));
   // Pretend expert e multiplies by (e + 1): outputs 1, 10, 100, 3, 300.
@@ -58,18 +58,22 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   EXPECT_TRUE(torch::allclose(out.squeeze(1), torch::tensor({1.75, 10.0, 900.0})));
 }
 
-TEST(Kernels, UnpermuteGradients) {
+TEST(Kernels, UnpermuteValuesAndGradients) {
   torch::manual_seed(2);
   torch::Tensor y = torch::randn({5, 4}, torch::requires_grad());
-  torch::Tensor gates = torch::rand({5}, torch::requires_grad());
-  torch::Tensor index = torch::tensor({0, 2, 2, 1, 0}, torch::kLong);
-  torch::Tensor out = kernels::unpermute(y, index, gates, 3);
+  torch::Tensor rows = torch::tensor({0, 4, 1, 2, 3, -1}, torch::kLong).view({3, 2});
+  torch::Tensor gates = torch::rand({3, 2}, torch::requires_grad());
+  torch::Tensor out = kernels::unpermute(y, rows, gates);
+  torch::Tensor yd = y.detach(), gd = gates.detach();
+  EXPECT_TRUE(torch::allclose(out[0], gd[0][0] * yd[0] + gd[0][1] * yd[4]));
+  EXPECT_TRUE(torch::allclose(out[2], gd[2][0] * yd[3]));
   torch::Tensor upstream = torch::randn({3, 4});
   (out * upstream).sum().backward();
-  // d out[t] / d y[i] = gates[i] at t = index[i]; d / d gates[i] = <y[i], upstream[index[i]]>
-  torch::Tensor up = upstream.index_select(0, index);
-  EXPECT_TRUE(torch::allclose(y.grad(), up * gates.detach().unsqueeze(1)));
-  EXPECT_TRUE(torch::allclose(gates.grad(), (y.detach() * up).sum(1)));
+  // d out[t] / d y[rows[t, j]] = gates[t, j]; d / d gates[t, j] = <y[rows[t, j]], upstream[t]>
+  EXPECT_TRUE(torch::allclose(y.grad()[4], gd[0][1] * upstream[0]));
+  EXPECT_TRUE(torch::allclose(y.grad()[3], gd[2][0] * upstream[2]));
+  EXPECT_NEAR(gates.grad()[1][1].item<double>(), (yd[2] * upstream[1]).sum().item<double>(), 1e-6);
+  EXPECT_EQ(gates.grad()[2][1].item<double>(), 0.0);
 }
 
 class MoeLayerMatchesPerTokenLoop : public ::testing::TestWithParam<std::tuple<std::string, double>> {};

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "bench/capacity_bench.h"
+#include "bench/kernel_bench.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "util/files.h"
@@ -63,11 +64,58 @@ int capacity(int argc, char** argv) {
   return 0;
 }
 
+// topk | pack | combine | routing | moe-layer over the product of the comma-separated sizes
+// (a single point by default; lists give the seed's sweep_pack).
+int kernel(const std::string& op, int argc, char** argv) {
+  cxxopts::Options options("moelab bench " + op, "Time a routing kernel beside libtorch ops and the device copy bandwidth.");
+  options.add_options()("tokens", "tokens (comma list sweeps)", cxxopts::value<std::string>()->default_value("16384"))(
+      "hidden", "hidden size d (comma list sweeps)", cxxopts::value<std::string>()->default_value("4096"))(
+      "experts", "experts E (comma list sweeps)", cxxopts::value<std::string>()->default_value("128"))(
+      "top-k", "experts per token k (comma list sweeps)", cxxopts::value<std::string>()->default_value("2"))(
+      "iters", "timed iterations", cxxopts::value<int64_t>()->default_value("50"))(
+      "expand", "expert FFN width / d (moe-layer)", cxxopts::value<int64_t>()->default_value("4"))(
+      "capacity-factor", "capacity factor (routing, moe-layer)", cxxopts::value<double>()->default_value("1.25"))(
+      "skew-experts", "add --skew-bias to the first N experts' logits", cxxopts::value<int64_t>()->default_value("0"))(
+      "skew-bias", "logit bias of the skewed experts", cxxopts::value<double>()->default_value("0"))(
+      "dtype", "bf16 | fp32", cxxopts::value<std::string>()->default_value("bf16"))(
+      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("17"))(
+      "out", "JSONL file", cxxopts::value<std::string>()->default_value(""));
+  auto args = parse_options(options, argc, argv);
+  KernelBenchOptions o;
+  o.op = op;
+  o.iters = args["iters"].as<int64_t>();
+  o.expand = args["expand"].as<int64_t>();
+  o.capacity_factor = args["capacity-factor"].as<double>();
+  o.skew_experts = args["skew-experts"].as<int64_t>();
+  o.skew_bias = args["skew-bias"].as<double>();
+  o.dtype = args["dtype"].as<std::string>();
+  o.seed = args["seed"].as<uint64_t>();
+  if (o.dtype != "bf16" && o.dtype != "fp32") throw UserError("moelab bench: --dtype must be bf16 or fp32");
+  std::vector<nlohmann::json> rows;
+  for (int64_t tokens : parse_list<int64_t>(args["tokens"].as<std::string>(), "--tokens"))
+    for (int64_t hidden : parse_list<int64_t>(args["hidden"].as<std::string>(), "--hidden"))
+      for (int64_t experts : parse_list<int64_t>(args["experts"].as<std::string>(), "--experts"))
+        for (int64_t k : parse_list<int64_t>(args["top-k"].as<std::string>(), "--top-k")) {
+          o.tokens = tokens;
+          o.hidden = hidden;
+          o.experts = experts;
+          o.top_k = k;
+          for (auto& r : run_kernel_bench(o)) {
+            std::cout << r.dump() << std::endl;
+            rows.push_back(r);
+          }
+        }
+  write_rows(rows, args["out"].as<std::string>());
+  return 0;
+}
+
 }  // namespace
 
 int bench_command(int argc, char** argv) {
-  if (argc >= 2 && std::string(argv[1]) == "capacity") return capacity(argc - 1, argv + 1);
-  throw UserError("moelab bench: usage: moelab bench capacity [options]");
+  const std::string op = argc >= 2 ? argv[1] : "";
+  if (op == "capacity") return capacity(argc - 1, argv + 1);
+  if (op == "topk" || op == "pack" || op == "combine" || op == "routing" || op == "moe-layer") return kernel(op, argc - 1, argv + 1);
+  throw UserError("moelab bench: usage: moelab bench topk|routing|pack|combine|moe-layer|capacity [options]");
 }
 
 }  // namespace moelab::cli

@@ -12,6 +12,7 @@
 #include "data/token_file.h"
 #include "models/tiny_moe.h"
 #include "routers/strategy.h"
+#include "train/autocast.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/lr_schedule.h"
@@ -80,6 +81,8 @@ json train(RunConfig config, const TrainOptions& options) {
   torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
                                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   const torch::Device device(resolve_device(tc.device));
+  if (tc.dtype == "bf16" && !device.is_cuda()) throw UserError("train.dtype bf16 needs a CUDA device (CPU training is fp32)");
+  const bool bf16 = device.is_cuda() && tc.dtype != "fp32";  // SPEC: bf16 autocast on GPU, fp32 on CPU
   ensure_directory(run_dir + "/checkpoints");
 
   PreparedData data = prepare_data(config.data, config.seed, run_dir);
@@ -120,6 +123,7 @@ json train(RunConfig config, const TrainOptions& options) {
     save_checkpoint(ckpt, model, optimizer, state);
   };
   auto run_eval = [&](int64_t step) {
+    CudaAutocast autocast(bf16);
     last_eval = evaluate(model, valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows, chars_per_token, device);
     evaluated = true;
     metrics.write({{"kind", "eval"}, {"step", step}, {"val_loss", last_eval.loss}, {"val_ppl", last_eval.ppl},
@@ -139,10 +143,15 @@ json train(RunConfig config, const TrainOptions& options) {
     set_learning_rate(optimizer, lr);
 
     sampler.next(inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
-    ModelOutput out = model.forward(inputs.to(device));
-    torch::Tensor lm_loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat32),
-                                                                 targets.to(device).reshape(-1));
-    torch::Tensor loss = lm_loss + out.aux_loss;
+    ModelOutput out;
+    torch::Tensor lm_loss, loss;
+    {
+      CudaAutocast autocast(bf16);
+      out = model.forward(inputs.to(device, /*non_blocking=*/true));
+      lm_loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat32),
+                                                     targets.to(device, /*non_blocking=*/true).reshape(-1));
+      loss = lm_loss + out.aux_loss;
+    }
     optimizer.zero_grad();
     loss.backward();
     double grad_norm = tc.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(model.parameters(), tc.grad_clip) : 0.0;
@@ -229,6 +238,7 @@ json train(RunConfig config, const TrainOptions& options) {
                   {"top_k", config.router.top_k},
                   {"router_parameters", model.moe_layers().empty() ? 0 : model.moe_layers()[0]->router().gate_parameter_count()},
                   {"device", device.str()},
+                  {"dtype", bf16 ? "bf16" : "fp32"},
                   {"routing", last_routing}};
   if (tc.peak_tflops > 0)
     summary["mfu"] = summary["tokens_per_s"].get<double>() * flops_per_token / (tc.peak_tflops * 1e12);

@@ -1,0 +1,92 @@
+// Autograd for the CUDA routing kernels. The gate's backward recomputes the reference
+// formula for the chosen experts (cheap next to the forward's selection); combine's backward
+// is its own kernel; permute's backward is a combine with unit gates (no atomics).
+#include <torch/torch.h>
+
+#include "kernels/cuda_ops.h"
+
+namespace moelab::kernels::cuda {
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct SoftmaxTopK : public torch::autograd::Function<SoftmaxTopK> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {
+    torch::Tensor input = logits.contiguous();
+    torch::Tensor gates = torch::empty({input.size(0), k}, input.options().dtype(torch::kFloat32));
+    torch::Tensor ids = torch::empty({input.size(0), k}, input.options().dtype(torch::kLong));
+    launch_softmax_topk(input, k, temperature, renormalize, gates, ids);
+    ctx->save_for_backward({logits, ids});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["renormalize"] = renormalize;
+    ctx->mark_non_differentiable({ids});
+    return {gates, ids};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor logits = saved[0].detach().requires_grad_(true), ids = saved[1];
+    const double temperature = ctx->saved_data["temperature"].toDouble();
+    const bool renormalize = ctx->saved_data["renormalize"].toBool();
+    torch::Tensor grad_logits;
+    {
+      torch::AutoGradMode enable(true);
+      torch::Tensor gates = torch::softmax(logits.to(torch::kFloat32) / temperature, -1).gather(1, ids);
+      if (renormalize) gates = gates / gates.sum(-1, true);
+      grad_logits = torch::autograd::grad({gates}, {logits}, {grads[0]})[0];
+    }
+    return {grad_logits, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor combine_forward(const torch::Tensor& y, const torch::Tensor& rows, const torch::Tensor& gates) {
+  torch::Tensor out = torch::empty({rows.size(0), y.size(1)}, y.options());
+  launch_combine(y.contiguous(), rows.contiguous(), gates.to(torch::kFloat32).contiguous(), out);
+  return out;
+}
+
+struct Unpermute : public torch::autograd::Function<Unpermute> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y, const torch::Tensor& rows, const torch::Tensor& gates) {
+    ctx->save_for_backward({y, rows, gates});
+    return combine_forward(y, rows, gates);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor y = saved[0].contiguous(), rows = saved[1].contiguous(), gates = saved[2];
+    torch::Tensor grad_out = grads[0].to(y.scalar_type()).contiguous();
+    torch::Tensor grad_y = torch::empty_like(y), grad_gates = torch::empty(rows.sizes(), y.options().dtype(torch::kFloat32));
+    launch_combine_backward(y, rows, gates.to(torch::kFloat32).contiguous(), grad_out, grad_y, grad_gates);
+    return {grad_y, torch::Tensor(), grad_gates.to(gates.scalar_type())};
+  }
+};
+
+struct Permute : public torch::autograd::Function<Permute> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& index, const torch::Tensor& rows) {
+    torch::Tensor input = x.contiguous();
+    torch::Tensor out = torch::empty({index.size(0), input.size(1)}, input.options());
+    launch_gather_rows(input, index.contiguous(), out);
+    ctx->save_for_backward({rows});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    torch::Tensor rows = ctx->get_saved_variables()[0];
+    torch::Tensor ones = torch::ones(rows.sizes(), rows.options().dtype(torch::kFloat32));
+    return {combine_forward(grads[0].contiguous(), rows, ones), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {
+  auto out = SoftmaxTopK::apply(logits, k, temperature, renormalize);
+  return {out[0], out[1]};
+}
+
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry) {
+  return Permute::apply(x, token_index, row_of_entry);
+}
+
+torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates) {
+  return Unpermute::apply(y, row_of_entry, gates);
+}
+
+}  // namespace moelab::kernels::cuda

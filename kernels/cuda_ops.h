@@ -1,0 +1,22 @@
+#pragma once
+// CUDA versions of the routing ops (MOELAB_CUDA builds only): autograd-aware wrappers in
+// cuda_ops.cpp around the raw launchers of the .cu files.
+#include <torch/types.h>
+
+#include "kernels/routing_kernels.h"
+
+namespace moelab::kernels::cuda {
+
+TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry);
+torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
+
+// Raw launchers (no autograd), on the current CUDA stream.
+void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
+                         torch::Tensor& ids);
+void launch_gather_rows(const torch::Tensor& src, const torch::Tensor& index, torch::Tensor& dst);
+void launch_combine(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates, torch::Tensor& out);
+void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates,
+                             const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates);
+
+}  // namespace moelab::kernels::cuda

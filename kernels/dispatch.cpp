@@ -1,0 +1,47 @@
+// One dispatch point per routing op: CUDA tensors to the kernels, the rest to the references.
+#include <torch/torch.h>
+
+#include "kernels/routing_kernels.h"
+#ifdef MOELAB_CUDA
+#include "kernels/cuda_ops.h"
+#endif
+
+namespace moelab::kernels {
+
+namespace {
+bool cuda_enabled = true;
+}
+
+void set_cuda_kernels_enabled(bool enabled) { cuda_enabled = enabled; }
+
+bool cuda_kernels_built() {
+#ifdef MOELAB_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512 && k <= 8) return cuda::softmax_topk(logits, k, temperature, renormalize);
+#endif
+  return reference::softmax_topk(logits, k, temperature, renormalize);
+}
+
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && x.is_cuda()) return cuda::permute(x, token_index, row_of_entry);
+#endif
+  (void)row_of_entry;
+  return reference::permute(x, token_index);
+}
+
+torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && y.is_cuda()) return cuda::unpermute(y, row_of_entry, gates);
+#endif
+  return reference::unpermute(y, row_of_entry, gates);
+}
+
+}  // namespace moelab::kernels

@@ -1,0 +1,171 @@
+// Dispatch (permute) and combine (unpermute) for the packed expert buffer.
+//   gather_rows:      dst[i] = src[index[i]]; one block per row, 16-byte loads and stores.
+//                     Traffic: 2 * M * d * bytes.
+//   combine:          out[t] = sum_j gates[t, j] * y[row[t, j]], rows read in j order (no
+//                     atomics: deterministic), fp32 accumulation. Traffic: (K + 1) * T * d * bytes.
+//   combine_backward: per kept (t, j): grad_y[row] = gates[t, j] * grad_out[t] and
+//                     grad_gates[t, j] = <y[row], grad_out[t]>, one block each.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/util/BFloat16.h>
+#include <torch/types.h>
+
+#include "kernels/cuda_ops.h"
+
+namespace moelab::kernels::cuda {
+namespace {
+
+__global__ void gather_rows_kernel(const uint4* __restrict__ src, const int64_t* __restrict__ index, uint4* __restrict__ dst,
+                                   int64_t vectors_per_row) {
+  const int64_t row = blockIdx.x;
+  const uint4* from = src + index[row] * vectors_per_row;
+  uint4* to = dst + row * vectors_per_row;
+  for (int64_t v = threadIdx.x; v < vectors_per_row; v += blockDim.x) to[v] = from[v];
+}
+
+__global__ void gather_rows_bytes_kernel(const char* __restrict__ src, const int64_t* __restrict__ index, char* __restrict__ dst,
+                                         int64_t row_bytes) {
+  const int64_t row = blockIdx.x;
+  for (int64_t b = threadIdx.x; b < row_bytes; b += blockDim.x) dst[row * row_bytes + b] = src[index[row] * row_bytes + b];
+}
+
+// 16 bytes of T as floats: 4 floats or 8 bf16.
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  static constexpr int N = 4;
+  __device__ static void load(const float* p, float* out) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  }
+  __device__ static void store(float* p, const float* in) { *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]); }
+};
+template <>
+struct Vec<c10::BFloat16> {
+  static constexpr int N = 8;
+  __device__ static void load(const c10::BFloat16* p, float* out) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const c10::BFloat16* b = reinterpret_cast<const c10::BFloat16*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(b[i]);
+  }
+  __device__ static void store(c10::BFloat16* p, const float* in) {
+    uint4 raw;
+    c10::BFloat16* b = reinterpret_cast<c10::BFloat16*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) b[i] = c10::BFloat16(in[i]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+};
+
+template <typename T>
+__global__ void combine_kernel(const T* __restrict__ y, const int64_t* __restrict__ rows, const float* __restrict__ gates,
+                               T* __restrict__ out, int columns, int64_t dim) {
+  constexpr int N = Vec<T>::N;
+  const int64_t token = blockIdx.x;
+  for (int64_t c = threadIdx.x * N; c < dim; c += blockDim.x * N) {
+    float acc[N] = {0.f};
+    for (int j = 0; j < columns; ++j) {
+      const int64_t row = rows[token * columns + j];
+      if (row < 0) continue;
+      const float g = gates[token * columns + j];
+      float v[N];
+      Vec<T>::load(y + row * dim + c, v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) acc[i] += g * v[i];
+    }
+    Vec<T>::store(out + token * dim + c, acc);
+  }
+}
+
+template <typename T>
+__global__ void combine_backward_kernel(const T* __restrict__ y, const int64_t* __restrict__ rows, const float* __restrict__ gates,
+                                        const T* __restrict__ grad_out, T* __restrict__ grad_y, float* __restrict__ grad_gates,
+                                        int columns, int64_t dim) {
+  constexpr int N = Vec<T>::N;
+  const int64_t entry = blockIdx.x, token = entry / columns;
+  const int64_t row = rows[entry];
+  float dot = 0.f;
+  if (row >= 0) {
+    const float g = gates[entry];
+    for (int64_t c = threadIdx.x * N; c < dim; c += blockDim.x * N) {
+      float go[N], v[N], gy[N];
+      Vec<T>::load(grad_out + token * dim + c, go);
+      Vec<T>::load(y + row * dim + c, v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        gy[i] = g * go[i];
+        dot += v[i] * go[i];
+      }
+      Vec<T>::store(grad_y + row * dim + c, gy);
+    }
+  }
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffff, dot, offset);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += partial[w];
+    grad_gates[entry] = row >= 0 ? total : 0.f;
+  }
+}
+
+int threads_for(int64_t vectors) { return vectors >= 256 ? 256 : vectors >= 128 ? 128 : 64; }
+
+}  // namespace
+
+void launch_gather_rows(const torch::Tensor& src, const torch::Tensor& index, torch::Tensor& dst) {
+  const int64_t rows = index.size(0);
+  if (rows == 0) return;
+  const int64_t row_bytes = src.size(1) * src.element_size();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const bool aligned = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(src.data_ptr()) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(dst.data_ptr()) % 16 == 0;
+  if (aligned) {
+    const int64_t vectors = row_bytes / 16;
+    gather_rows_kernel<<<rows, threads_for(vectors), 0, stream>>>(static_cast<const uint4*>(src.data_ptr()),
+                                                                 index.data_ptr<int64_t>(), static_cast<uint4*>(dst.data_ptr()), vectors);
+  } else {
+    gather_rows_bytes_kernel<<<rows, 256, 0, stream>>>(static_cast<const char*>(src.data_ptr()), index.data_ptr<int64_t>(),
+                                                      static_cast<char*>(dst.data_ptr()), row_bytes);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_combine(const torch::Tensor& y, const torch::Tensor& rows, const torch::Tensor& gates, torch::Tensor& out) {
+  const int64_t tokens = rows.size(0), dim = y.size(1);
+  if (tokens == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int columns = static_cast<int>(rows.size(1));
+  if (y.scalar_type() == torch::kBFloat16) {
+    TORCH_CHECK(dim % 8 == 0, "combine: bf16 rows need d % 8 == 0");
+    combine_kernel<c10::BFloat16><<<tokens, threads_for(dim / 8), 0, stream>>>(
+        y.data_ptr<c10::BFloat16>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), out.data_ptr<c10::BFloat16>(), columns, dim);
+  } else {
+    TORCH_CHECK(y.scalar_type() == torch::kFloat32 && dim % 4 == 0, "combine: fp32 rows need d % 4 == 0 (or bf16)");
+    combine_kernel<float><<<tokens, threads_for(dim / 4), 0, stream>>>(y.data_ptr<float>(), rows.data_ptr<int64_t>(),
+                                                                      gates.data_ptr<float>(), out.data_ptr<float>(), columns, dim);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& rows, const torch::Tensor& gates,
+                             const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates) {
+  const int64_t entries = rows.numel(), dim = y.size(1);
+  if (entries == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int columns = static_cast<int>(rows.size(1));
+  if (y.scalar_type() == torch::kBFloat16) {
+    combine_backward_kernel<c10::BFloat16><<<entries, threads_for(dim / 8), 0, stream>>>(
+        y.data_ptr<c10::BFloat16>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<c10::BFloat16>(),
+        grad_y.data_ptr<c10::BFloat16>(), grad_gates.data_ptr<float>(), columns, dim);
+  } else {
+    combine_backward_kernel<float><<<entries, threads_for(dim / 4), 0, stream>>>(
+        y.data_ptr<float>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<float>(),
+        grad_y.data_ptr<float>(), grad_gates.data_ptr<float>(), columns, dim);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace moelab::kernels::cuda

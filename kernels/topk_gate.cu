@@ -1,0 +1,105 @@
+// Fused softmax + top-k (+ renormalisation) gate: one warp per token. Each lane keeps up to
+// 16 logits in registers (E <= 512), the warp reduces the row max and the sum of exponentials,
+// then k rounds of a warp arg-max pick the experts (equal values: the lower expert id, the
+// reference's tie rule). Traffic: T*E logits read once, 2*T*k values written; work: T*E exp.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/util/BFloat16.h>
+#include <torch/types.h>
+
+#include "kernels/cuda_ops.h"
+
+namespace moelab::kernels::cuda {
+namespace {
+
+constexpr int kMaxPerLane = 16;  // 512 experts / 32 lanes
+constexpr int kMaxK = 8;
+
+template <typename T>
+__global__ void softmax_topk_kernel(const T* __restrict__ logits, int64_t tokens, int experts, int k, float inv_temperature,
+                                    bool renormalize, float* __restrict__ gates, int64_t* __restrict__ ids) {
+  const int64_t token = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (token >= tokens) return;
+  const T* row = logits + token * experts;
+  float v[kMaxPerLane];
+  float row_max = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < experts ? static_cast<float>(row[e]) * inv_temperature : -INFINITY;
+    row_max = fmaxf(row_max, v[i]);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, offset));
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i)
+    if (lane + 32 * i < experts) sum += __expf(v[i] - row_max);
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+
+  unsigned taken = 0;
+  float picked[kMaxK];
+  int picked_id[kMaxK];
+  float picked_sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) {
+    if (j >= k) break;
+    float best = -INFINITY;
+    int best_id = 0x7fffffff;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      const int e = lane + 32 * i;
+      if (e < experts && !((taken >> i) & 1u) && (v[i] > best || best_id == 0x7fffffff)) {
+        best = v[i];
+        best_id = e;
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float other = __shfl_xor_sync(0xffffffff, best, offset);
+      const int other_id = __shfl_xor_sync(0xffffffff, best_id, offset);
+      if (other > best || (other == best && other_id < best_id)) {
+        best = other;
+        best_id = other_id;
+      }
+    }
+    if ((best_id & 31) == lane) taken |= 1u << (best_id >> 5);
+    picked[j] = __expf(best - row_max) / sum;
+    picked_id[j] = best_id;
+    picked_sum += picked[j];
+  }
+  if (lane == 0) {
+    const float scale = renormalize ? 1.f / picked_sum : 1.f;
+#pragma unroll
+    for (int j = 0; j < kMaxK; ++j) {
+      if (j >= k) break;
+      gates[token * k + j] = picked[j] * scale;
+      ids[token * k + j] = picked_id[j];
+    }
+  }
+}
+
+}  // namespace
+
+void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
+                         torch::Tensor& ids) {
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous(), "softmax_topk: logits must be a contiguous [T, E] tensor");
+  TORCH_CHECK(logits.size(1) <= 32 * kMaxPerLane && k <= kMaxK && k <= logits.size(1), "softmax_topk: needs E <= 512, k <= 8");
+  const int64_t tokens = logits.size(0);
+  if (tokens == 0) return;
+  const int threads = 256;
+  const int64_t blocks = (tokens * 32 + threads - 1) / threads;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const float inv_t = static_cast<float>(1.0 / temperature);
+  if (logits.scalar_type() == torch::kBFloat16) {
+    softmax_topk_kernel<c10::BFloat16><<<blocks, threads, 0, stream>>>(
+        logits.data_ptr<c10::BFloat16>(), tokens, static_cast<int>(logits.size(1)), static_cast<int>(k), inv_t, renormalize,
+        gates.data_ptr<float>(), ids.data_ptr<int64_t>());
+  } else {
+    TORCH_CHECK(logits.scalar_type() == torch::kFloat32, "softmax_topk: logits must be fp32 or bf16");
+    softmax_topk_kernel<float><<<blocks, threads, 0, stream>>>(logits.data_ptr<float>(), tokens,
+                                                               static_cast<int>(logits.size(1)), static_cast<int>(k), inv_t,
+                                                               renormalize, gates.data_ptr<float>(), ids.data_ptr<int64_t>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace moelab::kernels::cuda

@@ -1,0 +1,161 @@
+// CUDA kernels against their CPU references on fresh random inputs. Skipped without a GPU
+// (CI); run on the GPU machine by scripts/gpu.sh. Tolerances: fp32 1e-5 relative for the
+// gate and 1e-6 absolute for copies; bf16 inputs are compared against the reference on the
+// same bf16 values computed in fp32, so the difference is the kernel's one bf16 rounding of
+// its output: 1e-2 relative.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kernels/routing_kernels.h"
+#include "models/experts.h"
+#include "models/moe_layer.h"
+
+using namespace moelab;
+
+namespace {
+
+bool have_cuda_kernels() { return torch::cuda::is_available() && kernels::cuda_kernels_built(); }
+
+#define REQUIRE_CUDA() \
+  if (!have_cuda_kernels()) GTEST_SKIP() << "no CUDA device or a CPU-only build: CUDA kernel test skipped"
+
+// A routing of T tokens to E experts with k columns: rows of the packed buffer per entry.
+struct Routing {
+  torch::Tensor token_index, rows, gates;
+  int64_t packed_rows;
+};
+
+Routing random_routing(int64_t tokens, int64_t k, double keep, torch::Device device) {
+  torch::Tensor kept = torch::rand({tokens * k}) < keep;
+  torch::Tensor entries = kept.nonzero().squeeze(1);
+  // Shuffle the packed order as an expert-major sort would.
+  torch::Tensor order = torch::randperm(entries.size(0), torch::kLong);
+  entries = entries.index_select(0, order);
+  torch::Tensor rows = torch::full({tokens * k}, -1, torch::kLong).index_put_({entries}, torch::arange(entries.size(0)));
+  return {entries.div(k, "floor").to(device), rows.view({tokens, k}).to(device),
+          (torch::rand({tokens, k}) * kept.view({tokens, k})).to(device), entries.size(0)};
+}
+
+}  // namespace
+
+TEST(CudaKernels, SoftmaxTopKMatchesReference) {
+  REQUIRE_CUDA();
+  torch::manual_seed(21);
+  for (int64_t experts : {2, 7, 8, 64, 100, 128, 384, 512})
+    for (int64_t k : {1, 2, 4, 8}) {
+      if (k > experts) continue;
+      for (int64_t tokens : {1, 333, 4099}) {
+        torch::Tensor logits = torch::randn({tokens, experts}, torch::kCUDA) * 3;
+        auto fast = kernels::softmax_topk(logits, k, 1.0, true);
+        auto ref = kernels::reference::softmax_topk(logits, k, 1.0, true);
+        ASSERT_TRUE(torch::equal(fast.ids, ref.ids)) << experts << " " << k << " " << tokens;
+        ASSERT_TRUE(torch::allclose(fast.gates, ref.gates, 1e-5, 1e-6)) << experts << " " << k;
+        auto raw = kernels::softmax_topk(logits, k, 0.7, false);
+        auto raw_ref = kernels::reference::softmax_topk(logits, k, 0.7, false);
+        ASSERT_TRUE(torch::allclose(raw.gates, raw_ref.gates, 1e-5, 1e-6));
+      }
+    }
+  // bf16 logits and ties: equal logits pick the lower expert id.
+  torch::Tensor tied = torch::zeros({64, 16}, torch::kCUDA).to(torch::kBFloat16);
+  auto t = kernels::softmax_topk(tied, 3, 1.0, true);
+  EXPECT_TRUE(torch::equal(t.ids.cpu(), torch::tensor({0, 1, 2}, torch::kLong).expand({64, 3})));
+  torch::Tensor skewed = (torch::randn({2048, 128}, torch::kCUDA) + torch::cat({torch::full({2048, 1}, 50.0, torch::kCUDA),
+                                                                               torch::zeros({2048, 127}, torch::kCUDA)}, 1))
+                             .to(torch::kBFloat16);
+  auto fast = kernels::softmax_topk(skewed, 2, 1.0, true);
+  auto ref = kernels::reference::softmax_topk(skewed, 2, 1.0, true);
+  EXPECT_TRUE(torch::equal(fast.ids, ref.ids));
+  EXPECT_TRUE(torch::allclose(fast.gates, ref.gates, 1e-2, 1e-3));
+}
+
+TEST(CudaKernels, SoftmaxTopKGradient) {
+  REQUIRE_CUDA();
+  torch::manual_seed(5);
+  torch::Tensor logits = torch::randn({777, 100}, torch::kCUDA).requires_grad_(true);
+  torch::Tensor upstream = torch::randn({777, 4}, torch::kCUDA);
+  (kernels::softmax_topk(logits, 4, 1.0, true).gates * upstream).sum().backward();
+  torch::Tensor fast = logits.grad().clone();
+  logits.grad().zero_();
+  (kernels::reference::softmax_topk(logits, 4, 1.0, true).gates * upstream).sum().backward();
+  EXPECT_TRUE(torch::allclose(fast, logits.grad(), 1e-5, 1e-6));
+}
+
+TEST(CudaKernels, PermuteAndUnpermuteMatchReferenceWithGradients) {
+  REQUIRE_CUDA();
+  torch::manual_seed(8);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16})
+    for (int64_t dim : {8, 256, 4096})
+      for (int64_t k : {1, 2, 4}) {
+        const int64_t tokens = 1001;
+        Routing r = random_routing(tokens, k, 0.8, torch::kCUDA);
+        torch::Tensor x = torch::randn({tokens, dim}, torch::kCUDA).to(dtype).requires_grad_(true);
+        torch::Tensor packed = kernels::permute(x, r.token_index, r.rows);
+        ASSERT_TRUE(torch::equal(packed, kernels::reference::permute(x, r.token_index)));
+        torch::Tensor y = torch::randn({r.packed_rows, dim}, torch::kCUDA).to(dtype).requires_grad_(true);
+        torch::Tensor gates = r.gates.clone().requires_grad_(true);
+        torch::Tensor out = kernels::unpermute(y, r.rows, gates);
+        // The reference in fp32 on the same (bf16) values: the kernel accumulates in fp32 too.
+        torch::Tensor y32 = y.to(torch::kFloat32);
+        torch::Tensor ref = kernels::reference::unpermute(y32, r.rows, gates);
+        const double tol = dtype == torch::kFloat32 ? 1e-5 : 1e-2;
+        ASSERT_TRUE(torch::allclose(out.to(torch::kFloat32), ref.to(torch::kFloat32), tol, tol)) << dim << " " << k;
+        torch::Tensor upstream = torch::randn({tokens, dim}, torch::kCUDA).to(dtype);
+        auto fast = torch::autograd::grad({out}, {y, gates}, {upstream});
+        auto slow = torch::autograd::grad({ref}, {y, gates}, {upstream.to(torch::kFloat32)});
+        ASSERT_TRUE(torch::allclose(fast[0].to(torch::kFloat32), slow[0].to(torch::kFloat32), tol, tol));
+        ASSERT_TRUE(torch::allclose(fast[1], slow[1].to(torch::kFloat32), tol * 10, tol * 10));
+        torch::Tensor px = torch::autograd::grad({packed}, {x}, {torch::ones_like(packed)})[0];
+        torch::Tensor counts = (r.rows >= 0).sum(1).to(dtype).unsqueeze(1).expand({tokens, dim});
+        ASSERT_TRUE(torch::equal(px, counts));  // each row's gradient: the number of its kept copies
+      }
+}
+
+TEST(CudaKernels, MoeLayerOnGpuMatchesCpu) {
+  REQUIRE_CUDA();
+  torch::manual_seed(13);
+  RouterConfig r;
+  r.strategy = "softk";
+  r.num_experts = 7;  // not a power of two
+  r.top_k = 2;
+  r.capacity_factor = 0.9;  // overflow: some tokens are dropped
+  MoeLayer cpu(r, 64, 128, false), gpu(r, 64, 128, false);
+  {
+    torch::NoGradGuard no_grad;
+    auto source = cpu.named_parameters(), target = gpu.named_parameters();
+    for (auto& p : source) target[p.key()].copy_(p.value());
+  }
+  gpu.to(torch::kCUDA);
+  torch::Tensor x = torch::randn({513, 64});
+  torch::Tensor ids = torch::zeros({513}, torch::kLong);
+  torch::Tensor xc = x.clone().requires_grad_(true), xg = x.to(torch::kCUDA).requires_grad_(true);
+  torch::Tensor a = cpu.forward(xc, ids), b = gpu.forward(xg, ids.to(torch::kCUDA));
+  EXPECT_TRUE(torch::allclose(a, b.cpu(), 1e-4, 1e-5));
+  a.sum().backward();
+  b.sum().backward();
+  EXPECT_TRUE(torch::allclose(xc.grad(), xg.grad().cpu(), 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose(cpu.experts().w1.grad(), gpu.experts().w1.grad().cpu(), 1e-3, 1e-4));
+}
+
+TEST(CudaKernels, GroupedGemmExpertsMatchThePerExpertLoop) {
+  REQUIRE_CUDA();
+  if (!Experts::grouped_gemm_available()) GTEST_SKIP() << "this libtorch has no at::_grouped_mm";
+  torch::manual_seed(31);
+  Experts experts(5, 64, 128, false);
+  experts.to(torch::kCUDA);
+  torch::Tensor rows = torch::tensor({7, 0, 40, 1, 16}, torch::kLong).to(torch::kCUDA);  // an empty expert too
+  torch::Tensor packed = torch::randn({64, 64}, torch::kCUDA).to(torch::kBFloat16).requires_grad_(true);
+  torch::Tensor grouped = experts.forward(packed, rows);
+  std::vector<torch::Tensor> parts;
+  int64_t start = 0;
+  for (int64_t e = 0, n; e < 5; start += n, ++e) {
+    n = rows[e].item<int64_t>();
+    if (n) parts.push_back(experts.expert_forward(e, packed.detach().narrow(0, start, n).to(torch::kFloat32)));
+  }
+  torch::Tensor loop = torch::cat(parts, 0);
+  // bf16 operands, fp32 accumulation: 2e-2 relative.
+  EXPECT_TRUE(torch::allclose(grouped.to(torch::kFloat32), loop, 2e-2, 2e-2));
+  grouped.to(torch::kFloat32).sum().backward();
+  EXPECT_TRUE(experts.w1.grad().defined());
+  EXPECT_GT(experts.w1.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(experts.w1.grad()[1].abs().sum().item<double>(), 0.0);  // the empty expert gets no gradient
+}
