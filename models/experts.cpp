@@ -1,5 +1,6 @@
 #include "models/experts.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 namespace moelab {

@@ -3,6 +3,7 @@
 // they are). A no-op on the CPU and on libtorch builds without the device-type autocast API.
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <ATen/autocast_mode.h>
 
 namespace moelab {
 
