@@ -1,10 +1,5 @@
 #include "data/tokenizer.h"
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -15,9 +10,8 @@
 #include "data/corpus.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/process.h"
 #include "util/strings.h"
-
-extern char** environ;
 
 namespace moelab {
 using nlohmann::json;
@@ -75,30 +69,20 @@ std::string bpe_tool_path() {
 }
 
 void run_tool(const std::vector<std::string>& argv) {
-  std::string log_path = temp_path_beside("/tmp/moelab-tool.log");
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
+  const std::string log_path = temp_path_beside("/tmp/moelab-tool.log");
+  const pid_t pid = spawn_logged(argv, log_path);
+  if (pid < 0) {
     std::remove(log_path.c_str());
     throw UserError(argv[0] + ": cannot run the BPE helper (build it, or set MOELAB_BPE to its path)");
   }
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const bool ok = wait_for(pid).second;
   std::string log;
   try {
     log = read_text_file(log_path);
   } catch (const UserError&) {
   }
   std::remove(log_path.c_str());
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+  if (!ok) {
     while (!log.empty() && log.back() == '\n') log.pop_back();
     size_t nl = log.rfind('\n');
     throw UserError(strf("%s %s failed: %s", argv[0].c_str(), argv.size() > 1 ? argv[1].c_str() : "",

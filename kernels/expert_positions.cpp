@@ -16,7 +16,8 @@ torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Ten
   // Entries that take no place queue behind every expert, in an extra bucket.
   torch::Tensor key = torch::where(ok, ids, torch::full_like(ids, num_experts));
   torch::Tensor sorted = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  torch::Tensor counts = torch::bincount(key, /*weights=*/{}, num_experts + 1);
+  // index_add rather than bincount: bincount reads the maximum back to the host.
+  torch::Tensor counts = torch::zeros({num_experts + 1}, ids.options()).index_add_(0, key, torch::ones_like(key));
   torch::Tensor offsets = counts.cumsum(0) - counts;
   torch::Tensor rank = torch::arange(n, ids.options()) - offsets.index_select(0, key.index_select(0, sorted));
   torch::Tensor queued = torch::empty_like(ids).index_put_({sorted}, rank);

@@ -31,12 +31,14 @@ RoutingMetrics compute_routing_metrics(const RoutingPlan& plan) {
                                       : std::numeric_limits<double>::quiet_NaN();
   m.dead_experts = (load == 0).sum().item<double>();
 
-  torch::Tensor g = gates.clamp_min(1e-30);
-  torch::Tensor token_entropy = -(gates * g.log() * kept).sum(1);
+  // Each token's kept gates as shares of their sum, so that constant gates (topk_hard: 1
+  // each) and renormalised ones read alike: k equal gates have entropy log k.
+  torch::Tensor share = gates * kept / (gates * kept).sum(1, /*keepdim=*/true).clamp_min(1e-30);
+  torch::Tensor token_entropy = -(share * share.clamp_min(1e-30).log()).sum(1);
   double tokens_with_gates = has_kept.sum().item<double>();
   m.gate_entropy = tokens_with_gates > 0 ? (token_entropy * has_kept).sum().item<double>() / tokens_with_gates : 0.0;
   m.mean_topk_prob =
-      tokens_with_gates > 0 ? (std::get<0>(gates.max(1)) * has_kept).sum().item<double>() / tokens_with_gates : 0.0;
+      tokens_with_gates > 0 ? (std::get<0>(share.max(1)) * has_kept).sum().item<double>() / tokens_with_gates : 0.0;
   if (plan.logits.defined()) {
     torch::Tensor logp = torch::log_softmax(plan.logits.detach().cpu().to(torch::kFloat64), -1);
     m.router_entropy = (-(logp.exp() * logp).sum(1)).mean().item<double>();

@@ -18,10 +18,10 @@ struct RoutingMetrics {
   double drop_rate = 0;        // 1 - kept / selected (selected = T*k for token choice)
   double token_drop_rate = 0;  // tokens that lost every assignment
   double used_capacity = 0;    // max kept count / C (NaN when dropless)
-  double gate_entropy = 0;     // mean over tokens of -sum g log g over kept gates
+  double gate_entropy = 0;     // mean over tokens of -sum p log p, p = kept gates / their sum
   double router_entropy = 0;   // mean entropy of the full softmax (nats)
   double router_entropy_norm = 0;  // router_entropy / log E
-  double mean_topk_prob = 0;   // mean over tokens of the largest kept gate
+  double mean_topk_prob = 0;   // mean over tokens of the largest kept gate's share
   double dead_experts = 0;     // experts that received no token
   double lb_loss = 0, z_loss = 0;
   std::vector<int64_t> expert_load;  // kept assignments per expert

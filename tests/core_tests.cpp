@@ -17,17 +17,7 @@
 
 using namespace moelab;
 using moelab::testing::TempDir;
-
-namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
+using moelab::testing::error_of;
 
 // ---- config ----
 

@@ -21,17 +21,10 @@
 using namespace moelab;
 using namespace moelab::placement;
 using moelab::testing::TempDir;
+using moelab::testing::error_of;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 std::vector<TraceRecord> read_all(const std::string& path, int64_t layer = -1) {
   std::vector<TraceRecord> out;

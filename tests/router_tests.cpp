@@ -338,3 +338,11 @@ TEST(Strategies, Top1SizesCapacityForOneExpertPerToken) {
   EXPECT_EQ(plan.kept.sum().item<int64_t>(), 4);
   EXPECT_DOUBLE_EQ(compute_routing_metrics(plan).drop_rate, 0.5);
 }
+
+TEST(Metrics, ConstantGatesReadAsShares) {
+  // topk_hard's gates are 1 each: two equal shares, entropy log 2, largest share 1/2.
+  torch::Tensor logits = torch::tensor({{2.0, 1.0, 0.0}, {0.0, 1.0, 2.0}});
+  RoutingMetrics m = compute_routing_metrics(route_logits(router_config("topk_hard", 3, 2, 0), logits));
+  EXPECT_NEAR(m.gate_entropy, std::log(2.0), 1e-6);
+  EXPECT_NEAR(m.mean_topk_prob, 0.5, 1e-6);
+}

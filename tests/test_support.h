@@ -4,7 +4,10 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
+
+#include "util/error.h"
 
 namespace moelab::testing {
 
@@ -30,6 +33,16 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// The message of the UserError `f` throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
 
 inline void use_built_bpe_tool() { ::setenv("MOELAB_BPE", MOELAB_BPE_PATH, 1); }
 

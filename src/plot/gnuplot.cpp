@@ -27,7 +27,7 @@ bool run_script(const std::string& png, const std::string& script, const std::st
   }
   std::string data_path = temp_path_beside(png + ".dat"), script_path = temp_path_beside(png + ".gp");
   write_file_atomic(data_path, data);
-  std::string full = strf("set terminal pngcairo size %d,%d enhanced font 'Sans,11'\nset output ", width, height) + quoted(png) +
+  std::string full = strf("set terminal pngcairo size %d,%d noenhanced font 'Sans,11'\nset output ", width, height) + quoted(png) +
                      "\ndatafile = " + quoted(data_path) + "\n" + script;
   write_file_atomic(script_path, full);
   int rc = std::system(("gnuplot " + quoted(script_path) + " 2>/dev/null").c_str());

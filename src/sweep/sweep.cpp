@@ -1,9 +1,5 @@
 #include "sweep/sweep.h"
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -14,9 +10,8 @@
 #include "util/error.h"
 #include "util/files.h"
 #include "util/log.h"
+#include "util/process.h"
 #include "util/strings.h"
-
-extern char** environ;
 
 namespace moelab {
 using nlohmann::json;
@@ -105,11 +100,9 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
   std::vector<Running> running;
   int failed = 0, skipped = 0;
   auto reap_one = [&] {
-    int status = 0;
-    pid_t pid = ::wait(&status);
+    auto [pid, ok] = wait_for(-1);
     auto it = std::find_if(running.begin(), running.end(), [&](const Running& r) { return r.pid == pid; });
     if (it == running.end()) return;
-    bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (ok) {
       log::info("sweep: finished " + it->cell->name);
     } else {
@@ -142,18 +135,8 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
       argv.insert(argv.end(), {"--config", config_path});
       log::info("sweep: starting " + cell.name);
     }
-    std::string log_path = dir + "/train.log";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    pid_t pid = 0;
-    int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) throw UserError(options.moelab_binary + ": cannot start a training process for the sweep");
+    const pid_t pid = spawn_logged(argv, dir + "/train.log");
+    if (pid < 0) throw UserError(options.moelab_binary + ": cannot start a training process for the sweep");
     running.push_back({pid, &cell});
   }
   while (!running.empty()) reap_one();

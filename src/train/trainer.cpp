@@ -47,6 +47,22 @@ torch::optim::AdamW make_optimizer(TinyMoE& model, const TrainConfig& train) {
   return torch::optim::AdamW(std::move(groups), options);
 }
 
+// Gradient clipping by the global norm without reading the norm back to the host (libtorch's
+// clip_grad_norm_ returns a double). max_norm <= 0 only measures.
+torch::Tensor clip_gradients(const std::vector<torch::Tensor>& parameters, double max_norm) {
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : parameters)
+    if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0).to(torch::kFloat32));
+  if (norms.empty()) return torch::zeros({});
+  torch::Tensor total = torch::stack(norms).norm(2.0);
+  if (max_norm > 0) {
+    torch::Tensor scale = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    for (const auto& p : parameters)
+      if (p.grad().defined()) p.grad().detach().mul_(scale.to(p.grad().scalar_type()));
+  }
+  return total;
+}
+
 void set_learning_rate(torch::optim::AdamW& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 }
@@ -115,7 +131,8 @@ json train(RunConfig config, const TrainOptions& options) {
   json last_routing = json::object();
   EvalResult last_eval;
   bool evaluated = false;
-  double interval_loss = 0, interval_seconds = 0;
+  torch::Tensor interval_loss_sum;  // sum of this log interval's LM losses, on the device
+  double interval_seconds = 0;
   int64_t interval_steps = 0;
 
   auto save = [&] {
@@ -154,22 +171,27 @@ json train(RunConfig config, const TrainOptions& options) {
     }
     optimizer.zero_grad();
     loss.backward();
-    double grad_norm = tc.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(model.parameters(), tc.grad_clip) : 0.0;
+    torch::Tensor grad_norm = clip_gradients(model.parameters(), tc.grad_clip);
     optimizer.step();
     model.update_expert_biases();
 
-    const double loss_value = lm_loss.item<double>();
-    if (!std::isfinite(loss_value) || !std::isfinite(out.aux_loss.item<double>()))
-      throw UserError(strf("step %lld: the training loss is %s; stopped. The last good checkpoint is %s", (long long)step,
-                           std::isnan(loss_value) ? "NaN" : "not finite", ckpt.c_str()));
+    // The losses stay on the device between log steps (a read-back stalls a GPU's queue);
+    // the CPU checks every step, a GPU at log steps and before every checkpoint.
+    interval_loss_sum = interval_loss_sum.defined() ? interval_loss_sum + lm_loss.detach() : lm_loss.detach();
+    const bool checkpoint_step = (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0) || step == last_step;
+    if (!device.is_cuda() || log_step || checkpoint_step) {
+      const double total = (interval_loss_sum + out.aux_loss.detach()).item<double>();
+      if (!std::isfinite(total))
+        throw UserError(strf("step %lld: the training loss is %s; stopped. The last good checkpoint is %s", (long long)step,
+                             std::isnan(total) ? "NaN" : "not finite", ckpt.c_str()));
+    }
     state.step = step;
     state.tokens_seen += tokens_per_step;
+    if (device.is_cuda() && log_step) torch::cuda::synchronize();  // the interval's wall time includes its GPU work
     const double step_seconds = seconds_since(step_start);
     state.train_seconds += step_seconds;
     interval_seconds += step_seconds;
-    interval_loss += loss_value;
     ++interval_steps;
-
     if (tc.trace_interval > 0 && step % tc.trace_interval == 0) {
       // The routing this step's batch took, for the run's own analysis (moelab place, coact).
       ensure_directory(run_dir + "/traces");
@@ -193,10 +215,11 @@ json train(RunConfig config, const TrainOptions& options) {
       }
       last_routing = routing;
       const double tokens_per_s = static_cast<double>(interval_steps * tokens_per_step) / interval_seconds;
+      const double interval_loss = interval_loss_sum.item<double>();
       json row = {{"kind", "train"},       {"step", step},
                   {"lr", lr},              {"loss", interval_loss / static_cast<double>(interval_steps)},
-                  {"step_loss", loss_value}, {"aux_loss", out.aux_loss.item<double>()},
-                  {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
+                  {"step_loss", lm_loss.item<double>()}, {"aux_loss", out.aux_loss.item<double>()},
+                  {"grad_norm", grad_norm.item<double>()}, {"tokens_per_s", tokens_per_s},
                   {"step_ms", 1000.0 * interval_seconds / static_cast<double>(interval_steps)},
                   {"tflops", tokens_per_s * flops_per_token / 1e12}, {"routing", routing}};
       if (tc.peak_tflops > 0) row["mfu"] = tokens_per_s * flops_per_token / (tc.peak_tflops * 1e12);
@@ -207,11 +230,12 @@ json train(RunConfig config, const TrainOptions& options) {
       log::info(strf("step %lld/%lld | loss %.4f | lr %.2e | %s tok/s%s | eta %s", (long long)step, (long long)tc.max_steps,
                      interval_loss / static_cast<double>(interval_steps), lr, human_count(tokens_per_s).c_str(),
                      route_line.c_str(), human_duration(eta).c_str()));
-      interval_loss = interval_seconds = 0;
+      interval_loss_sum = torch::Tensor();
+      interval_seconds = 0;
       interval_steps = 0;
     }
     if ((tc.eval_interval > 0 && step % tc.eval_interval == 0) || step == tc.max_steps) run_eval(step);
-    if ((tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0) || step == last_step) save();
+    if (checkpoint_step) save();
   }
 
   if (state.step < tc.max_steps) {
