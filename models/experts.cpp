@@ -29,6 +29,19 @@ torch::Tensor Experts::expert_forward(int64_t e, const torch::Tensor& x) {
   return torch::addmm(b2[e], h, w2[e]);
 }
 
+torch::Tensor Experts::masked_forward(const torch::Tensor& x, const torch::Tensor& dense_gates) {
+  const int64_t experts = w1.size(0);
+  torch::Tensor h = torch::baddbmm(b1.unsqueeze(1), x.unsqueeze(0).expand({experts, x.size(0), x.size(1)}), w1);  // [E, T, h]
+  if (swiglu_) {
+    auto halves = h.chunk(2, -1);
+    h = torch::silu(halves[0]) * halves[1];
+  } else {
+    h = torch::gelu(h);
+  }
+  torch::Tensor y = torch::baddbmm(b2.unsqueeze(1), h, w2);  // [E, T, d]
+  return (y * dense_gates.t().unsqueeze(-1).to(y.scalar_type())).sum(0);
+}
+
 // at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
 #if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
 #define MOELAB_GROUPED_MM 1

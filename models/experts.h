@@ -15,6 +15,9 @@ class Experts : public torch::nn::Module {
   Experts(int64_t experts, int64_t dim, int64_t hidden, bool swiglu);
   // expert_rows: [E] int64 rows of `packed` per expert, on packed's device.
   torch::Tensor forward(const torch::Tensor& packed, const torch::Tensor& expert_rows);
+  // Every expert on every token, combined by a dense [T, E] gate matrix (zero where not
+  // routed): the seed's masked_matmul strategy, E times the FLOPs, no data movement.
+  torch::Tensor masked_forward(const torch::Tensor& x, const torch::Tensor& dense_gates);
   // One expert on rows x [n, d]: the plain per-token definition the tests compare against.
   torch::Tensor expert_forward(int64_t expert, const torch::Tensor& x);
 

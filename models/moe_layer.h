@@ -14,7 +14,9 @@ namespace moelab {
 
 class MoeLayer : public torch::nn::Module {
  public:
-  MoeLayer(const RouterConfig& router, int64_t dim, int64_t hidden, bool swiglu);
+  // dispatcher: "sparse" packs tokens by expert; "masked_matmul" runs every expert on every
+  // token and masks by the gates (only sensible for small E; kept to compare against).
+  MoeLayer(const RouterConfig& router, int64_t dim, int64_t hidden, bool swiglu, const std::string& dispatcher = "sparse");
   // x [T, d], token_ids [T] -> [T, d]; aux losses are in last_plan().
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
 
@@ -26,6 +28,7 @@ class MoeLayer : public torch::nn::Module {
   std::shared_ptr<Router> router_;
   std::shared_ptr<Experts> experts_;
   TokenDispatcher dispatcher_;
+  bool masked_matmul_;
   RoutingPlan last_plan_;
 };
 

@@ -31,7 +31,8 @@ Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe)
   attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(model.dim, model.heads, model.seq_len,
                                                                          model.position == "rope"));
   bool swiglu = model.activation == "swiglu";
-  if (use_moe) moe = register_module("moe", std::make_shared<MoeLayer>(router, model.dim, expert_hidden(model), swiglu));
+  if (use_moe)
+    moe = register_module("moe", std::make_shared<MoeLayer>(router, model.dim, expert_hidden(model), swiglu, model.dispatcher));
   else dense_ = register_module("ffn", std::make_shared<DenseFfn>(model.dim, dense_hidden(model, router), swiglu));
   dropout_ = register_module("dropout", torch::nn::Dropout(model.dropout));
 }

@@ -99,6 +99,21 @@ INSTANTIATE_TEST_SUITE_P(Strategies, MoeLayerMatchesPerTokenLoop,
                                            std::make_tuple("topk_hard", 1.0), std::make_tuple("hash", 1.0),
                                            std::make_tuple("expert_choice", 1.0), std::make_tuple("sinkhorn", 1.25)));
 
+TEST(MoeLayer, MaskedMatmulDispatcherComputesTheSameLayer) {
+  for (const char* strategy : {"softk", "expert_choice", "hash"}) {
+    torch::manual_seed(6);
+    MoeLayer sparse(layer_router(strategy, 5, 2, 0.8), 12, 20, false);
+    torch::manual_seed(6);
+    MoeLayer masked(layer_router(strategy, 5, 2, 0.8), 12, 20, false, "masked_matmul");
+    torch::Tensor x = torch::randn({31, 12}, torch::requires_grad());
+    torch::Tensor ids = torch::randint(0, 9, {31}, torch::kLong);
+    torch::Tensor a = sparse.forward(x, ids), b = masked.forward(x, ids);
+    EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-6)) << strategy;
+    torch::Tensor ga = torch::autograd::grad({a.sum()}, {x})[0], gb = torch::autograd::grad({b.sum()}, {x})[0];
+    EXPECT_TRUE(torch::allclose(ga, gb, 1e-5, 1e-6)) << strategy;
+  }
+}
+
 TEST(MoeLayer, GradientsMatchThePerTokenLoop) {
   torch::manual_seed(4);
   MoeLayer layer(layer_router("softk", 4, 2, 0.75), 8, 16, /*swiglu=*/true);

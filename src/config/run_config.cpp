@@ -26,7 +26,8 @@ json run_config_to_json(const RunConfig& c) {
                 {"ffn_mult", c.model.ffn_mult}, {"dropout", c.model.dropout},
                 {"position", c.model.position}, {"activation", c.model.activation},
                 {"tie_embeddings", c.model.tie_embeddings},
-                {"moe_every", c.model.moe_every}, {"dense", c.model.dense}};
+                {"moe_every", c.model.moe_every}, {"dense", c.model.dense},
+                {"dispatcher", c.model.dispatcher}};
   const RouterConfig& r = c.router;
   j["router"] = {{"strategy", r.strategy},
                  {"gate", r.gate},
@@ -218,6 +219,7 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   m.tie_embeddings = r.flag("model", "tie_embeddings");
   m.moe_every = r.integer("model", "moe_every", 1);
   m.dense = r.flag("model", "dense");
+  m.dispatcher = r.choice("model", "dispatcher", {"sparse", "masked_matmul"});
 
   RouterConfig& ro = c.router;
   ro.strategy = r.text("router", "strategy");

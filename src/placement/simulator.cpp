@@ -98,6 +98,12 @@ json run_placement(const PlaceOptions& options) {
     write_file_atomic(options.out_dir + "/placement.json", placement_to_json(system, replication, result.best));
     write_file_atomic(options.out_dir + "/placement_grid.csv", placement_grid_csv(system, replication, result.best));
     draw_pictures(options.out_dir, system, trace, replication, result.best, result);
+    // The seed's eval.md fields, for side-by-side comparison with its runs.
+    std::string md = "| placement | mean | p95 | p99 | dispatch_mean | compute_mean | combine_mean |\n|---|---|---|---|---|---|---|\n";
+    for (const auto& [name, e] : {std::pair<const char*, const Evaluation&>{"initial", result.before}, {"searched", result.after}})
+      md += strf("| %s | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f |\n", name, e.mean, e.p95, e.p99, e.dispatch_mean,
+                 e.compute_mean, e.combine_mean);
+    write_file_atomic(options.out_dir + "/eval.md", md);
   }
   std::cout << strf("trace %s layer %lld: %zu records, %lld tokens, %lld instances on %lld x %lld\n", system.trace.c_str(),
                     (long long)system.layer, trace.records.size(), (long long)trace.tokens,
