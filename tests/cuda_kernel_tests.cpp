@@ -180,8 +180,9 @@ TEST(CudaKernels, TrainingOnGpuFollowsTheCpuReferenceLossCurve) {
     TinyMoE model(m, r);
     model.to(device);
     torch::optim::AdamW optimizer(model.parameters(), torch::optim::AdamWOptions(3e-3));
-    torch::manual_seed(4);
-    torch::Tensor data = torch::randint(0, 40, {8, 8, 33}, torch::kLong);
+    // A learnable stream: each token is the previous one plus a per-sequence stride, mod 40.
+    torch::Tensor starts = torch::randint(0, 40, {8, 8, 1}, torch::kLong), strides = torch::randint(1, 4, {8, 8, 1}, torch::kLong);
+    torch::Tensor data = (starts + strides * torch::arange(33, torch::kLong)).remainder(40);
     std::vector<double> out;
     for (int step = 0; step < 8; ++step) {
       torch::Tensor batch = data[step].to(device);
