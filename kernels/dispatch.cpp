@@ -44,4 +44,11 @@ torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entr
   return reference::unpermute(y, row_of_entry, gates);
 }
 
+torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512) return cuda::sinkhorn(logits, iters, temperature);
+#endif
+  return reference::sinkhorn(logits, iters, temperature);
+}
+
 }  // namespace moelab::kernels

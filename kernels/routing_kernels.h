@@ -40,6 +40,7 @@ namespace reference {
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
+torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
 }  // namespace reference
 
 bool cuda_kernels_built();

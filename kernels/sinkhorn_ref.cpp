@@ -4,7 +4,7 @@
 
 #include "kernels/routing_kernels.h"
 
-namespace moelab::kernels {
+namespace moelab::kernels::reference {
 
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature) {
   torch::NoGradGuard no_grad;
@@ -18,4 +18,4 @@ torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temper
   return q;
 }
 
-}  // namespace moelab::kernels
+}  // namespace moelab::kernels::reference

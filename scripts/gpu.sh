@@ -21,7 +21,7 @@ if [ "$what" = test ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   m=./build-gpu/moelab
-  for op in topk pack combine routing; do $m bench $op --out "$out/bench_$op.jsonl" | tail -1; done
+  for op in topk sinkhorn pack combine routing; do $m bench $op --out "$out/bench_$op.jsonl" | tail -1; done
   $m bench topk --skew-experts 8 --skew-bias 2 --out "$out/bench_topk_skew.jsonl" | tail -1
   $m bench moe-layer --tokens 8192 --hidden 1024 --experts 32 --iters 20 --out "$out/bench_moe_layer.jsonl" | tail -1
 fi

@@ -67,6 +67,11 @@ std::vector<json> run_kernel_bench(const KernelBenchOptions& o) {
     const double torch_ms = time_ms([&] { kernels::reference::softmax_topk(logits, k, 1.0, true); }, o.iters);
     row({{"impl", "fused"}, {"ms", fused}, {"torch_ms", torch_ms}, {"speedup", torch_ms / fused},
          {"tokens_per_s", T / (fused / 1e3)}});
+  } else if (o.op == "sinkhorn") {
+    const int64_t iters = 3;
+    const double fused = time_ms([&] { kernels::sinkhorn(logits, iters, 1.0); }, o.iters);
+    const double torch_ms = time_ms([&] { kernels::reference::sinkhorn(logits, iters, 1.0); }, o.iters);
+    row({{"impl", "fused"}, {"sinkhorn_iters", iters}, {"ms", fused}, {"torch_ms", torch_ms}, {"speedup", torch_ms / fused}});
   } else if (o.op == "pack" || o.op == "combine") {
     const double moved = (1.0 + k) * d * bytes * T;  // (1 + k) d bytes per token
     double kernel_ms, torch_ms;

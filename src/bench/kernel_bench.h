@@ -2,6 +2,7 @@
 // Kernel benchmarks (seed 003's conventions): each op timed with the CUDA kernel and with the
 // plain libtorch ops doing the same work, beside the device's measured copy bandwidth.
 //   topk       fused softmax + top-k gate vs torch softmax + topk + renormalisation
+//   sinkhorn   Sinkhorn balancing (3 rounds) in scaling-vector form vs the matrix rounds
 //   pack       dispatch gather vs index_select; bytes (1 + k) * d * dtype per token
 //   combine    gate-weighted combine vs gather * gates + sum; bytes (1 + k) * d * dtype per token
 //   routing    T_logit (router matmul), T_select (gate), T_pack (capacity + dispatch), T_route

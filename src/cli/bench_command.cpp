@@ -114,8 +114,8 @@ int kernel(const std::string& op, int argc, char** argv) {
 int bench_command(int argc, char** argv) {
   const std::string op = argc >= 2 ? argv[1] : "";
   if (op == "capacity") return capacity(argc - 1, argv + 1);
-  if (op == "topk" || op == "pack" || op == "combine" || op == "routing" || op == "moe-layer") return kernel(op, argc - 1, argv + 1);
-  throw UserError("moelab bench: usage: moelab bench topk|routing|pack|combine|moe-layer|capacity [options]");
+  if (op == "topk" || op == "sinkhorn" || op == "pack" || op == "combine" || op == "routing" || op == "moe-layer") return kernel(op, argc - 1, argv + 1);
+  throw UserError("moelab bench: usage: moelab bench topk|sinkhorn|routing|pack|combine|moe-layer|capacity [options]");
 }
 
 }  // namespace moelab::cli

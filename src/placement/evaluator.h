@@ -57,9 +57,7 @@ class Evaluator {
   Evaluation evaluate(const Placement& placement) const;
   std::vector<RecordCost> record_costs(const Placement& placement) const;
   const SystemConfig& system() const { return system_; }
-  const PreparedTrace& trace() const { return trace_; }
   const Coefficients& coefficients() const { return coefficients_; }
-  int threads() const { return threads_; }
 
  private:
   friend class SwapEvaluator;

@@ -30,10 +30,6 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return parts;
 }
 
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
-}
-
 std::string human_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   if (seconds < 60) return strf("%.1fs", seconds);

@@ -9,7 +9,6 @@ namespace moelab {
 std::string strf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 std::vector<std::string> split(const std::string& s, char sep);
-bool starts_with(const std::string& s, const std::string& prefix);
 // "1m05s", "3.2s": for progress lines.
 std::string human_duration(double seconds);
 // "12.3k", "2.05M": for token rates.
