@@ -5,19 +5,11 @@
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
 #include "models/tiny_moe.h"
+#include "test_support.h"
 
 using namespace moelab;
 
 namespace {
-
-RouterConfig layer_router(const std::string& strategy, int64_t experts, int64_t k, double cf) {
-  RouterConfig c;
-  c.strategy = strategy;
-  c.num_experts = experts;
-  c.top_k = k;
-  c.capacity_factor = cf;
-  return c;
-}
 
 // The MoE layer by its definition: for each token, the gate-weighted sum of its kept experts
 // applied to it one at a time.
@@ -81,7 +73,7 @@ class MoeLayerMatchesPerTokenLoop : public ::testing::TestWithParam<std::tuple<s
 TEST_P(MoeLayerMatchesPerTokenLoop, OnRandomInputs) {
   auto [strategy, cf] = GetParam();
   torch::manual_seed(11);
-  MoeLayer layer(layer_router(strategy, 6, 2, cf), 16, 24, /*swiglu=*/false);
+  MoeLayer layer(moelab::testing::routing_config(strategy, 6, 2, cf), 16, 24, /*swiglu=*/false);
   torch::Tensor x = torch::randn({37, 16});
   torch::Tensor tokens = torch::randint(0, 50, {37}, torch::kLong);
   torch::Tensor out = layer.forward(x, tokens);
@@ -102,9 +94,9 @@ INSTANTIATE_TEST_SUITE_P(Strategies, MoeLayerMatchesPerTokenLoop,
 TEST(MoeLayer, MaskedMatmulDispatcherComputesTheSameLayer) {
   for (const char* strategy : {"softk", "expert_choice", "hash"}) {
     torch::manual_seed(6);
-    MoeLayer sparse(layer_router(strategy, 5, 2, 0.8), 12, 20, false);
+    MoeLayer sparse(moelab::testing::routing_config(strategy, 5, 2, 0.8), 12, 20, false);
     torch::manual_seed(6);
-    MoeLayer masked(layer_router(strategy, 5, 2, 0.8), 12, 20, false, "masked_matmul");
+    MoeLayer masked(moelab::testing::routing_config(strategy, 5, 2, 0.8), 12, 20, false, "masked_matmul");
     torch::Tensor x = torch::randn({31, 12}, torch::requires_grad());
     torch::Tensor ids = torch::randint(0, 9, {31}, torch::kLong);
     torch::Tensor a = sparse.forward(x, ids), b = masked.forward(x, ids);
@@ -116,7 +108,7 @@ TEST(MoeLayer, MaskedMatmulDispatcherComputesTheSameLayer) {
 
 TEST(MoeLayer, GradientsMatchThePerTokenLoop) {
   torch::manual_seed(4);
-  MoeLayer layer(layer_router("softk", 4, 2, 0.75), 8, 16, /*swiglu=*/true);
+  MoeLayer layer(moelab::testing::routing_config("softk", 4, 2, 0.75), 8, 16, /*swiglu=*/true);
   torch::Tensor x = torch::randn({20, 8}, torch::requires_grad());
   torch::Tensor tokens = torch::zeros({20}, torch::kLong);
   torch::Tensor upstream = torch::randn({20, 8});
@@ -138,7 +130,7 @@ TEST(TinyMoE, ShapesParameterCountsAndDenseBaseline) {
   m.heads = 4;
   m.seq_len = 16;
   m.vocab_size = 50;
-  RouterConfig r = layer_router("softk", 4, 2, 1.25);
+  RouterConfig r = moelab::testing::routing_config("softk", 4, 2, 1.25);
   TinyMoE moe(m, r);
   torch::Tensor tokens = torch::randint(0, 50, {3, 16}, torch::kLong);
   ModelOutput out = moe.forward(tokens);
@@ -170,7 +162,7 @@ TEST(TinyMoE, AttentionIsCausal) {
   m.seq_len = 12;
   m.vocab_size = 30;
   m.dropout = 0.0;
-  RouterConfig r = layer_router("hash", 4, 1, 0.0);  // token-local routing: no batch coupling
+  RouterConfig r = moelab::testing::routing_config("hash", 4, 1, 0.0);  // token-local routing: no batch coupling
   TinyMoE model(m, r);
   model.eval();
   torch::Tensor a = torch::randint(0, 30, {1, 12}, torch::kLong);

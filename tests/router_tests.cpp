@@ -9,18 +9,16 @@
 #include "routers/router.h"
 #include "routers/routing_metrics.h"
 #include "kernels/routing_kernels.h"
+#include "test_support.h"
 #include "util/error.h"
 
 using namespace moelab;
 
 namespace {
 
+// Balancing terms off unless a test turns them on.
 RouterConfig router_config(const std::string& strategy, int64_t experts, int64_t k, double cf) {
-  RouterConfig c;
-  c.strategy = strategy;
-  c.num_experts = experts;
-  c.top_k = k;
-  c.capacity_factor = cf;
+  RouterConfig c = moelab::testing::routing_config(strategy, experts, k, cf);
   c.lb_coef = 0;
   return c;
 }

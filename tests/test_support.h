@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "config/run_config.h"
 #include "util/error.h"
 
 namespace moelab::testing {
@@ -42,6 +43,16 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+// A router config with the fields the routing tests vary.
+inline RouterConfig routing_config(const std::string& strategy, int64_t experts, int64_t k, double capacity_factor) {
+  RouterConfig c;
+  c.strategy = strategy;
+  c.num_experts = experts;
+  c.top_k = k;
+  c.capacity_factor = capacity_factor;
+  return c;
 }
 
 inline void use_built_bpe_tool() { ::setenv("MOELAB_BPE", MOELAB_BPE_PATH, 1); }
