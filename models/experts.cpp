@@ -58,20 +58,28 @@ bool Experts::grouped_gemm_available() {
 torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor& expert_rows) {
 #ifdef MOELAB_GROUPED_MM
   if (packed.is_cuda() && (packed.scalar_type() == torch::kBFloat16 || at::autocast::is_autocast_enabled(at::kCUDA))) {
-    // Row offsets and each row's expert stay on the device: no host synchronisation.
-    const int64_t rows = packed.size(0);
+    // Offsets, each row's expert and the padding mask stay on the device: no host sync.
+    // at::_grouped_mm leaves rows past the last offset unwritten: `where` zeroes them (and
+    // keeps their gradient out of the biases) without multiplying by whatever they hold.
+    const int64_t rows = packed.size(0), experts = expert_rows.size(0);
     torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
+    torch::Tensor used = expert_rows.sum();
+    torch::Tensor valid = (torch::arange(rows, expert_rows.options()) < used).unsqueeze(1);
+    torch::Tensor padded_rows = expert_rows.clone().index_add_(0, torch::full({1}, experts - 1, expert_rows.options()),
+                                                               (rows - used).unsqueeze(0));
     torch::Tensor expert_of_row =
-        torch::repeat_interleave(torch::arange(expert_rows.size(0), expert_rows.options()), expert_rows, /*dim=*/0, rows);
+        torch::repeat_interleave(torch::arange(experts, expert_rows.options()), padded_rows, /*dim=*/0, rows);
     const auto bf16 = torch::kBFloat16;
-    torch::Tensor h = at::_grouped_mm(packed.to(bf16), w1.to(bf16), offsets) + b1.index_select(0, expert_of_row).to(bf16);
+    torch::Tensor zero = torch::zeros({}, packed.options().dtype(bf16));
+    torch::Tensor h = torch::where(valid, at::_grouped_mm(packed.to(bf16), w1.to(bf16), offsets) +
+                                              b1.index_select(0, expert_of_row).to(bf16), zero);
     if (swiglu_) {
       auto halves = h.chunk(2, -1);
       h = torch::silu(halves[0]) * halves[1];
     } else {
       h = torch::gelu(h);
     }
-    return at::_grouped_mm(h, w2.to(bf16), offsets) + b2.index_select(0, expert_of_row).to(bf16);
+    return torch::where(valid, at::_grouped_mm(h, w2.to(bf16), offsets) + b2.index_select(0, expert_of_row).to(bf16), zero);
   }
 #endif
   torch::Tensor counts = expert_rows.cpu();

@@ -13,7 +13,8 @@ namespace moelab {
 class Experts : public torch::nn::Module {
  public:
   Experts(int64_t experts, int64_t dim, int64_t hidden, bool swiglu);
-  // expert_rows: [E] int64 rows of `packed` per expert, on packed's device.
+  // expert_rows: [E] int64 rows of `packed` per expert, on packed's device; rows after
+  // their sum are padding: the result has zeros there.
   torch::Tensor forward(const torch::Tensor& packed, const torch::Tensor& expert_rows);
   // Every expert on every token, combined by a dense [T, E] gate matrix (zero where not
   // routed): the seed's masked_matmul strategy, E times the FLOPs, no data movement.

@@ -8,21 +8,22 @@
 namespace moelab {
 
 DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const RoutingPlan& plan) const {
-  const int64_t columns = plan.expert_ids.size(1);
-  torch::Tensor entries = plan.kept.reshape(-1).nonzero().squeeze(1);  // flat t*K + j, ascending
-  torch::Tensor experts = plan.expert_ids.reshape(-1).index_select(0, entries);
-  // A stable sort by expert keeps the flat order inside each expert: deterministic packing.
-  torch::Tensor order = std::get<1>(experts.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  entries = entries.index_select(0, order);
+  const int64_t tokens = x.size(0), columns = plan.expert_ids.size(1), entries = tokens * columns;
+  // Kept entries sort by expert, stably (flat order inside an expert: deterministic packing);
+  // dropped ones sort after them under an extra key. The buffer always has T*K rows, so no
+  // size is read back from the device; rows past the kept ones are never read.
+  torch::Tensor kept = plan.kept.reshape(-1);
+  torch::Tensor ids = plan.expert_ids.reshape(-1);
+  torch::Tensor key = torch::where(kept, ids, torch::full_like(ids, plan.num_experts));
+  torch::Tensor order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  torch::Tensor rank = torch::empty_like(order).index_put_({order}, torch::arange(entries, order.options()));
 
   DispatchedTokens out;
-  out.token_index = entries.div(columns, "floor");
-  out.row_of_entry = torch::full({x.size(0) * columns}, -1, entries.options())
-                         .index_put_({entries}, torch::arange(entries.size(0), entries.options()))
-                         .view({x.size(0), columns});
+  out.token_index = order.div(columns, "floor");
+  out.row_of_entry = torch::where(kept, rank, torch::full_like(rank, -1)).view({tokens, columns});
   out.gates = plan.gates;
   out.packed = kernels::permute(x, out.token_index, out.row_of_entry);
-  out.expert_rows = expert_counts(experts, torch::ones_like(experts, torch::kBool), plan.num_experts);
+  out.expert_rows = expert_counts(ids, kept, plan.num_experts);
   return out;
 }
 

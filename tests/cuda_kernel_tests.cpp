@@ -143,8 +143,13 @@ TEST(CudaKernels, GroupedGemmExpertsMatchThePerExpertLoop) {
   Experts experts(5, 64, 128, false);
   experts.to(torch::kCUDA);
   torch::Tensor rows = torch::tensor({7, 0, 40, 1, 16}, torch::kLong).to(torch::kCUDA);  // an empty expert too
-  torch::Tensor packed = torch::randn({64, 64}, torch::kCUDA).to(torch::kBFloat16).requires_grad_(true);
-  torch::Tensor grouped = experts.forward(packed, rows);
+  // 64 routed rows, then 6 padding rows (dropped assignments) holding NaN: they must come
+  // out as zeros and leave every gradient finite.
+  torch::Tensor routed = torch::randn({64, 64}, torch::kCUDA).to(torch::kBFloat16);
+  torch::Tensor packed = torch::cat({routed, torch::full({6, 64}, NAN, routed.options())}).requires_grad_(true);
+  torch::Tensor grouped_all = experts.forward(packed, rows);
+  EXPECT_TRUE(torch::equal(grouped_all.narrow(0, 64, 6).to(torch::kFloat32), torch::zeros({6, 64}, torch::kCUDA)));
+  torch::Tensor grouped = grouped_all.narrow(0, 0, 64);
   std::vector<torch::Tensor> parts;
   int64_t start = 0;
   for (int64_t e = 0, n; e < 5; start += n, ++e) {
@@ -158,6 +163,7 @@ TEST(CudaKernels, GroupedGemmExpertsMatchThePerExpertLoop) {
   EXPECT_TRUE(experts.w1.grad().defined());
   EXPECT_GT(experts.w1.grad().abs().sum().item<double>(), 0.0);
   EXPECT_EQ(experts.w1.grad()[1].abs().sum().item<double>(), 0.0);  // the empty expert gets no gradient
+  for (const auto& p : experts.parameters()) EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
 }
 
 #include "models/tiny_moe.h"

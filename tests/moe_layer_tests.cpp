@@ -41,10 +41,12 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   DispatchedTokens d = dispatcher.dispatch(x, plan);
   // expert 0: entries 1 (t0), 2 (t1), 5 (t2); expert 1: none kept; expert 2: entries 0 (t0), 4 (t2)
   EXPECT_TRUE(torch::equal(d.expert_rows, torch::tensor({3, 0, 2}, torch::kLong)));
-  EXPECT_TRUE(torch::equal(d.token_index, torch::tensor({0, 1, 2, 0, 2}, torch::kLong)));
-  EXPECT_TRUE(torch::equal(d.packed.squeeze(1), torch::tensor({1.0, 10.0, 100.0, 1.0, 100.0})));
-  // Pretend expert e multiplies by (e + 1): outputs 1, 10, 100, 3, 300.
-  torch::Tensor y = torch::tensor({1.0, 10.0, 100.0, 3.0, 300.0}).view({5, 1});
+  // Kept rows first (the dropped entry t1 j1 comes last, unused), expert-major.
+  EXPECT_TRUE(torch::equal(d.token_index, torch::tensor({0, 1, 2, 0, 2, 1}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(d.packed.squeeze(1), torch::tensor({1.0, 10.0, 100.0, 1.0, 100.0, 10.0})));
+  EXPECT_TRUE(torch::equal(d.row_of_entry, torch::tensor({3, 0, 1, -1, 4, 2}, torch::kLong).view({3, 2})));
+  // Pretend expert e multiplies by (e + 1): outputs 1, 10, 100, 3, 300 (and an unused row).
+  torch::Tensor y = torch::tensor({1.0, 10.0, 100.0, 3.0, 300.0, -7.0}).view({6, 1});
   torch::Tensor out = dispatcher.combine(y, d);
   // t0: 0.25*1 + 0.5*3 = 1.75; t1: 1.0*10 = 10; t2: 3*100 + 2*300 = 900
   EXPECT_TRUE(torch::allclose(out.squeeze(1), torch::tensor({1.75, 10.0, 900.0})));
