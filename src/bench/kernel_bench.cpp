@@ -7,6 +7,7 @@
 
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
+#include "models/token_dispatcher.h"
 #include "routers/capacity.h"
 #include "util/error.h"
 
@@ -96,14 +97,16 @@ std::vector<json> run_kernel_bench(const KernelBenchOptions& o) {
     torch::Tensor kept;
     const double t_logit = time_ms([&] { router_logits = torch::matmul(x, w).to(torch::kFloat32); }, o.iters);
     const double t_select = time_ms([&] { g = kernels::softmax_topk(router_logits, k, 1.0, true); }, o.iters);
+    RoutingPlan plan;
+    TokenDispatcher dispatcher;
     const double t_pack = time_ms(
         [&] {
           kept = apply_capacity(g.ids, torch::ones_like(g.ids, torch::kBool), g.gates, E, capacity, "position");
-          torch::Tensor entries = kept.reshape(-1).nonzero().squeeze(1);
-          torch::Tensor experts = g.ids.reshape(-1).index_select(0, entries);
-          entries = entries.index_select(0, std::get<1>(experts.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false)));
-          torch::Tensor r = torch::full({T * k}, -1, entries.options()).index_put_({entries}, torch::arange(entries.size(0), entries.options()));
-          kernels::permute(x, entries.div(k, "floor"), r.view({T, k}));
+          plan.expert_ids = g.ids;
+          plan.kept = kept;
+          plan.gates = g.gates * kept;
+          plan.num_experts = E;
+          dispatcher.dispatch(x, plan);
         },
         o.iters);
     const double drop = 1.0 - kept.to(torch::kFloat32).mean().item<double>();

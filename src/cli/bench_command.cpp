@@ -11,20 +11,6 @@
 namespace moelab::cli {
 namespace {
 
-template <typename T>
-std::vector<T> parse_list(const std::string& text, const std::string& flag) {
-  std::vector<T> out;
-  for (const std::string& part : split(text, ','))
-    if (!part.empty()) {
-      try {
-        out.push_back(static_cast<T>(std::stod(part)));
-      } catch (...) {
-        throw UserError("moelab bench: " + flag + " expects comma-separated numbers, got '" + text + "'");
-      }
-    }
-  return out;
-}
-
 void write_rows(const std::vector<nlohmann::json>& rows, const std::string& path) {
   if (path.empty()) return;
   std::string text;

@@ -3,7 +3,6 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "data/corpus.h"
-#include "data/token_file.h"
 #include "sweep/sweep_plots.h"
 #include "trace/routing_pictures.h"
 #include "train/run.h"
@@ -35,15 +34,8 @@ int plot_command(int argc, char** argv) {
     }
     draw_run_pictures(dir, prefix);
     LoadedRun run = load_run(dir);
-    std::string text;
-    if (!args["data"].as<std::string>().empty()) {
-      text = read_corpus_file(args["data"].as<std::string>());
-    } else {
-      TokenFile valid(dir + "/data/valid.bin");
-      std::vector<uint32_t> ids;
-      for (int64_t i = 0; i < std::min<int64_t>(valid.size(), run.config.model.seq_len); ++i) ids.push_back(valid.at(i));
-      text = run.tokenizer->decode(ids);
-    }
+    const std::string text =
+        args["data"].as<std::string>().empty() ? validation_sample(run, dir) : read_corpus_file(args["data"].as<std::string>());
     if (!run.model->moe_layers().empty()) draw_routing_pictures(run, text, prefix);
     std::cout << "pictures written with prefix " << prefix << "\n";
     return 0;

@@ -2,7 +2,6 @@
 
 #include "cli/commands.h"
 #include "cli/options.h"
-#include "data/token_file.h"
 #include "routers/strategy.h"
 #include "sweep/sweep.h"
 #include "trace/routing_pictures.h"
@@ -27,10 +26,7 @@ int sweep_command(int argc, char** argv) {
   run_options.draw_cell = [](const std::string& dir) {
     draw_run_pictures(dir, dir + "/plots/run");
     LoadedRun run = load_run(dir);
-    TokenFile valid(dir + "/data/valid.bin");
-    std::vector<uint32_t> ids;
-    for (int64_t i = 0; i < std::min<int64_t>(valid.size(), run.config.model.seq_len); ++i) ids.push_back(valid.at(i));
-    draw_routing_pictures(run, run.tokenizer->decode(ids), dir + "/plots/routing");
+    draw_routing_pictures(run, validation_sample(run, dir), dir + "/plots/routing");
   };
   int failed = run_sweep(plan, run_options);
   std::cout << read_text_file(plan.out + "/report.md");

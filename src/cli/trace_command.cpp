@@ -60,19 +60,6 @@ std::string ordinal(int64_t n) {
   return std::to_string(n) + suffix;
 }
 
-std::vector<int64_t> parse_list(const std::string& text, const std::string& flag) {
-  std::vector<int64_t> out;
-  for (const std::string& part : split(text, ','))
-    if (!part.empty()) {
-      try {
-        out.push_back(std::stoll(part));
-      } catch (...) {
-        throw UserError("moelab trace: " + flag + " expects comma-separated integers, got '" + text + "'");
-      }
-    }
-  return out;
-}
-
 // Per-layer expert frequency (CSV + bars) and co-activation (CSV + heatmap) of records.
 struct LayerSummaries {
   int64_t experts;
@@ -132,7 +119,7 @@ int record(int argc, char** argv) {
   RecordOptions o;
   o.mode = args["mode"].as<std::string>();
   if (o.mode != "prefill" && o.mode != "decode") throw UserError("moelab trace: --mode must be prefill or decode");
-  o.positions = parse_list(args["positions"].as<std::string>(), "--positions");
+  o.positions = parse_list<int64_t>(args["positions"].as<std::string>(), "--positions");
   o.rows = args["rows"].as<int64_t>();
   o.origin = args["origin"].as<std::string>();
   if (o.origin != "round-robin" && o.origin != "random") throw UserError("moelab trace: --origin must be round-robin or random");
@@ -226,7 +213,7 @@ int import_npz(int argc, char** argv) {
   o.token_slice = args["token-slice"].as<std::string>();
   if (o.token_slice != "all" && o.token_slice != "prompt" && o.token_slice != "output")
     throw UserError("moelab trace import-npz: --token-slice must be all|prompt|output");
-  for (int64_t l : parse_list(args["layers"].as<std::string>(), "--layers")) o.layers.insert(l);
+  for (int64_t l : parse_list<int64_t>(args["layers"].as<std::string>(), "--layers")) o.layers.insert(l);
   o.max_requests = args["max-requests"].as<int64_t>();
   const std::string out = required<std::string>(args, "out", "moelab trace import-npz");
   JsonlFile file(out);

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "data/corpus.h"
+#include "data/token_file.h"
 #include "plot/gnuplot.h"
 #include "util/files.h"
 #include "util/strings.h"
@@ -60,6 +61,13 @@ void draw_routing_pictures(LoadedRun& run, const std::string& text, const std::s
                        characters, classes, names, 96);
   }
   for (auto& layer : layers) layer->router().set_dropless(false);
+}
+
+std::string validation_sample(const LoadedRun& run, const std::string& run_dir) {
+  TokenFile valid(run_dir + "/data/valid.bin");
+  std::vector<uint32_t> ids;
+  for (int64_t i = 0; i < std::min<int64_t>(valid.size(), run.config.model.seq_len); ++i) ids.push_back(valid.at(i));
+  return run.tokenizer->decode(ids);
 }
 
 void draw_run_pictures(const std::string& run_dir, const std::string& prefix) {

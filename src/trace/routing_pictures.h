@@ -12,6 +12,9 @@ namespace moelab {
 // `text` (at most one context window), routed without capacity so that every token shows.
 void draw_routing_pictures(LoadedRun& run, const std::string& text, const std::string& prefix);
 
+// The first context window of a run's validation text, as text (the default sample).
+std::string validation_sample(const LoadedRun& run, const std::string& run_dir);
+
 // PREFIX_curves.png (train and validation loss) and PREFIX_expert_load.png from a run
 // directory's metrics.jsonl and summary.json; no model needed.
 void draw_run_pictures(const std::string& run_dir, const std::string& prefix);
