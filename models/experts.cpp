@@ -18,6 +18,17 @@ Experts::Experts(int64_t experts, int64_t dim, int64_t hidden, bool swiglu) : sw
   }
 }
 
+std::shared_ptr<Experts> Experts::slice(int64_t first, int64_t count) const {
+  auto part = std::make_shared<Experts>(count, w1.size(1), w2.size(1), swiglu_);
+  part->to(w1.device());
+  torch::NoGradGuard no_grad;
+  part->w1.copy_(w1.narrow(0, first, count));
+  part->b1.copy_(b1.narrow(0, first, count));
+  part->w2.copy_(w2.narrow(0, first, count));
+  part->b2.copy_(b2.narrow(0, first, count));
+  return part;
+}
+
 torch::Tensor Experts::expert_forward(int64_t e, const torch::Tensor& x) {
   torch::Tensor h = torch::addmm(b1[e], x, w1[e]);
   if (swiglu_) {

@@ -4,6 +4,7 @@
 // the packed buffer, a grouped GEMM with no padding to capacity: on CUDA with a libtorch
 // that has it (2.8+), one at::_grouped_mm per projection (CUTLASS on Hopper, bf16, row
 // offsets stay on the device); elsewhere one addmm per expert.
+#include <memory>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -21,6 +22,9 @@ class Experts : public torch::nn::Module {
   torch::Tensor masked_forward(const torch::Tensor& x, const torch::Tensor& dense_gates);
   // One expert on rows x [n, d]: the plain per-token definition the tests compare against.
   torch::Tensor expert_forward(int64_t expert, const torch::Tensor& x);
+
+  // Experts [first, first + count) as a module of their own (copies of the weights).
+  std::shared_ptr<Experts> slice(int64_t first, int64_t count) const;
 
   torch::Tensor w1, b1, w2, b2;
   static bool grouped_gemm_available();

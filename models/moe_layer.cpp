@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "util/error.h"
+
 namespace moelab {
 
 MoeLayer::MoeLayer(const RouterConfig& router, int64_t dim, int64_t hidden, bool swiglu, const std::string& dispatcher)
@@ -17,9 +19,21 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& x, const torch::Tensor& tok
                                     .scatter_add(1, last_plan_.expert_ids, last_plan_.gates);
     return experts_->masked_forward(x, dense_gates);
   }
+  if (exchange_) {
+    ExchangedTokens exchanged = exchange_->dispatch(x, last_plan_);
+    return exchange_->combine(experts_->forward(exchanged.packed, exchanged.expert_rows), exchanged);
+  }
   DispatchedTokens dispatched = dispatcher_.dispatch(x, last_plan_);
   torch::Tensor expert_output = experts_->forward(dispatched.packed, dispatched.expert_rows);
   return dispatcher_.combine(expert_output, dispatched);
+}
+
+void MoeLayer::shard_experts(const std::shared_ptr<Communicator>& expert_group) {
+  if (masked_matmul_)
+    throw UserError("model.dispatcher masked_matmul runs every expert on every token and cannot shard them; use sparse with parallel.expert_parallel > 1");
+  const int64_t per_rank = experts_->w1.size(0) / expert_group->size();
+  exchange_ = std::make_shared<AllToAllDispatcher>(expert_group, experts_->w1.size(0));
+  experts_ = replace_module("experts", experts_->slice(expert_group->rank() * per_rank, per_rank));
 }
 
 }  // namespace moelab

@@ -6,6 +6,8 @@
 #include <torch/nn/module.h>
 
 #include "config/run_config.h"
+#include "dist/communicator.h"
+#include "models/all_to_all_dispatcher.h"
 #include "models/experts.h"
 #include "models/token_dispatcher.h"
 #include "routers/router.h"
@@ -20,6 +22,11 @@ class MoeLayer : public torch::nn::Module {
   // x [T, d], token_ids [T] -> [T, d]; aux losses are in last_plan().
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
 
+  // Expert parallelism: keep only this rank's E / EP experts (a copy of their current
+  // weights) and exchange tokens with the group's other ranks in every forward.
+  void shard_experts(const std::shared_ptr<Communicator>& expert_group);
+  bool experts_sharded() const { return exchange_ != nullptr; }
+
   const RoutingPlan& last_plan() const { return last_plan_; }
   Router& router() { return *router_; }
   Experts& experts() { return *experts_; }
@@ -28,6 +35,7 @@ class MoeLayer : public torch::nn::Module {
   std::shared_ptr<Router> router_;
   std::shared_ptr<Experts> experts_;
   TokenDispatcher dispatcher_;
+  std::shared_ptr<AllToAllDispatcher> exchange_;  // set when the experts are sharded
   bool masked_matmul_;
   RoutingPlan last_plan_;
 };

@@ -110,6 +110,28 @@ void TinyMoE::update_expert_biases() {
   for (const auto& layer : moe_layers()) layer->router().update_expert_bias();
 }
 
+void TinyMoE::shard_experts(const std::shared_ptr<Communicator>& expert_group) {
+  for (const auto& layer : moe_layers()) layer->shard_experts(expert_group);
+}
+
+std::vector<torch::Tensor> TinyMoE::expert_shard_parameters() const {
+  std::vector<torch::Tensor> shards;
+  for (const auto& layer : moe_layers())
+    if (layer->experts_sharded())
+      for (const auto& p : layer->experts().parameters()) shards.push_back(p);
+  return shards;
+}
+
+std::vector<torch::Tensor> TinyMoE::replicated_parameters() const {
+  std::vector<torch::Tensor> shards = expert_shard_parameters(), replicated;
+  for (const auto& p : parameters()) {
+    bool shard = false;
+    for (const auto& s : shards) shard = shard || s.is_same(p);
+    if (!shard) replicated.push_back(p);
+  }
+  return replicated;
+}
+
 int64_t TinyMoE::parameter_count() const {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();

@@ -56,6 +56,11 @@ class TinyMoE : public torch::nn::Module {
   std::vector<int64_t> moe_layer_ids() const;  // block index of each MoE layer
   std::vector<RoutingMetrics> routing_metrics() const;  // of the last forward, per MoE layer
   void update_expert_biases();
+  // Expert parallelism: every MoE layer keeps only its rank's experts (see MoeLayer).
+  void shard_experts(const std::shared_ptr<Communicator>& expert_group);
+  // The sharded experts' parameters and all the others (replicated on every rank).
+  std::vector<torch::Tensor> expert_shard_parameters() const;
+  std::vector<torch::Tensor> replicated_parameters() const;
   int64_t parameter_count() const;
   int64_t active_parameter_count() const;  // per token: k of E experts, no embeddings
   double flops_per_token() const;           // training: 6 * active + attention (nanoGPT's count)

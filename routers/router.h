@@ -20,6 +20,9 @@ class Router : public torch::nn::Module {
 
   // Aux-loss-free balancing: moves the expert bias by the load seen since the last call.
   void update_expert_bias();
+  // The load counted since the last update; data-parallel training sums it over the ranks
+  // first, so every rank moves its bias alike.
+  torch::Tensor& pending_load() { return pending_load_; }
   const RouterConfig& config() const { return config_; }
   // Generation routes each token without capacity: a lone sequence would otherwise fill the
   // experts with its earlier tokens and drop the very token being predicted. Expert choice,

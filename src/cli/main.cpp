@@ -1,9 +1,11 @@
 // moelab: train small Mixture-of-Experts language models and study how they route.
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
 
 #include "cli/commands.h"
+#include "dist/communicator.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -43,6 +45,10 @@ int main(int argc, char** argv) {
     if (command == "bench") return moelab::cli::bench_command(argc - 1, argv + 1);
     std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
     return 2;
+  } catch (const moelab::DistributedError& e) {
+    // Straight out: a c10d thread still waiting on a dead peer would hang the destructors.
+    std::cerr << "moelab " << command << ": error: " << e.what() << std::endl;
+    std::_Exit(1);
   } catch (const moelab::UserError& e) {
     std::cerr << "moelab " << command << ": error: " << e.what() << std::endl;
     return 2;

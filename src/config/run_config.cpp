@@ -61,6 +61,9 @@ json run_config_to_json(const RunConfig& c) {
                 {"threads", t.threads},
                 {"peak_tflops", t.peak_tflops},
                 {"trace_interval", t.trace_interval}};
+  j["parallel"] = {{"expert_parallel", c.parallel.expert_parallel},
+                   {"timeout_s", c.parallel.timeout_s},
+                   {"bucket_mb", c.parallel.bucket_mb}};
   return j;
 }
 
@@ -257,6 +260,13 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   t.threads = r.integer("train", "threads", 0, 1024);
   t.peak_tflops = r.number("train", "peak_tflops", 0.0, 1e6);
   t.trace_interval = r.integer("train", "trace_interval", 0);
+
+  ParallelConfig& p = c.parallel;
+  p.expert_parallel = r.integer("parallel", "expert_parallel", 1, 4096);
+  p.timeout_s = r.number("parallel", "timeout_s", 0.0, 86400.0, /*lo_open=*/true);
+  p.bucket_mb = r.number("parallel", "bucket_mb", 0.0, 4096.0, /*lo_open=*/true);
+  if (c.router.num_experts % p.expert_parallel != 0)
+    r.fail("parallel", "expert_parallel", "must divide router.num_experts (" + std::to_string(c.router.num_experts) + ")");
   return c;
 }
 

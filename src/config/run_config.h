@@ -58,6 +58,15 @@ struct TrainConfig {
   int64_t trace_interval = 0;   // every n steps, the step's routing to RUN/traces/train_routing.jsonl; 0 = off
 };
 
+// Scale-out (SPEC 9). The world (ranks, rendezvous) comes from the launcher's environment:
+// torchrun's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT/LOCAL_RANK or mpirun's OMPI_COMM_WORLD_*.
+// train.batch_size is per rank: a step trains on batch_size x world sequences.
+struct ParallelConfig {
+  int64_t expert_parallel = 1;  // ranks an MoE layer's experts are sharded over; divides the world and E
+  double timeout_s = 120;       // a collective or the rendezvous waiting longer than this fails the job
+  double bucket_mb = 25;        // gradient all-reduce bucket size (DDP's bucket_cap_mb)
+};
+
 struct RunConfig {
   int64_t seed = 17;
   std::string out = "runs/unified-softk";
@@ -65,6 +74,7 @@ struct RunConfig {
   ModelConfig model;
   RouterConfig router;
   TrainConfig train;
+  ParallelConfig parallel;
 };
 
 nlohmann::json default_config_json();

@@ -14,6 +14,10 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 std::string checkpoint_path(const std::string& run_dir) { return run_dir + "/checkpoints/latest.pt"; }
 
+std::string expert_shard_checkpoint_path(const std::string& run_dir, int shard, int shards) {
+  return run_dir + "/checkpoints/latest.ep" + std::to_string(shard) + "of" + std::to_string(shards) + ".pt";
+}
+
 void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer& optimizer,
                      const TrainingState& state) {
   torch::serialize::OutputArchive archive;
@@ -22,6 +26,7 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
   archive.write("tokens_seen", c10::IValue(state.tokens_seen));
   archive.write("train_seconds", c10::IValue(state.train_seconds));
   archive.write("sampler_state", c10::IValue(state.sampler_state));
+  archive.write("world_size", c10::IValue(state.world_size));
   archive.write("rng_cpu", at::detail::getDefaultCPUGenerator().get_state());
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
@@ -51,6 +56,7 @@ TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::op
     state.train_seconds = value.toDouble();
     archive.read("sampler_state", value);
     state.sampler_state = value.toStringRef();
+    if (archive.try_read("world_size", value)) state.world_size = value.toInt();
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model.load(model_archive);

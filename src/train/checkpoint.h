@@ -15,9 +15,13 @@ struct TrainingState {
   int64_t tokens_seen = 0;
   double train_seconds = 0;  // wall time spent training (evaluation excluded)
   std::string sampler_state;
+  int64_t world_size = 1;  // ranks of the run that wrote it: a resume must use as many
 };
 
 std::string checkpoint_path(const std::string& run_dir);
+// With expert parallelism each expert shard is its own file, written by the ranks of the
+// first expert group (the other groups hold copies): RUN/checkpoints/latest.ep<i>of<n>.pt.
+std::string expert_shard_checkpoint_path(const std::string& run_dir, int shard, int shards);
 
 void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer& optimizer,
                      const TrainingState& state);

@@ -10,6 +10,8 @@
 #include "data/batch_sampler.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
+#include "dist/communicator.h"
+#include "dist/gradient_sync.h"
 #include "models/tiny_moe.h"
 #include "routers/strategy.h"
 #include "train/autocast.h"
@@ -47,20 +49,45 @@ torch::optim::AdamW make_optimizer(TinyMoE& model, const TrainConfig& train) {
   return torch::optim::AdamW(std::move(groups), options);
 }
 
-// Gradient clipping by the global norm without reading the norm back to the host (libtorch's
-// clip_grad_norm_ returns a double). max_norm <= 0 only measures.
-torch::Tensor clip_gradients(const std::vector<torch::Tensor>& parameters, double max_norm) {
+torch::Tensor squared_norm(const std::vector<torch::Tensor>& parameters) {
   std::vector<torch::Tensor> norms;
   for (const auto& p : parameters)
     if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0).to(torch::kFloat32));
-  if (norms.empty()) return torch::zeros({});
-  torch::Tensor total = torch::stack(norms).norm(2.0);
+  return norms.empty() ? torch::zeros({1}) : torch::stack(norms).square().sum().reshape({1});
+}
+
+// Gradient clipping by the global norm without reading the norm back to the host (libtorch's
+// clip_grad_norm_ returns a double). With expert parallelism the norm adds up the shards of
+// the whole expert group. max_norm <= 0 only measures.
+torch::Tensor clip_gradients(TinyMoE& model, const DistributedContext& dist, double max_norm) {
+  const std::vector<torch::Tensor> replicated = model.replicated_parameters(), shards = model.expert_shard_parameters();
+  torch::Tensor squared = squared_norm(replicated);
+  if (!shards.empty()) {
+    torch::Tensor shard_squared = squared_norm(shards).to(squared.device());
+    dist.expert_group->all_reduce_sum(shard_squared);
+    squared = squared + shard_squared;
+  }
+  torch::Tensor total = squared.sqrt().squeeze(0);
   if (max_norm > 0) {
     torch::Tensor scale = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (const auto& p : parameters)
+    for (const auto& p : model.parameters())
       if (p.grad().defined()) p.grad().detach().mul_(scale.to(p.grad().scalar_type()));
   }
   return total;
+}
+
+// Data parallelism must keep the replicas identical: a per-tensor checksum gathered from every
+// rank of `group` and compared bit for bit. Cheap enough for every log step.
+void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& group, const char* what, int64_t step) {
+  if (parameters.empty()) return;
+  std::vector<torch::Tensor> sums;
+  for (const auto& p : parameters) sums.push_back(p.detach().to(torch::kFloat64).sum());
+  torch::Tensor all = group.all_gather(torch::stack(sums)).cpu();
+  for (int64_t r = 1; r < all.size(0); ++r)
+    if (!torch::equal(all[r], all[0]))
+      throw DistributedError(strf("step %lld: the %s differ between ranks (rank %d of the %s group holds other values than "
+                                  "its rank 0); data-parallel replicas diverged",
+                                  (long long)step, what, (int)r, what));
 }
 
 void set_learning_rate(torch::optim::AdamW& optimizer, double lr) {
@@ -91,43 +118,78 @@ json train(RunConfig config, const TrainOptions& options) {
   const std::string ckpt = checkpoint_path(run_dir);
   if (!resuming && (file_exists(ckpt) || file_exists(run_dir + "/metrics.jsonl")))
     throw UserError(run_dir + ": already holds a run; pass --resume " + run_dir + " or choose another --out");
-  if (resuming && !file_exists(ckpt)) throw UserError(ckpt + ": no checkpoint to resume from");
 
   const TrainConfig& tc = config.train;
   torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
                                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  const torch::Device device(resolve_device(tc.device));
+  const LaunchEnvironment launch = read_launch_environment();
+  torch::Device device(resolve_device(tc.device));
+  if (device.is_cuda() && launch.world > 1) device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank));
+  // The checks above ran on every rank before the rendezvous: nobody writes before all pass.
+  const DistributedContext dist = init_distributed(launch, config.parallel, device.is_cuda());
+  const int ep = dist.expert_parallel;
+  const bool main_rank = dist.is_main();
+  if (!main_rank) log::set_quiet(true);
+  if (dist.distributed())
+    log::info(strf("distributed (%s): %d ranks, expert parallel %d, %s", launch.launcher.c_str(), dist.world, ep,
+                   device.is_cuda() ? "NCCL" : "Gloo"));
+  // Expert shards are written by the first expert group's ranks, each its own file.
+  const std::string rank_ckpt = ep > 1 ? expert_shard_checkpoint_path(run_dir, dist.rank % ep, ep) : ckpt;
+  const bool writes_checkpoint = ep > 1 ? dist.rank < ep : main_rank;
+  if (resuming && !file_exists(rank_ckpt))
+    throw UserError(rank_ckpt + ": no checkpoint to resume from" +
+                    (ep > 1 ? strf(" (resume an expert-parallel run with the same parallel.expert_parallel = %d)", ep) : ""));
   if (tc.dtype == "bf16" && !device.is_cuda()) throw UserError("train.dtype bf16 needs a CUDA device (CPU training is fp32)");
   const bool bf16 = device.is_cuda() && tc.dtype != "fp32";  // SPEC: bf16 autocast on GPU, fp32 on CPU
-  ensure_directory(run_dir + "/checkpoints");
-
-  PreparedData data = prepare_data(config.data, config.seed, run_dir);
+  // Rank 0 prepares the data; the others then find it prepared.
+  if (main_rank) ensure_directory(run_dir + "/checkpoints");
+  std::unique_ptr<PreparedData> prepared;
+  if (main_rank) prepared = std::make_unique<PreparedData>(prepare_data(config.data, config.seed, run_dir));
+  if (dist.world_group) dist.world_group->barrier();
+  if (!main_rank) prepared = std::make_unique<PreparedData>(prepare_data(config.data, config.seed, run_dir));
+  PreparedData& data = *prepared;
   config.model.vocab_size = data.tokenizer->vocab_size();
-  if (!resuming) write_file_atomic(run_dir + "/config.json", run_config_to_json(config).dump(2) + "\n");
+  if (!resuming && main_rank) write_file_atomic(run_dir + "/config.json", run_config_to_json(config).dump(2) + "\n");
   TokenFile train_tokens(data.train_tokens), valid_tokens(data.valid_tokens);
   const double chars_per_token = static_cast<double>(data.valid_chars) / static_cast<double>(data.valid_token_count);
 
   torch::manual_seed(static_cast<uint64_t>(config.seed));
   TinyMoE model(config.model, config.router);
   model.to(device);
+  if (ep > 1) model.shard_experts(dist.expert_group);
   torch::optim::AdamW optimizer = make_optimizer(model, tc);
-  BatchSampler sampler(train_tokens, tc.batch_size, config.model.seq_len, static_cast<uint64_t>(config.seed) + 1);
+  // Every rank draws the same global batch of batch_size x world windows and trains on its
+  // own rows of it: the step equals one process training on the whole global batch.
+  const int64_t global_batch = tc.batch_size * dist.world;
+  BatchSampler sampler(train_tokens, global_batch, config.model.seq_len, static_cast<uint64_t>(config.seed) + 1);
 
   TrainingState state;
+  state.world_size = dist.world;
   if (resuming) {
-    state = load_checkpoint(ckpt, model, &optimizer, device);
+    state = load_checkpoint(rank_ckpt, model, &optimizer, device);
+    if (state.world_size != dist.world)
+      throw UserError(strf("%s: written by a run of %lld ranks; resume it with %lld ranks, not %d", rank_ckpt.c_str(),
+                           (long long)state.world_size, (long long)state.world_size, dist.world));
     sampler.restore(state.sampler_state);
     log::info(strf("resuming %s at step %lld", run_dir.c_str(), (long long)state.step));
   }
-  MetricsLog metrics(run_dir + "/metrics.jsonl", resuming ? state.step : -1);
+  std::unique_ptr<GradientSynchronizer> gradient_sync;
+  if (dist.distributed())
+    gradient_sync = std::make_unique<GradientSynchronizer>(model.replicated_parameters(), dist.world_group,
+                                                           model.expert_shard_parameters(), dist.expert_data_group,
+                                                           dist.world, config.parallel.bucket_mb);
+  std::unique_ptr<MetricsLog> metrics;
+  if (main_rank) metrics = std::make_unique<MetricsLog>(run_dir + "/metrics.jsonl", resuming ? state.step : -1);
   const double flops_per_token = model.flops_per_token();
   log::info(strf("model: %s parameters, %s active per token, %s FLOPs per token; %s on %s",
                  human_count(model.parameter_count()).c_str(), human_count(model.active_parameter_count()).c_str(),
                  human_count(flops_per_token).c_str(), config.router.strategy.c_str(), device.str().c_str()));
 
-  const int64_t tokens_per_step = tc.batch_size * config.model.seq_len;
-  torch::Tensor inputs = torch::empty({tc.batch_size, config.model.seq_len}, torch::kLong);
-  torch::Tensor targets = torch::empty_like(inputs);
+  const int64_t tokens_per_step = global_batch * config.model.seq_len;
+  torch::Tensor global_inputs = torch::empty({global_batch, config.model.seq_len}, torch::kLong);
+  torch::Tensor global_targets = torch::empty_like(global_inputs);
+  torch::Tensor inputs = global_inputs.narrow(0, dist.rank * tc.batch_size, tc.batch_size);
+  torch::Tensor targets = global_targets.narrow(0, dist.rank * tc.batch_size, tc.batch_size);
   json last_routing = json::object();
   EvalResult last_eval;
   bool evaluated = false;
@@ -136,14 +198,15 @@ json train(RunConfig config, const TrainOptions& options) {
   int64_t interval_steps = 0;
 
   auto save = [&] {
+    if (!writes_checkpoint) return;
     state.sampler_state = sampler.state();
-    save_checkpoint(ckpt, model, optimizer, state);
+    save_checkpoint(rank_ckpt, model, optimizer, state);
   };
   auto run_eval = [&](int64_t step) {
     CudaAutocast autocast(bf16);
-    last_eval = evaluate(model, valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows, chars_per_token, device);
+    last_eval = evaluate(model, valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows, chars_per_token, device, dist);
     evaluated = true;
-    metrics.write({{"kind", "eval"}, {"step", step}, {"val_loss", last_eval.loss}, {"val_ppl", last_eval.ppl},
+    if (metrics) metrics->write({{"kind", "eval"}, {"step", step}, {"val_loss", last_eval.loss}, {"val_ppl", last_eval.ppl},
                    {"bits_per_token", last_eval.bits_per_token}, {"bits_per_char", last_eval.bits_per_char},
                    {"eval_tokens", last_eval.tokens}});
     log::info(strf("step %lld | val loss %.4f | ppl %.3f | %.3f bits/char", (long long)step, last_eval.loss,
@@ -159,7 +222,7 @@ json train(RunConfig config, const TrainOptions& options) {
     const double lr = learning_rate(step - 1, tc.lr, tc.warmup_steps, tc.max_steps);
     set_learning_rate(optimizer, lr);
 
-    sampler.next(inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
+    sampler.next(global_inputs.data_ptr<int64_t>(), global_targets.data_ptr<int64_t>());
     ModelOutput out;
     torch::Tensor lm_loss, loss;
     {
@@ -170,9 +233,13 @@ json train(RunConfig config, const TrainOptions& options) {
       loss = lm_loss + out.aux_loss;
     }
     optimizer.zero_grad();
+    if (gradient_sync) gradient_sync->begin_backward();
     loss.backward();
-    torch::Tensor grad_norm = clip_gradients(model.parameters(), tc.grad_clip);
+    if (gradient_sync) gradient_sync->finish();
+    torch::Tensor grad_norm = clip_gradients(model, dist, tc.grad_clip);
     optimizer.step();
+    if (dist.world_group && config.router.bias_rate > 0)
+      for (const auto& layer : model.moe_layers()) dist.world_group->all_reduce_sum(layer->router().pending_load());
     model.update_expert_biases();
 
     // The losses stay on the device between log steps (a read-back stalls a GPU's queue);
@@ -192,7 +259,7 @@ json train(RunConfig config, const TrainOptions& options) {
     state.train_seconds += step_seconds;
     interval_seconds += step_seconds;
     ++interval_steps;
-    if (tc.trace_interval > 0 && step % tc.trace_interval == 0) {
+    if (main_rank && tc.trace_interval > 0 && step % tc.trace_interval == 0) {
       // The routing this step's batch took, for the run's own analysis (moelab place, coact).
       ensure_directory(run_dir + "/traces");
       std::ofstream trace(run_dir + "/traces/train_routing.jsonl", std::ios::app);
@@ -203,6 +270,14 @@ json train(RunConfig config, const TrainOptions& options) {
         record.batch_id = step;
         write_placement_jsonl(trace, record);
       }
+    }
+    if (log_step && dist.distributed()) {
+      check_replicas(model.replicated_parameters(), *dist.world_group, "replicated parameters", step);
+      if (dist.expert_data_group) check_replicas(model.expert_shard_parameters(), *dist.expert_data_group, "expert shards", step);
+      // The logged loss is the mean over the ranks' batches; routing metrics stay rank 0's.
+      interval_loss_sum = interval_loss_sum.reshape({1}).clone();
+      dist.world_group->all_reduce_sum(interval_loss_sum);
+      interval_loss_sum = interval_loss_sum.squeeze(0) / static_cast<double>(dist.world);
     }
     if (log_step) {
       // Routing metrics of this step's plans: read back only at log steps.
@@ -223,7 +298,7 @@ json train(RunConfig config, const TrainOptions& options) {
                   {"step_ms", 1000.0 * interval_seconds / static_cast<double>(interval_steps)},
                   {"tflops", tokens_per_s * flops_per_token / 1e12}, {"routing", routing}};
       if (tc.peak_tflops > 0) row["mfu"] = tokens_per_s * flops_per_token / (tc.peak_tflops * 1e12);
-      metrics.write(row);
+      if (metrics) metrics->write(row);
       std::string route_line = layers.empty() ? "" : strf(" | drop %.3f cv %.3f ent %.2f", routing["drop_rate"].get<double>(),
                                                           routing["load_cv"].get<double>(), routing["gate_entropy"].get<double>());
       const double eta = (tc.max_steps - step) * state.train_seconds / static_cast<double>(step);
@@ -266,7 +341,9 @@ json train(RunConfig config, const TrainOptions& options) {
                   {"routing", last_routing}};
   if (tc.peak_tflops > 0)
     summary["mfu"] = summary["tokens_per_s"].get<double>() * flops_per_token / (tc.peak_tflops * 1e12);
-  write_file_atomic(run_dir + "/summary.json", summary.dump(2) + "\n");
+  summary["world_size"] = dist.world;
+  summary["expert_parallel"] = ep;
+  if (main_rank) write_file_atomic(run_dir + "/summary.json", summary.dump(2) + "\n");
   return summary;
 }
 

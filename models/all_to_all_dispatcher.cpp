@@ -1,0 +1,80 @@
+#include "models/all_to_all_dispatcher.h"
+
+#include <torch/torch.h>
+
+#include "dist/all_to_all.h"
+
+namespace moelab {
+
+AllToAllDispatcher::AllToAllDispatcher(std::shared_ptr<Communicator> group, int64_t num_experts)
+    : group_(std::move(group)), experts_per_rank_(num_experts / group_->size()) {
+  TORCH_CHECK(num_experts % group_->size() == 0, "AllToAllDispatcher: ", num_experts, " experts over ",
+              group_->size(), " ranks");
+}
+
+ExchangedTokens AllToAllDispatcher::exchange_counts(DispatchedTokens local) const {
+  const int ranks = group_->size();
+  const int64_t per = experts_per_rank_;
+  ExchangedTokens ex;
+  ex.local = std::move(local);
+  // Expert e lives on rank e / per, so the kept rows (expert-major) are already in rank order.
+  std::vector<int64_t> per_rank(ranks, per);
+  torch::Tensor recv_counts = group_->all_to_all(ex.local.expert_rows.view({-1, 1}), per_rank, per_rank).view({ranks, per});
+  torch::Tensor send = ex.local.expert_rows.view({ranks, per}).sum(1).cpu();
+  torch::Tensor recv = recv_counts.cpu();  // [source rank, local expert]
+  auto recv_a = recv.accessor<int64_t, 2>();
+  ex.send_rows.assign(send.data_ptr<int64_t>(), send.data_ptr<int64_t>() + ranks);
+  ex.recv_rows.assign(ranks, 0);
+  for (int j = 0; j < ranks; ++j)
+    for (int64_t e = 0; e < per; ++e) ex.recv_rows[j] += recv_a[j][e];
+  for (int64_t n : ex.send_rows) ex.sent += n;
+
+  // Received rows come source-major ([rank j][local expert e]); the experts want them
+  // expert-major ([e][j]). The permutation is built on the host from the counts.
+  int64_t total = 0;
+  std::vector<int64_t> source_start(ranks + 1, 0);
+  for (int j = 0; j < ranks; ++j) source_start[j + 1] = source_start[j] + ex.recv_rows[j];
+  total = source_start[ranks];
+  std::vector<int64_t> offset_in_source(static_cast<size_t>(ranks) * per, 0);
+  for (int j = 0; j < ranks; ++j)
+    for (int64_t e = 1; e < per; ++e) offset_in_source[j * per + e] = offset_in_source[j * per + e - 1] + recv_a[j][e - 1];
+  torch::Tensor received_of_packed = torch::empty({total}, torch::kLong);
+  torch::Tensor expert_rows = torch::zeros({per}, torch::kLong);
+  int64_t* order = received_of_packed.data_ptr<int64_t>();
+  int64_t row = 0;
+  for (int64_t e = 0; e < per; ++e) {
+    for (int j = 0; j < ranks; ++j) {
+      const int64_t first = source_start[j] + offset_in_source[j * per + e];
+      for (int64_t i = 0; i < recv_a[j][e]; ++i) order[row++] = first + i;
+      expert_rows[e] += recv_a[j][e];
+    }
+  }
+  const torch::Device device = ex.local.packed.device();
+  ex.received_of_packed = received_of_packed.to(device);
+  ex.packed_of_received = torch::empty_like(ex.received_of_packed)
+                              .index_put_({ex.received_of_packed}, torch::arange(total, ex.received_of_packed.options()));
+  ex.expert_rows = expert_rows.to(device);
+  return ex;
+}
+
+void AllToAllDispatcher::exchange_rows(ExchangedTokens& ex) const {
+  torch::Tensor received = differentiable_all_to_all(group_, ex.local.packed.narrow(0, 0, ex.sent), ex.send_rows, ex.recv_rows);
+  ex.packed = received.index_select(0, ex.received_of_packed);
+}
+
+ExchangedTokens AllToAllDispatcher::dispatch(const torch::Tensor& x, const RoutingPlan& plan) const {
+  ExchangedTokens ex = exchange_counts(local_.dispatch(x, plan));
+  exchange_rows(ex);
+  return ex;
+}
+
+torch::Tensor AllToAllDispatcher::combine(const torch::Tensor& expert_output, const ExchangedTokens& ex) const {
+  torch::Tensor by_source = expert_output.index_select(0, ex.packed_of_received);
+  torch::Tensor returned = differentiable_all_to_all(group_, by_source, ex.recv_rows, ex.send_rows);
+  // The local combine reads only the kept rows; the rest of its T*K-row buffer stays zero.
+  const int64_t rows = ex.local.packed.size(0);
+  if (rows > ex.sent) returned = torch::cat({returned, returned.new_zeros({rows - ex.sent, returned.size(1)})}, 0);
+  return local_.combine(returned, ex.local);
+}
+
+}  // namespace moelab

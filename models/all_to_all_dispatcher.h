@@ -1,0 +1,48 @@
+#pragma once
+// Expert parallelism's token dispatcher (Megatron-Core's "alltoall" dispatcher): the experts
+// of a layer are sharded over the ranks of an expert group, E / EP consecutive experts each.
+// dispatch() packs this rank's tokens by expert, exchanges the row counts, then the rows, and
+// hands this rank's experts every row sent to them by any rank of the group; combine() sends
+// the experts' outputs back and combines them gate-weighted. The plan is this rank's own (its
+// capacity counts its own tokens), so the output equals the single-process layer's on them.
+#include <memory>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "dist/communicator.h"
+#include "models/token_dispatcher.h"
+
+namespace moelab {
+
+struct ExchangedTokens {
+  DispatchedTokens local;             // this rank's tokens packed by (global) expert
+  torch::Tensor packed;               // [R, d] rows for this rank's experts, local-expert-major
+  torch::Tensor expert_rows;          // [E / EP] int64 rows of `packed` per local expert
+  torch::Tensor received_of_packed;   // [R] int64: the received row each packed row is
+  torch::Tensor packed_of_received;   // [R] int64: the inverse
+  std::vector<int64_t> send_rows, recv_rows;  // rows to / from each rank of the group
+  int64_t sent = 0;                   // kept rows of `local.packed` (sum of send_rows)
+};
+
+class AllToAllDispatcher {
+ public:
+  AllToAllDispatcher(std::shared_ptr<Communicator> group, int64_t num_experts);
+  ExchangedTokens dispatch(const torch::Tensor& x, const RoutingPlan& plan) const;
+  torch::Tensor combine(const torch::Tensor& expert_output, const ExchangedTokens& exchanged) const;
+
+  // The two halves of dispatch, for a benchmark that times them apart: the counts exchange
+  // (one small all-to-all and a device-to-host read) and the rows exchange.
+  ExchangedTokens exchange_counts(DispatchedTokens local) const;
+  void exchange_rows(ExchangedTokens& exchanged) const;
+
+  const std::shared_ptr<Communicator>& group() const { return group_; }
+  int64_t experts_per_rank() const { return experts_per_rank_; }
+
+ private:
+  std::shared_ptr<Communicator> group_;
+  int64_t experts_per_rank_;
+  TokenDispatcher local_;
+};
+
+}  // namespace moelab
