@@ -35,7 +35,7 @@ int train_command(int argc, char** argv) {
   if (args.count("stop-after")) train_options.stop_after = args["stop-after"].as<int64_t>();
 
   nlohmann::json summary = train(config, train_options);
-  if (summary.value("stopped_early", false)) return 0;
+  if (summary.value("stopped_early", false) || summary.value("rank", 0) != 0) return 0;  // rank 0 reports
   const std::string run_dir = train_options.resume_dir.empty() ? config.out : train_options.resume_dir;
   std::cout << "\n== " << run_dir << " ==\n"
             << strf("steps %lld | val loss %.4f nats/token (unigram entropy of the text: %.3f) | ppl %.3f | "

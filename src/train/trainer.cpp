@@ -90,6 +90,39 @@ void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& 
                                   (long long)step, what, (int)r, what));
 }
 
+// Expert parallelism: RUN/checkpoints/latest.pt still holds the whole model, for eval,
+// generate and traces in one process: the first expert group gathers each sharded tensor to
+// its rank 0, which writes it with the step (no optimizer state: training resumes from the
+// shard files). Every rank of the first expert group must call this.
+void save_gathered_model(const std::string& path, TinyMoE& model, const RunConfig& config, const DistributedContext& dist,
+                         const TrainingState& state) {
+  const bool writer = dist.is_main();
+  std::unique_ptr<TinyMoE> whole;
+  if (writer) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    const torch::Tensor rng = generator.get_state();  // building a model draws initial weights
+    whole = std::make_unique<TinyMoE>(config.model, config.router);
+    generator.set_state(rng);
+  }
+  const std::vector<torch::Tensor> shards = model.expert_shard_parameters();
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_parameters()) {
+    torch::Tensor value = item.value().detach();
+    bool sharded = false;
+    for (const auto& s : shards) sharded = sharded || s.is_same(item.value());
+    if (sharded) {
+      std::vector<int64_t> shape = value.sizes().vec();
+      shape[0] *= dist.expert_group->size();
+      value = dist.expert_group->all_gather(value).reshape(shape);
+    }
+    if (writer) whole->named_parameters()[item.key()].copy_(value);
+  }
+  if (!writer) return;
+  for (const auto& item : model.named_buffers()) whole->named_buffers()[item.key()].copy_(item.value());
+  torch::optim::AdamW no_state(whole->parameters());
+  save_checkpoint(path, *whole, no_state, state);
+}
+
 void set_learning_rate(torch::optim::AdamW& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 }
@@ -198,9 +231,9 @@ json train(RunConfig config, const TrainOptions& options) {
   int64_t interval_steps = 0;
 
   auto save = [&] {
-    if (!writes_checkpoint) return;
     state.sampler_state = sampler.state();
-    save_checkpoint(rank_ckpt, model, optimizer, state);
+    if (writes_checkpoint) save_checkpoint(rank_ckpt, model, optimizer, state);
+    if (ep > 1 && dist.rank < ep) save_gathered_model(ckpt, model, config, dist, state);
   };
   auto run_eval = [&](int64_t step) {
     CudaAutocast autocast(bf16);
@@ -315,7 +348,7 @@ json train(RunConfig config, const TrainOptions& options) {
 
   if (state.step < tc.max_steps) {
     log::info(strf("stopped after step %lld as asked; resume with --resume %s", (long long)state.step, run_dir.c_str()));
-    return json{{"steps", state.step}, {"stopped_early", true}};
+    return json{{"steps", state.step}, {"stopped_early", true}, {"rank", dist.rank}};
   }
   if (!evaluated) run_eval(state.step);
   json summary = {{"steps", state.step},
@@ -344,6 +377,7 @@ json train(RunConfig config, const TrainOptions& options) {
   summary["world_size"] = dist.world;
   summary["expert_parallel"] = ep;
   if (main_rank) write_file_atomic(run_dir + "/summary.json", summary.dump(2) + "\n");
+  summary["rank"] = dist.rank;
   return summary;
 }
 
