@@ -102,7 +102,9 @@ torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor&
     outputs.push_back(expert_forward(e, packed.narrow(0, start, n)));
     start += n;
   }
-  if (outputs.empty()) return packed.new_zeros({0, w2.size(2)});
+  // No rows: an empty result that still hangs on `packed`'s graph, so that backward reaches
+  // what produced it (with sharded experts, an all-to-all every rank must join).
+  if (outputs.empty()) return packed.new_zeros({0, w2.size(2)}) + packed.sum() * 0;
   return torch::cat(outputs, 0);
 }
 

@@ -34,6 +34,9 @@ std::string env_or(const char* name, const std::string& fallback) {
   return v && *v ? std::string(v) : fallback;
 }
 
+// c10d's messages go on with a C++ backtrace; the first line says what happened.
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
 int env_int(const char* name, int fallback) {
   const std::string v = env_or(name, "");
   if (v.empty()) return fallback;
@@ -51,7 +54,7 @@ struct Communicator::Impl {
 
   [[noreturn]] void fail(const char* op, const std::exception& e) const {
     throw DistributedError(strf("rank %d: %s on the %s failed: %s (another rank probably failed or was killed; see its log)",
-                                global_rank, op, name.c_str(), e.what()));
+                                global_rank, op, name.c_str(), first_line(e.what()).c_str()));
   }
   template <class F>
   void run(const char* op, F&& launch_and_wait) const {
@@ -221,7 +224,8 @@ std::shared_ptr<Communicator> make_group(const c10::intrusive_ptr<c10d::Store>& 
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {
-    throw DistributedError(strf("rank %d: could not set up the %s (%d ranks): %s", global_rank, name.c_str(), group_size, e.what()));
+    throw DistributedError(strf("rank %d: rendezvous of the %s (%d ranks) failed within %.0f s: %s", global_rank, name.c_str(),
+                                group_size, static_cast<double>(timeout.count()) / 1000.0, first_line(e.what()).c_str()));
   }
   return std::make_shared<Communicator>(impl);
 }
@@ -251,8 +255,8 @@ DistributedContext init_distributed(const LaunchEnvironment& env, const Parallel
     options.timeout = timeout;
     store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, options);
   } catch (const std::exception& e) {
-    throw DistributedError(strf("rank %d: rendezvous with %d ranks at %s:%d failed within %.0f s: %s", env.rank, env.world,
-                                env.master_addr.c_str(), env.master_port, parallel.timeout_s, e.what()));
+    throw DistributedError(strf("rank %d: rendezvous of %d ranks at %s:%d failed within %.0f s: %s", env.rank, env.world,
+                                env.master_addr.c_str(), env.master_port, parallel.timeout_s, first_line(e.what()).c_str()));
   }
   ctx.world_group = make_group(store, "world", "world group", env.rank, env.world, env.rank, env.master_addr, timeout, cuda);
   const int ep = ctx.expert_parallel;

@@ -1,0 +1,287 @@
+// Scale-out on c10d with Gloo: two (or four) real processes on loopback. The spawning tests
+// start ranks of `moelab train`, or of this test binary running one DistributedWorker test.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "dist/communicator.h"
+#include "models/moe_layer.h"
+#include "test_support.h"
+
+namespace moelab {
+namespace {
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// One rank: argv with torchrun's variables added to this process's environment, output to `log`.
+pid_t spawn_rank(const std::vector<std::string>& argv, int rank, int world, int port, const std::string& log,
+                 const std::vector<std::string>& extra_env = {}) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+  env.push_back("RANK=" + std::to_string(rank));
+  env.push_back("LOCAL_RANK=" + std::to_string(rank));
+  env.push_back("WORLD_SIZE=" + std::to_string(world));
+  env.push_back("MASTER_ADDR=127.0.0.1");
+  env.push_back("MASTER_PORT=" + std::to_string(port));
+  env.insert(env.end(), extra_env.begin(), extra_env.end());
+  std::vector<char*> args, envp;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::execve(args[0], args.data(), envp.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Exit status of `pid`, or -1 if it is still running after `seconds` (then it is killed).
+int wait_exit(pid_t pid, double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return -1;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Runs `moelab train` on `world` ranks (world 1: one plain process); true when all exit 0.
+bool train_ranks(int world, const std::vector<std::string>& args, const std::string& log_prefix) {
+  std::vector<std::string> argv = {MOELAB_BINARY, "train"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r) pids.push_back(spawn_rank(argv, r, world, port, log_prefix + std::to_string(r) + ".log"));
+  bool ok = true;
+  for (int r = 0; r < world; ++r) {
+    const int code = wait_exit(pids[r], 300);
+    if (code != 0) {
+      ADD_FAILURE() << "rank " << r << " exited with " << code << ":\n" << read_text(log_prefix + std::to_string(r) + ".log");
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+std::vector<double> train_losses(const std::string& run_dir) {
+  std::vector<double> losses;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto row = nlohmann::json::parse(line);
+    if (row["kind"] == "train") losses.push_back(row["loss"].get<double>());
+  }
+  return losses;
+}
+
+const char* kTinyConfig = R"({ "seed": 3, "data": {"builtin_stories": 300},
+  "model": {"layers": 2, "dim": 32, "heads": 2, "seq_len": 32, "dropout": 0.0},
+  "router": {"num_experts": 4, "top_k": 2, "capacity_factor": 0, "lb_coef": 0},
+  "train": {"batch_size": 4, "max_steps": 6, "eval_interval": 0, "eval_windows": 8, "log_interval": 1,
+            "checkpoint_interval": 0, "threads": 1, "warmup_steps": 2},
+  "parallel": {"timeout_s": 60} })";
+
+void expect_same_curve(const std::vector<double>& a, const std::vector<double>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  ASSERT_FALSE(a.empty()) << what;
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * std::abs(b[i])) << what << ", step " << i + 1;
+}
+
+// Dropless routing and no balancing loss: capacity and the Switch loss count a rank's own
+// tokens (as in Megatron-Core), so only then is a 2-rank step exactly a 1-process step on the
+// concatenated batch. Replicas are compared bit for bit by the trainer at every log step.
+TEST(DistributedTraining, DataAndExpertParallelMatchOneProcessOnTheConcatenatedBatch) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  { std::ofstream(dir / "tiny.jsonc") << kTinyConfig; }
+  const std::string config = dir / "tiny.jsonc";
+  ASSERT_TRUE(train_ranks(1, {"--config", config, "--out", dir / "one", "--set", "train.batch_size=8", "--sample", "0"}, dir / "one"));
+  ASSERT_TRUE(train_ranks(2, {"--config", config, "--out", dir / "dp", "--sample", "0"}, dir / "dp"));
+  ASSERT_TRUE(train_ranks(2, {"--config", config, "--out", dir / "ep", "--set", "parallel.expert_parallel=2", "--sample", "0"},
+                          dir / "ep"));
+  ASSERT_TRUE(train_ranks(4, {"--config", config, "--out", dir / "dpep", "--set", "parallel.expert_parallel=2", "--set",
+                              "train.batch_size=2", "--sample", "0"},
+                          dir / "dpep"));
+  const std::vector<double> one = train_losses(dir / "one");
+  expect_same_curve(train_losses(dir / "dp"), one, "data parallel, 2 ranks");
+  expect_same_curve(train_losses(dir / "ep"), one, "expert parallel 2");
+  expect_same_curve(train_losses(dir / "dpep"), one, "4 ranks, expert parallel 2");
+  EXPECT_TRUE(std::filesystem::exists(dir / "ep/checkpoints/latest.ep0of2.pt"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "ep/checkpoints/latest.ep1of2.pt"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "ep/checkpoints/latest.pt"));  // gathered, for eval and generate
+  EXPECT_FALSE(std::filesystem::exists(dir / "dp/checkpoints/latest.ep0of2.pt"));
+}
+
+TEST(DistributedTraining, ResumeOnTheSameWorldReproducesTheRun) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  { std::ofstream(dir / "tiny.jsonc") << kTinyConfig; }
+  const std::vector<std::string> base = {"--config", dir / "tiny.jsonc", "--set", "parallel.expert_parallel=2", "--sample", "0"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ASSERT_TRUE(train_ranks(2, with({"--out", dir / "whole"}), dir / "whole"));
+  ASSERT_TRUE(train_ranks(2, with({"--out", dir / "parts", "--stop-after", "3"}), dir / "first"));
+  ASSERT_TRUE(train_ranks(2, {"--resume", dir / "parts", "--sample", "0"}, dir / "second"));
+  expect_same_curve(train_losses(dir / "parts"), train_losses(dir / "whole"), "stopped at 3 and resumed");
+}
+
+TEST(DistributedTraining, AKilledRankEndsTheJobWithAnError) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  { std::ofstream(dir / "tiny.jsonc") << kTinyConfig; }
+  const std::vector<std::string> argv = {MOELAB_BINARY, "train", "--config", dir / "tiny.jsonc", "--out", dir / "run",
+                                         "--set", "train.max_steps=100000", "--set", "parallel.expert_parallel=2"};
+  const int port = free_port();
+  pid_t rank0 = spawn_rank(argv, 0, 2, port, dir / "rank0.log");
+  pid_t rank1 = spawn_rank(argv, 1, 2, port, dir / "rank1.log");
+  // Kill rank 1 once training is under way.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (read_text(dir / "run/metrics.jsonl").empty() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(rank1, SIGKILL);
+  ::waitpid(rank1, nullptr, 0);
+  const int code = wait_exit(rank0, 30);
+  ASSERT_NE(code, -1) << "rank 0 hung after rank 1 was killed";
+  EXPECT_EQ(code, 1);
+  const std::string log = read_text(dir / "rank0.log");
+  EXPECT_NE(log.find("rank 0:"), std::string::npos) << log;
+  EXPECT_NE(log.find("failed"), std::string::npos) << log;
+}
+
+TEST(DistributedTraining, AMissingRankFailsTheRendezvousWithinTheTimeout) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  { std::ofstream(dir / "tiny.jsonc") << kTinyConfig; }
+  pid_t rank0 = spawn_rank({MOELAB_BINARY, "train", "--config", dir / "tiny.jsonc", "--out", dir / "run", "--set",
+                            "parallel.timeout_s=2"},
+                           0, 2, free_port(), dir / "rank0.log");
+  const int code = wait_exit(rank0, 60);
+  ASSERT_NE(code, -1) << "rank 0 waited for ever for its peer";
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(read_text(dir / "rank0.log").find("rendezvous of"), std::string::npos) << read_text(dir / "rank0.log");
+}
+
+// ---- the expert-parallel layer against the single-process layer ----------------------------
+
+// Runs as a rank spawned by ExpertParallelLayer.*: for every router strategy and capacity
+// policy, the sharded layer's output and gradients must equal the whole layer's on this
+// rank's tokens; expert gradients are compared with the whole layer's summed over the ranks.
+TEST(DistributedWorker, ExpertParallelLayerRank) {
+  if (!std::getenv("MOELAB_TEST_WORKER")) GTEST_SKIP() << "runs only as a rank started by ExpertParallelLayer.*";
+  torch::set_num_threads(1);
+  const LaunchEnvironment env = read_launch_environment();
+  ParallelConfig parallel;
+  parallel.expert_parallel = env.world;
+  parallel.timeout_s = 60;
+  const DistributedContext dist = init_distributed(env, parallel, false);
+  const int64_t experts = 6, dim = 16, tokens = 40;  // E not a power of two; 3 experts per rank
+  struct Case {
+    std::string strategy;
+    double capacity_factor;
+    std::string drop_policy;
+  };
+  std::vector<Case> cases;
+  for (std::string s : {"top1", "topk_hard", "softk", "hash", "expert_choice", "sinkhorn"})
+    for (auto [cf, policy] : std::vector<std::pair<double, std::string>>{{1.0, "position"}, {1.25, "probs"}, {0.0, "position"}})
+      if (!(s == "expert_choice" && cf == 0.0)) cases.push_back({s, cf, policy});  // EC has no dropless form
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.strategy + " CF " + std::to_string(c.capacity_factor) + " " + c.drop_policy);
+    RouterConfig rc = testing::routing_config(c.strategy, experts, 2, c.capacity_factor);
+    rc.drop_policy = c.drop_policy;
+    rc.lb_coef = 0.01;
+    torch::manual_seed(11);
+    auto whole = std::make_shared<MoeLayer>(rc, dim, 24, false);
+    auto sharded = std::make_shared<MoeLayer>(rc, dim, 24, false);
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& item : whole->named_parameters()) sharded->named_parameters()[item.key()].copy_(item.value());
+    }
+    sharded->shard_experts(dist.expert_group);
+    torch::manual_seed(100 + env.rank);  // each rank its own tokens
+    torch::Tensor x = torch::randn({tokens, dim});
+    torch::Tensor ids = torch::randint(0, 50, {tokens}, torch::kLong);
+    torch::Tensor upstream = torch::randn({tokens, dim});
+
+    torch::Tensor x1 = x.clone().requires_grad_(true), x2 = x.clone().requires_grad_(true);
+    torch::Tensor y1 = whole->forward(x1, ids), y2 = sharded->forward(x2, ids);
+    ((y1 * upstream).sum() + whole->last_plan().lb_loss).backward();
+    ((y2 * upstream).sum() + sharded->last_plan().lb_loss).backward();
+    EXPECT_TRUE(torch::allclose(y1, y2, 1e-5, 1e-6)) << (y1 - y2).abs().max().item<double>();
+    EXPECT_TRUE(torch::allclose(x1.grad(), x2.grad(), 1e-5, 1e-6)) << (x1.grad() - x2.grad()).abs().max().item<double>();
+    for (const auto& item : whole->router().named_parameters()) {
+      const torch::Tensor& g1 = item.value().grad();
+      const torch::Tensor& g2 = sharded->router().named_parameters()[item.key()].grad();
+      ASSERT_EQ(g1.defined(), g2.defined()) << item.key();
+      if (g1.defined()) EXPECT_TRUE(torch::allclose(g1, g2, 1e-5, 1e-6)) << item.key();
+    }
+    const int64_t per = experts / env.world;
+    for (const auto& item : whole->experts().named_parameters()) {
+      torch::Tensor summed = item.value().grad().clone();
+      dist.world_group->all_reduce_sum(summed);
+      torch::Tensor mine = summed.narrow(0, env.rank * per, per);
+      torch::Tensor g2 = sharded->experts().named_parameters()[item.key()].grad();
+      if (!g2.defined()) g2 = torch::zeros_like(mine);  // no token reached this rank's experts
+      EXPECT_TRUE(torch::allclose(mine, g2, 1e-4, 1e-5)) << item.key() << " " << (mine - g2).abs().max().item<double>();
+    }
+  }
+}
+
+TEST(ExpertParallelLayer, OutputAndGradientsEqualTheSingleProcessLayerOnTwoRanks) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  char self[4096] = {0};
+  ASSERT_GT(::readlink("/proc/self/exe", self, sizeof self - 1), 0);
+  const std::vector<std::string> argv = {self, "--gtest_filter=DistributedWorker.ExpertParallelLayerRank"};
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r)
+    pids.push_back(spawn_rank(argv, r, 2, port, dir / ("rank" + std::to_string(r) + ".log"), {"MOELAB_TEST_WORKER=1"}));
+  for (int r = 0; r < 2; ++r) {
+    const std::string log = read_text(dir / ("rank" + std::to_string(r) + ".log"));
+    const int code = wait_exit(pids[r], 120);
+    EXPECT_EQ(code, 0) << "rank " << r << ":\n" << read_text(dir / ("rank" + std::to_string(r) + ".log"));
+  }
+}
+
+}  // namespace
+}  // namespace moelab
