@@ -12,6 +12,19 @@ AllToAllDispatcher::AllToAllDispatcher(std::shared_ptr<Communicator> group, int6
               group_->size(), " ranks");
 }
 
+torch::Tensor AllToAllDispatcher::expert_major_order(const torch::Tensor& counts) {
+  const int64_t ranks = counts.size(0), per = counts.size(1);
+  auto c = counts.accessor<int64_t, 2>();
+  std::vector<int64_t> start(ranks * per + 1, 0);  // first received row of (j, e), source-major
+  for (int64_t i = 0; i < ranks * per; ++i) start[i + 1] = start[i] + c[i / per][i % per];
+  torch::Tensor order = torch::empty({start.back()}, torch::kLong);
+  int64_t* out = order.data_ptr<int64_t>();
+  for (int64_t e = 0; e < per; ++e)
+    for (int64_t j = 0; j < ranks; ++j)
+      for (int64_t i = 0; i < c[j][e]; ++i) *out++ = start[j * per + e] + i;
+  return order;
+}
+
 ExchangedTokens AllToAllDispatcher::exchange_counts(DispatchedTokens local) const {
   const int ranks = group_->size();
   const int64_t per = experts_per_rank_;
@@ -29,31 +42,14 @@ ExchangedTokens AllToAllDispatcher::exchange_counts(DispatchedTokens local) cons
     for (int64_t e = 0; e < per; ++e) ex.recv_rows[j] += recv_a[j][e];
   for (int64_t n : ex.send_rows) ex.sent += n;
 
-  // Received rows come source-major ([rank j][local expert e]); the experts want them
-  // expert-major ([e][j]). The permutation is built on the host from the counts.
-  int64_t total = 0;
-  std::vector<int64_t> source_start(ranks + 1, 0);
-  for (int j = 0; j < ranks; ++j) source_start[j + 1] = source_start[j] + ex.recv_rows[j];
-  total = source_start[ranks];
-  std::vector<int64_t> offset_in_source(static_cast<size_t>(ranks) * per, 0);
-  for (int j = 0; j < ranks; ++j)
-    for (int64_t e = 1; e < per; ++e) offset_in_source[j * per + e] = offset_in_source[j * per + e - 1] + recv_a[j][e - 1];
-  torch::Tensor received_of_packed = torch::empty({total}, torch::kLong);
-  torch::Tensor expert_rows = torch::zeros({per}, torch::kLong);
-  int64_t* order = received_of_packed.data_ptr<int64_t>();
-  int64_t row = 0;
-  for (int64_t e = 0; e < per; ++e) {
-    for (int j = 0; j < ranks; ++j) {
-      const int64_t first = source_start[j] + offset_in_source[j * per + e];
-      for (int64_t i = 0; i < recv_a[j][e]; ++i) order[row++] = first + i;
-      expert_rows[e] += recv_a[j][e];
-    }
-  }
+  ex.recv_counts = recv;
+  torch::Tensor received_of_packed = expert_major_order(recv);
+  const int64_t total = received_of_packed.size(0);
   const torch::Device device = ex.local.packed.device();
   ex.received_of_packed = received_of_packed.to(device);
   ex.packed_of_received = torch::empty_like(ex.received_of_packed)
                               .index_put_({ex.received_of_packed}, torch::arange(total, ex.received_of_packed.options()));
-  ex.expert_rows = expert_rows.to(device);
+  ex.expert_rows = recv.sum(0).to(device);
   return ex;
 }
 

@@ -21,6 +21,7 @@ struct ExchangedTokens {
   torch::Tensor expert_rows;          // [E / EP] int64 rows of `packed` per local expert
   torch::Tensor received_of_packed;   // [R] int64: the received row each packed row is
   torch::Tensor packed_of_received;   // [R] int64: the inverse
+  torch::Tensor recv_counts;          // [EP, E / EP] int64 on the host: rows from rank j for local expert e
   std::vector<int64_t> send_rows, recv_rows;  // rows to / from each rank of the group
   int64_t sent = 0;                   // kept rows of `local.packed` (sum of send_rows)
 };
@@ -35,6 +36,10 @@ class AllToAllDispatcher {
   // (one small all-to-all and a device-to-host read) and the rows exchange.
   ExchangedTokens exchange_counts(DispatchedTokens local) const;
   void exchange_rows(ExchangedTokens& exchanged) const;
+
+  // Received rows come source-major ([rank j][local expert e], counts [EP, E/EP] on the
+  // host); the experts want them expert-major. For each expert-major row, its received row.
+  static torch::Tensor expert_major_order(const torch::Tensor& counts);
 
   const std::shared_ptr<Communicator>& group() const { return group_; }
   int64_t experts_per_rank() const { return experts_per_rank_; }

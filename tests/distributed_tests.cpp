@@ -201,6 +201,22 @@ TEST(DistributedTraining, AMissingRankFailsTheRendezvousWithinTheTimeout) {
   EXPECT_NE(read_text(dir / "rank0.log").find("rendezvous of"), std::string::npos) << read_text(dir / "rank0.log");
 }
 
+TEST(ExpertParallelBench, TwoRanksPrintTheSeedMetricsAndTheOverlappedLayerEqualsTheSequentialOne) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  const std::vector<std::string> argv = {MOELAB_BINARY, "bench", "ep", "--tokens", "256", "--hidden", "32", "--experts", "6",
+                                         "--iters", "2", "--skew-experts", "2", "--skew-bias", "2", "--out", dir / "ep.jsonl"};
+  const int port = free_port();
+  std::vector<pid_t> pids = {spawn_rank(argv, 0, 2, port, dir / "rank0.log"), spawn_rank(argv, 1, 2, port, dir / "rank1.log")};
+  for (int r = 0; r < 2; ++r)
+    ASSERT_EQ(wait_exit(pids[r], 120), 0) << read_text(dir / ("rank" + std::to_string(r) + ".log"));
+  auto row = nlohmann::json::parse(read_text(dir / "ep.jsonl"));
+  for (const char* key : {"T_route_ms", "T_comm_ms", "T_comp_ms", "load_skew", "load_cv", "sequential_ms", "overlapped_ms", "eta_overlap"})
+    EXPECT_GT(row[key].get<double>(), 0.0) << key;
+  EXPECT_GT(row["load_skew"].get<double>(), 1.5);  // two of six experts favoured by +2 logits
+  EXPECT_LT(row["overlap_max_abs_diff"].get<double>(), 1e-5);
+}
+
 // ---- the expert-parallel layer against the single-process layer ----------------------------
 
 // Runs as a rank spawned by ExpertParallelLayer.*: for every router strategy and capacity

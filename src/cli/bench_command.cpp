@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "bench/capacity_bench.h"
+#include "bench/ep_bench.h"
 #include "bench/kernel_bench.h"
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -95,13 +96,65 @@ int kernel(const std::string& op, int argc, char** argv) {
   return 0;
 }
 
+// Seed 003's expert-parallel benchmark: every rank of a torchrun/mpirun job runs it; rank 0
+// prints the row (and writes --out).
+int expert_parallel(int argc, char** argv) {
+  cxxopts::Options options("moelab bench ep",
+                           "Expert-parallel MoE layer: T_route, T_comm, T_comp, load skew, sequential vs overlapped. "
+                           "Run it on N ranks: torchrun --no-python --nproc-per-node N moelab bench ep ...");
+  options.add_options()("tokens", "tokens per rank", cxxopts::value<int64_t>()->default_value("4096"))(
+      "hidden", "hidden size d", cxxopts::value<int64_t>()->default_value("4096"))(
+      "experts", "experts E (divisible by the ranks)", cxxopts::value<int64_t>()->default_value("64"))(
+      "top-k", "experts per token k", cxxopts::value<int64_t>()->default_value("2"))(
+      "expand", "expert FFN width / d", cxxopts::value<int64_t>()->default_value("4"))(
+      "capacity-factor", "capacity factor (0 = dropless)", cxxopts::value<double>()->default_value("0"))(
+      "strategy", "topk | sinkhorn (selection by Sinkhorn-balanced scores)", cxxopts::value<std::string>()->default_value("topk"))(
+      "skew-experts", "add --skew-bias to the first N experts' logits", cxxopts::value<int64_t>()->default_value("0"))(
+      "skew-bias", "logit bias of the skewed experts", cxxopts::value<double>()->default_value("0"))(
+      "iters", "timed iterations", cxxopts::value<int64_t>()->default_value("20"))(
+      "dtype", "bf16 | fp32 (CPU runs fp32)", cxxopts::value<std::string>()->default_value("bf16"))(
+      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("17"))(
+      "out", "JSONL file (rank 0)", cxxopts::value<std::string>()->default_value(""));
+  auto args = parse_options(options, argc, argv);
+  EpBenchOptions o;
+  o.tokens = args["tokens"].as<int64_t>();
+  o.hidden = args["hidden"].as<int64_t>();
+  o.experts = args["experts"].as<int64_t>();
+  o.top_k = args["top-k"].as<int64_t>();
+  o.expand = args["expand"].as<int64_t>();
+  o.capacity_factor = args["capacity-factor"].as<double>();
+  o.strategy = args["strategy"].as<std::string>();
+  o.skew_experts = args["skew-experts"].as<int64_t>();
+  o.skew_bias = args["skew-bias"].as<double>();
+  o.iters = args["iters"].as<int64_t>();
+  o.dtype = args["dtype"].as<std::string>();
+  o.seed = args["seed"].as<uint64_t>();
+  if (o.dtype != "bf16" && o.dtype != "fp32") throw UserError("moelab bench ep: --dtype must be bf16 or fp32");
+  if (o.tokens < 1 || o.hidden < 1 || o.experts < 1 || o.top_k < 1 || o.top_k > o.experts || o.expand < 1 || o.iters < 1)
+    throw UserError("moelab bench ep: --tokens, --hidden, --experts, --expand, --iters must be >= 1 and 1 <= --top-k <= --experts");
+  nlohmann::json row = run_ep_bench(o);
+  if (row["rank"].get<int>() != 0) return 0;
+  row.erase("rank");
+  std::cout << row.dump() << std::endl;
+  std::cout << strf("EP %d ranks (%s), %lld tokens/rank, d %lld, E %lld, k %lld, skew %lld@%.1f: T_route %.3f ms | T_comm %.3f ms "
+                    "| T_comp %.3f ms | load skew %.2f cv %.3f | sequential %.3f ms | overlapped %.3f ms | eta_overlap %.3f\n",
+                    row["ranks"].get<int>(), row["backend"].get<std::string>().c_str(), (long long)o.tokens,
+                    (long long)o.hidden, (long long)o.experts, (long long)o.top_k, (long long)o.skew_experts, o.skew_bias,
+                    row["T_route_ms"].get<double>(), row["T_comm_ms"].get<double>(), row["T_comp_ms"].get<double>(),
+                    row["load_skew"].get<double>(), row["load_cv"].get<double>(), row["sequential_ms"].get<double>(),
+                    row["overlapped_ms"].get<double>(), row["eta_overlap"].get<double>());
+  write_rows({row}, args["out"].as<std::string>());
+  return 0;
+}
+
 }  // namespace
 
 int bench_command(int argc, char** argv) {
   const std::string op = argc >= 2 ? argv[1] : "";
   if (op == "capacity") return capacity(argc - 1, argv + 1);
+  if (op == "ep") return expert_parallel(argc - 1, argv + 1);
   if (op == "topk" || op == "sinkhorn" || op == "pack" || op == "combine" || op == "routing" || op == "moe-layer") return kernel(op, argc - 1, argv + 1);
-  throw UserError("moelab bench: usage: moelab bench topk|sinkhorn|routing|pack|combine|moe-layer|capacity [options]");
+  throw UserError("moelab bench: usage: moelab bench topk|sinkhorn|routing|pack|combine|moe-layer|capacity|ep [options]");
 }
 
 }  // namespace moelab::cli

@@ -22,7 +22,7 @@ commands:
   place      expert-placement simulator: replicate, place and search on a device mesh
   coact      expert co-activation matrix of a trace layer
   plot       pictures: plot sweep --config SWEEP | plot run --run DIR
-  bench      benchmarks: bench topk|routing|pack|combine|moe-layer (CUDA) | bench capacity
+  bench      benchmarks: bench topk|routing|pack|combine|moe-layer (CUDA) | capacity | ep (N ranks)
 )";
 
 }  // namespace

@@ -1,0 +1,202 @@
+#include "bench/ep_bench.h"
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+
+#include <torch/torch.h>
+
+#include "dist/communicator.h"
+#include "kernels/routing_kernels.h"
+#include "models/all_to_all_dispatcher.h"
+#include "models/experts.h"
+#include "routers/capacity.h"
+#include "util/error.h"
+#include "util/strings.h"
+
+namespace moelab {
+using nlohmann::json;
+
+namespace {
+
+struct Bench {
+  const DistributedContext& dist;
+  bool cuda;
+  int64_t iters;
+
+  void sync() const {
+    if (cuda) torch::cuda::synchronize();
+  }
+  // The slowest rank's mean time of f, ranks starting together.
+  double time_ms(const std::function<void()>& f) const {
+    for (int i = 0; i < 3; ++i) f();
+    sync();
+    if (dist.world_group) dist.world_group->barrier();
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < iters; ++i) f();
+    sync();
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iters;
+    return slowest(ms);
+  }
+  double slowest(double value) const {
+    if (!dist.world_group) return value;
+    torch::Tensor all = dist.world_group->all_gather(torch::full({1}, value, torch::TensorOptions().dtype(torch::kFloat64).device(device())));
+    return all.max().item<double>();
+  }
+  torch::Device device() const { return cuda ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(dist.local_rank)) : torch::kCPU; }
+};
+
+std::pair<double, double> skew_and_cv(torch::Tensor load) {
+  load = load.to(torch::kFloat64).cpu();
+  const double mean = load.mean().item<double>();
+  if (mean <= 0) return {0.0, 0.0};
+  return {load.max().item<double>() / mean, load.std(/*unbiased=*/false).item<double>() / mean};
+}
+
+}  // namespace
+
+json run_ep_bench(const EpBenchOptions& o) {
+  const LaunchEnvironment env = read_launch_environment();
+  const bool cuda = torch::cuda::is_available();
+  if (o.experts % env.world != 0)
+    throw UserError(strf("moelab bench ep: --experts %lld is not divisible by the %d ranks", (long long)o.experts, env.world));
+  if (o.strategy != "topk" && o.strategy != "sinkhorn") throw UserError("moelab bench ep: --strategy must be topk or sinkhorn");
+  ParallelConfig parallel;
+  parallel.expert_parallel = env.world;
+  const DistributedContext dist = init_distributed(env, parallel, cuda);
+  if (!dist.expert_group)
+    throw UserError("moelab bench ep: needs at least 2 ranks (torchrun --no-python --nproc-per-node 2 moelab bench ep ...)");
+  Bench bench{dist, cuda, o.iters};
+  torch::NoGradGuard no_grad;
+  const auto dtype = cuda && o.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const auto options = torch::TensorOptions().device(bench.device()).dtype(dtype);
+  const int64_t T = o.tokens, d = o.hidden, E = o.experts, k = o.top_k, ranks = dist.world, per = E / ranks;
+  const int self = dist.expert_group->rank();
+
+  // The same router and expert weights on every rank (the shard of each), its own tokens.
+  torch::manual_seed(o.seed);
+  torch::Tensor router_w = torch::randn({d, E}, options) / std::sqrt(static_cast<double>(d));
+  torch::manual_seed(o.seed + 1 + static_cast<uint64_t>(dist.rank));
+  Experts experts(per, d, o.expand * d, false);
+  experts.to(bench.device(), dtype);
+  torch::Tensor x = torch::randn({T, d}, options);
+  AllToAllDispatcher dispatcher(dist.expert_group, E);
+  TokenDispatcher local;
+  const int64_t capacity = expert_capacity(T, k, E, o.capacity_factor);
+
+  auto route = [&] {
+    torch::Tensor logits = torch::matmul(x, router_w).to(torch::kFloat32);
+    if (o.skew_experts > 0) logits.narrow(1, 0, std::min(o.skew_experts, E)).add_(o.skew_bias);
+    RoutingPlan plan;
+    plan.num_experts = E;
+    plan.top_k = k;
+    plan.capacity = capacity;
+    kernels::TopKGate gate = kernels::softmax_topk(logits, k, 1.0, true);
+    if (o.strategy == "sinkhorn") {  // select by the balanced scores, weight by the softmax
+      gate.ids = std::get<1>(kernels::sinkhorn(logits, 3, 1.0).topk(k, 1));
+      gate.gates = logits.softmax(1).gather(1, gate.ids);
+    }
+    plan.expert_ids = gate.ids;
+    plan.selected = torch::ones_like(gate.ids, torch::kBool);
+    plan.kept = apply_capacity(gate.ids, plan.selected, gate.gates, E, capacity, "position");
+    plan.gates = gate.gates * plan.kept;
+    return local.dispatch(x, plan);
+  };
+  auto sequential = [&] {
+    ExchangedTokens ex = dispatcher.exchange_counts(route());
+    dispatcher.exchange_rows(ex);
+    return dispatcher.combine(experts.forward(ex.packed, ex.expert_rows), ex);
+  };
+  auto overlapped = [&] {
+    ExchangedTokens ex = dispatcher.exchange_counts(route());
+    std::vector<int64_t> send = ex.send_rows, recv = ex.recv_rows;
+    int64_t self_start = 0;
+    for (int j = 0; j < self; ++j) self_start += send[j];
+    const int64_t self_rows = send[self];
+    send[self] = recv[self] = 0;
+    torch::Tensor packed = ex.local.packed;
+    torch::Tensor remote_in = torch::cat({packed.narrow(0, 0, self_start),
+                                          packed.narrow(0, self_start + self_rows, ex.sent - self_start - self_rows)});
+    int64_t remote_total = 0;
+    for (int64_t n : recv) remote_total += n;
+    torch::Tensor remote = torch::empty({remote_total, d}, packed.options());
+    Communicator::Pending incoming = dist.expert_group->all_to_all_async(remote_in, remote, send, recv);
+    // While the remote rows travel: this rank's own rows, already expert-major.
+    torch::Tensor y_self = experts.forward(packed.narrow(0, self_start, self_rows),
+                                           ex.local.expert_rows.view({ranks, per})[self]);
+    incoming.wait();
+    torch::Tensor counts = ex.recv_counts.clone();
+    counts[self].zero_();
+    torch::Tensor order = AllToAllDispatcher::expert_major_order(counts).to(bench.device());
+    torch::Tensor y_remote_sorted = experts.forward(remote.index_select(0, order), counts.sum(0).to(bench.device()));
+    torch::Tensor y_remote = torch::empty_like(y_remote_sorted).index_copy_(0, order, y_remote_sorted);
+    torch::Tensor returned = torch::empty({remote_in.size(0), d}, y_remote.options());
+    dist.expert_group->all_to_all_async(y_remote, returned, recv, send).wait();
+    torch::Tensor all = torch::cat({returned.narrow(0, 0, self_start), y_self,
+                                    returned.narrow(0, self_start, returned.size(0) - self_start),
+                                    returned.new_zeros({packed.size(0) - ex.sent, d})});
+    return local.combine(all, ex.local);
+  };
+
+  // Phases.
+  DispatchedTokens routed;
+  const double t_route = bench.time_ms([&] { routed = route(); });
+  ExchangedTokens ex;
+  const double t_counts = bench.time_ms([&] { ex = dispatcher.exchange_counts(routed); });
+  torch::Tensor received;
+  const double t_out = bench.time_ms(
+      [&] { received = dist.expert_group->all_to_all(routed.packed.narrow(0, 0, ex.sent), ex.send_rows, ex.recv_rows); });
+  dispatcher.exchange_rows(ex);
+  torch::Tensor y;
+  const double t_comp = bench.time_ms([&] { y = experts.forward(ex.packed, ex.expert_rows); });
+  const double t_back = bench.time_ms([&] { dist.expert_group->all_to_all(y, ex.recv_rows, ex.send_rows); });
+  const double t_sequential = bench.time_ms([&] { sequential(); });
+  const double t_overlapped = bench.time_ms([&] { overlapped(); });
+  const double max_diff = (sequential().to(torch::kFloat32) - overlapped().to(torch::kFloat32)).abs().max().item<double>();
+
+  // Load: tokens per expert over all ranks, rows per rank received.
+  torch::Tensor expert_load = routed.expert_rows.clone();
+  dist.world_group->all_reduce_sum(expert_load);
+  int64_t received_rows = 0;
+  for (int64_t n : ex.recv_rows) received_rows += n;
+  torch::Tensor rank_load = dist.world_group->all_gather(torch::full({1}, received_rows, torch::TensorOptions().dtype(torch::kLong).device(bench.device())));
+  auto [expert_skew, expert_cv] = skew_and_cv(expert_load);
+  auto [rank_skew, rank_cv] = skew_and_cv(rank_load);
+  int64_t remote_rows = 0;
+  for (int j = 0; j < ranks; ++j) remote_rows += j == self ? 0 : ex.send_rows[j];
+  const double bytes = dtype == torch::kBFloat16 ? 2.0 : 4.0;
+  const double t_comm = t_counts + t_out + t_back;
+  return json{{"bench", "ep"},
+              {"ranks", ranks},
+              {"backend", cuda ? "nccl" : "gloo"},
+              {"tokens_per_rank", T},
+              {"hidden", d},
+              {"experts", E},
+              {"top_k", k},
+              {"expand", o.expand},
+              {"strategy", o.strategy},
+              {"capacity_factor", o.capacity_factor},
+              {"dtype", dtype == torch::kBFloat16 ? "bf16" : "fp32"},
+              {"skew_experts", o.skew_experts},
+              {"skew_bias", o.skew_bias},
+              {"seed", o.seed},
+              {"T_route_ms", t_route},
+              {"T_counts_ms", t_counts},
+              {"T_dispatch_comm_ms", t_out},
+              {"T_combine_comm_ms", t_back},
+              {"T_comm_ms", t_comm},
+              {"T_comp_ms", t_comp},
+              {"load_skew", expert_skew},
+              {"load_cv", expert_cv},
+              {"rank_load_skew", rank_skew},
+              {"rank_load_cv", rank_cv},
+              {"remote_fraction", static_cast<double>(remote_rows) / static_cast<double>(std::max<int64_t>(1, ex.sent))},
+              {"comm_GiBps_rank0", 2.0 * static_cast<double>(remote_rows) * d * bytes / ((t_out + t_back) / 1e3) / (1024.0 * 1024 * 1024)},
+              {"sequential_ms", t_sequential},
+              {"overlapped_ms", t_overlapped},
+              {"eta_overlap", t_sequential / t_overlapped},
+              {"overlap_max_abs_diff", max_diff},
+              {"rank", dist.rank}};
+}
+
+}  // namespace moelab
