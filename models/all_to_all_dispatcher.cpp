@@ -33,7 +33,8 @@ ExchangedTokens AllToAllDispatcher::exchange_counts(DispatchedTokens local) cons
   // Expert e lives on rank e / per, so the kept rows (expert-major) are already in rank order.
   std::vector<int64_t> per_rank(ranks, per);
   torch::Tensor recv_counts = group_->all_to_all(ex.local.expert_rows.view({-1, 1}), per_rank, per_rank).view({ranks, per});
-  torch::Tensor send = ex.local.expert_rows.view({ranks, per}).sum(1).cpu();
+  ex.send_counts = ex.local.expert_rows.view({ranks, per}).cpu();
+  torch::Tensor send = ex.send_counts.sum(1);
   torch::Tensor recv = recv_counts.cpu();  // [source rank, local expert]
   auto recv_a = recv.accessor<int64_t, 2>();
   ex.send_rows.assign(send.data_ptr<int64_t>(), send.data_ptr<int64_t>() + ranks);

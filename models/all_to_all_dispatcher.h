@@ -21,6 +21,7 @@ struct ExchangedTokens {
   torch::Tensor expert_rows;          // [E / EP] int64 rows of `packed` per local expert
   torch::Tensor received_of_packed;   // [R] int64: the received row each packed row is
   torch::Tensor packed_of_received;   // [R] int64: the inverse
+  torch::Tensor send_counts;          // [EP, E / EP] int64 on the host: rows to rank j's local expert e
   torch::Tensor recv_counts;          // [EP, E / EP] int64 on the host: rows from rank j for local expert e
   std::vector<int64_t> send_rows, recv_rows;  // rows to / from each rank of the group
   int64_t sent = 0;                   // kept rows of `local.packed` (sum of send_rows)

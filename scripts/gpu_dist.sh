@@ -18,7 +18,8 @@ m=$PWD/build-gpu/moelab
 n=$(nvidia-smi -L | wc -l)
 run() { torchrun --no-python --nproc-per-node "$n" --master-port 29577 "$@"; }
 
-for args in "--skew-experts 0 --skew-bias 0" "--skew-experts 8 --skew-bias 2" "--skew-experts 8 --skew-bias 2 --strategy sinkhorn"; do
+for args in "--skew-experts 0 --skew-bias 0" "--skew-experts 8 --skew-bias 2" "--skew-experts 8 --skew-bias 2 --strategy sinkhorn" \
+            "--overlap-chunks 2" "--overlap-chunks 8"; do
   run $m bench ep $args --out "$out/ep.jsonl.part" 2>"$out/ep.err" | tail -1
   cat "$out/ep.jsonl.part" >>"$out/ep.jsonl"
 done

@@ -6,8 +6,9 @@
 //   T_comp      this rank's experts on the rows they received
 //   load skew   max/mean and CV of the tokens per expert (all ranks) and per rank
 //   sequential  route -> exchange -> experts -> exchange back -> combine
-//   overlapped  the remote rows travel (async all-to-all, NCCL's own stream on GPUs) while
-//               this rank's experts work on the rows it routed to itself
+//   overlapped  a pipeline over groups of this rank's experts: one group's rows travel in
+//               (async all-to-all, NCCL's own stream on GPUs) while the previous group
+//               computes, and its outputs travel back while the next one computes
 //   eta_overlap sequential / overlapped
 // Times are the slowest rank's mean over `iters` after warm-up, ranks aligned by a barrier.
 #include <string>
@@ -21,6 +22,7 @@ struct EpBenchOptions {
   int64_t tokens = 4096, hidden = 4096, experts = 64, top_k = 2, expand = 4, iters = 20;
   double capacity_factor = 0;  // 0 = dropless
   std::string strategy = "topk";  // topk | sinkhorn
+  int64_t overlap_chunks = 4;  // expert groups of the overlapped pipeline
   int64_t skew_experts = 0;
   double skew_bias = 0;
   std::string dtype = "bf16";  // CPU runs fp32

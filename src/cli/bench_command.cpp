@@ -109,6 +109,7 @@ int expert_parallel(int argc, char** argv) {
       "expand", "expert FFN width / d", cxxopts::value<int64_t>()->default_value("4"))(
       "capacity-factor", "capacity factor (0 = dropless)", cxxopts::value<double>()->default_value("0"))(
       "strategy", "topk | sinkhorn (selection by Sinkhorn-balanced scores)", cxxopts::value<std::string>()->default_value("topk"))(
+      "overlap-chunks", "expert groups pipelined in the overlapped layer", cxxopts::value<int64_t>()->default_value("4"))(
       "skew-experts", "add --skew-bias to the first N experts' logits", cxxopts::value<int64_t>()->default_value("0"))(
       "skew-bias", "logit bias of the skewed experts", cxxopts::value<double>()->default_value("0"))(
       "iters", "timed iterations", cxxopts::value<int64_t>()->default_value("20"))(
@@ -124,14 +125,16 @@ int expert_parallel(int argc, char** argv) {
   o.expand = args["expand"].as<int64_t>();
   o.capacity_factor = args["capacity-factor"].as<double>();
   o.strategy = args["strategy"].as<std::string>();
+  o.overlap_chunks = args["overlap-chunks"].as<int64_t>();
   o.skew_experts = args["skew-experts"].as<int64_t>();
   o.skew_bias = args["skew-bias"].as<double>();
   o.iters = args["iters"].as<int64_t>();
   o.dtype = args["dtype"].as<std::string>();
   o.seed = args["seed"].as<uint64_t>();
   if (o.dtype != "bf16" && o.dtype != "fp32") throw UserError("moelab bench ep: --dtype must be bf16 or fp32");
-  if (o.tokens < 1 || o.hidden < 1 || o.experts < 1 || o.top_k < 1 || o.top_k > o.experts || o.expand < 1 || o.iters < 1)
-    throw UserError("moelab bench ep: --tokens, --hidden, --experts, --expand, --iters must be >= 1 and 1 <= --top-k <= --experts");
+  if (o.tokens < 1 || o.hidden < 1 || o.experts < 1 || o.top_k < 1 || o.top_k > o.experts || o.expand < 1 || o.iters < 1 ||
+      o.overlap_chunks < 1)
+    throw UserError("moelab bench ep: --tokens, --hidden, --experts, --expand, --iters, --overlap-chunks must be >= 1 and 1 <= --top-k <= --experts");
   nlohmann::json row = run_ep_bench(o);
   if (row["rank"].get<int>() != 0) return 0;
   row.erase("rank");

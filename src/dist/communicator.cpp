@@ -7,10 +7,10 @@
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef USE_C10D_GLOO
+#ifdef MOELAB_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#ifdef USE_C10D_NCCL
+#ifdef MOELAB_HAVE_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -149,7 +149,7 @@ void Communicator::barrier() {
 }
 
 bool gloo_available() {
-#ifdef USE_C10D_GLOO
+#ifdef MOELAB_HAVE_GLOO
   return true;
 #else
   return false;
@@ -157,7 +157,7 @@ bool gloo_available() {
 }
 
 bool nccl_available() {
-#ifdef USE_C10D_NCCL
+#ifdef MOELAB_HAVE_NCCL
   return true;
 #else
   return false;
@@ -196,7 +196,7 @@ std::shared_ptr<Communicator> make_group(const c10::intrusive_ptr<c10d::Store>& 
   auto group_store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
   try {
     if (cuda) {
-#ifdef USE_C10D_NCCL
+#ifdef MOELAB_HAVE_NCCL
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;
       impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(group_store, group_rank, group_size, options);
@@ -204,7 +204,7 @@ std::shared_ptr<Communicator> make_group(const c10::intrusive_ptr<c10d::Store>& 
       throw UserError("distributed training on CUDA needs NCCL, and this build has none (configure with -DMOELAB_CUDA=ON against a libtorch with NCCL)");
 #endif
     } else {
-#ifdef USE_C10D_GLOO
+#ifdef MOELAB_HAVE_GLOO
       auto options = c10d::ProcessGroupGloo::Options::create(timeout);
       // Python reads GLOO_SOCKET_IFNAME for itself; the C++ library does not.
       const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
@@ -240,7 +240,7 @@ DistributedContext init_distributed(const LaunchEnvironment& env, const Parallel
   if (env.world % ctx.expert_parallel != 0)
     throw UserError(strf("parallel.expert_parallel = %d must divide the world size %d", ctx.expert_parallel, env.world));
   if (env.world == 1) return ctx;
-#ifdef USE_C10D_NCCL
+#ifdef MOELAB_HAVE_NCCL
   if (cuda) c10::cuda::set_device(static_cast<c10::DeviceIndex>(env.local_rank));
 #endif
 
