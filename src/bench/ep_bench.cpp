@@ -1,5 +1,6 @@
 #include "bench/ep_bench.h"
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -119,30 +120,47 @@ json run_ep_bench(const EpBenchOptions& o) {
     auto send_c = ex.send_counts.accessor<int64_t, 2>();
     std::vector<int64_t> block_start(ranks, 0);  // first packed row for rank j
     for (int64_t j = 1; j < ranks; ++j) block_start[j] = block_start[j - 1] + ex.send_rows[j - 1];
+    // Every chunk's row lists, orders and counts are built on the host first and go to the
+    // device in one copy: a copy from pageable memory waits for the stream, and one inside
+    // the pipeline would stall it.
     struct Chunk {
-      torch::Tensor rows, received, order, expert_rows, returned;
+      torch::Tensor rows, order, expert_rows, received, returned;
       std::vector<int64_t> send, recv;
       std::optional<Communicator::Pending> pending;
     };
     std::vector<Chunk> pipeline(chunks);
-    auto launch_in = [&](int64_t c) {
+    std::vector<int64_t> host;  // per chunk: rows, order, expert_rows
+    std::vector<std::array<int64_t, 3>> sizes(chunks);
+    for (int64_t c = 0; c < chunks; ++c) {
       Chunk& ch = pipeline[c];
       const int64_t first = c * per / chunks, last = (c + 1) * per / chunks;
-      std::vector<int64_t> rows;
       ch.send.assign(ranks, 0);
       ch.recv.assign(ranks, 0);
+      const size_t start = host.size();
       for (int64_t j = 0; j < ranks; ++j) {
         int64_t offset = block_start[j];
         for (int64_t e = 0; e < first; ++e) offset += send_c[j][e];
         for (int64_t e = first; e < last; ++e) ch.send[j] += send_c[j][e];
-        for (int64_t i = 0; i < ch.send[j]; ++i) rows.push_back(offset + i);
-        ch.recv[j] = ex.recv_counts[j].narrow(0, first, last - first).sum().item<int64_t>();
+        for (int64_t e = first; e < last; ++e) ch.recv[j] += ex.recv_counts[j][e].item<int64_t>();
+        for (int64_t i = 0; i < ch.send[j]; ++i) host.push_back(offset + i);
       }
-      ch.rows = torch::tensor(rows, torch::kLong).to(bench.device());
       torch::Tensor counts = torch::zeros({ranks, per}, torch::kLong);
       counts.narrow(1, first, last - first).copy_(ex.recv_counts.narrow(1, first, last - first));
-      ch.order = AllToAllDispatcher::expert_major_order(counts).to(bench.device());
-      ch.expert_rows = counts.sum(0).to(bench.device());
+      torch::Tensor order = AllToAllDispatcher::expert_major_order(counts), expert_rows = counts.sum(0);
+      host.insert(host.end(), order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + order.numel());
+      host.insert(host.end(), expert_rows.data_ptr<int64_t>(), expert_rows.data_ptr<int64_t>() + per);
+      sizes[c] = {static_cast<int64_t>(host.size() - start) - order.numel() - per, order.numel(), per};
+    }
+    torch::Tensor on_device = torch::tensor(host, torch::kLong).to(bench.device());
+    int64_t at = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      pipeline[c].rows = on_device.narrow(0, at, sizes[c][0]);
+      pipeline[c].order = on_device.narrow(0, at + sizes[c][0], sizes[c][1]);
+      pipeline[c].expert_rows = on_device.narrow(0, at + sizes[c][0] + sizes[c][1], sizes[c][2]);
+      at += sizes[c][0] + sizes[c][1] + sizes[c][2];
+    }
+    auto launch_in = [&](int64_t c) {
+      Chunk& ch = pipeline[c];
       ch.received = torch::empty({ch.order.size(0), d}, packed.options());
       ch.pending = dist.expert_group->all_to_all_async(packed.index_select(0, ch.rows), ch.received, ch.send, ch.recv);
     };

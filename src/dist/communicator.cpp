@@ -148,6 +148,13 @@ void Communicator::barrier() {
   impl_->run("barrier", [&] { impl_->backend->barrier()->wait(); });
 }
 
+void finish_distributed(const DistributedContext& dist, bool cuda) {
+  if (!dist.world_group) return;
+  if (cuda) torch::cuda::synchronize();
+  dist.world_group->barrier();
+  if (cuda) torch::cuda::synchronize();
+}
+
 bool gloo_available() {
 #ifdef MOELAB_HAVE_GLOO
   return true;
@@ -249,7 +256,8 @@ DistributedContext init_distributed(const LaunchEnvironment& env, const Parallel
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<uint16_t>(env.master_port);
-    options.isServer = env.rank == 0;
+    // torchrun's agent already serves a store at MASTER_PORT; then rank 0 is a client too.
+    options.isServer = env.rank == 0 && env_or("TORCHELASTIC_USE_AGENT_STORE", "") != "True";
     options.numWorkers = static_cast<size_t>(env.world);
     options.waitWorkers = true;
     options.timeout = timeout;

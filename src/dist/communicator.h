@@ -79,6 +79,11 @@ LaunchEnvironment read_launch_environment();
 // groups; `cuda` picks NCCL. Every wait is bounded by parallel.timeout_s.
 DistributedContext init_distributed(const LaunchEnvironment& env, const ParallelConfig& parallel, bool cuda);
 
+// Before a rank returns: NCCL's collectives are queued on the device, not finished, when they
+// return; a rank that exits with one still queued leaves its peers waiting. Synchronise the
+// device, then meet the others at a barrier.
+void finish_distributed(const DistributedContext& dist, bool cuda);
+
 // Whether this build has the backend: Gloo (CPU tensors) and NCCL (CUDA tensors).
 bool gloo_available();
 bool nccl_available();

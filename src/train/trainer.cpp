@@ -348,6 +348,7 @@ json train(RunConfig config, const TrainOptions& options) {
 
   if (state.step < tc.max_steps) {
     log::info(strf("stopped after step %lld as asked; resume with --resume %s", (long long)state.step, run_dir.c_str()));
+    finish_distributed(dist, device.is_cuda());
     return json{{"steps", state.step}, {"stopped_early", true}, {"rank", dist.rank}};
   }
   if (!evaluated) run_eval(state.step);
@@ -378,6 +379,7 @@ json train(RunConfig config, const TrainOptions& options) {
   summary["expert_parallel"] = ep;
   if (main_rank) write_file_atomic(run_dir + "/summary.json", summary.dump(2) + "\n");
   summary["rank"] = dist.rank;
+  finish_distributed(dist, device.is_cuda());
   return summary;
 }
 
