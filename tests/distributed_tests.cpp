@@ -36,14 +36,16 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
-// One rank: argv with torchrun's variables added to this process's environment, output to `log`.
+// One rank: argv with torchrun's variables (or mpirun's, OMPI_COMM_WORLD_*) added to this
+// process's environment, output to `log`.
 pid_t spawn_rank(const std::vector<std::string>& argv, int rank, int world, int port, const std::string& log,
-                 const std::vector<std::string>& extra_env = {}) {
+                 const std::vector<std::string>& extra_env = {}, bool mpirun = false) {
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) env.emplace_back(*e);
-  env.push_back("RANK=" + std::to_string(rank));
-  env.push_back("LOCAL_RANK=" + std::to_string(rank));
-  env.push_back("WORLD_SIZE=" + std::to_string(world));
+  const std::string prefix = mpirun ? "OMPI_COMM_WORLD_" : "";
+  env.push_back(prefix + "RANK=" + std::to_string(rank));
+  env.push_back(prefix + "LOCAL_RANK=" + std::to_string(rank));
+  env.push_back((mpirun ? "OMPI_COMM_WORLD_SIZE=" : "WORLD_SIZE=") + std::to_string(world));
   env.push_back("MASTER_ADDR=127.0.0.1");
   env.push_back("MASTER_PORT=" + std::to_string(port));
   env.insert(env.end(), extra_env.begin(), extra_env.end());
@@ -84,12 +86,13 @@ std::string read_text(const std::string& path) {
 }
 
 // Runs `moelab train` on `world` ranks (world 1: one plain process); true when all exit 0.
-bool train_ranks(int world, const std::vector<std::string>& args, const std::string& log_prefix) {
+bool train_ranks(int world, const std::vector<std::string>& args, const std::string& log_prefix, bool mpirun = false) {
   std::vector<std::string> argv = {MOELAB_BINARY, "train"};
   argv.insert(argv.end(), args.begin(), args.end());
   const int port = free_port();
   std::vector<pid_t> pids;
-  for (int r = 0; r < world; ++r) pids.push_back(spawn_rank(argv, r, world, port, log_prefix + std::to_string(r) + ".log"));
+  for (int r = 0; r < world; ++r)
+    pids.push_back(spawn_rank(argv, r, world, port, log_prefix + std::to_string(r) + ".log", {}, mpirun));
   bool ok = true;
   for (int r = 0; r < world; ++r) {
     const int code = wait_exit(pids[r], 300);
@@ -135,13 +138,13 @@ TEST(DistributedTraining, DataAndExpertParallelMatchOneProcessOnTheConcatenatedB
   ASSERT_TRUE(train_ranks(1, {"--config", config, "--out", dir / "one", "--set", "train.batch_size=8", "--sample", "0"}, dir / "one"));
   ASSERT_TRUE(train_ranks(2, {"--config", config, "--out", dir / "dp", "--sample", "0"}, dir / "dp"));
   ASSERT_TRUE(train_ranks(2, {"--config", config, "--out", dir / "ep", "--set", "parallel.expert_parallel=2", "--sample", "0"},
-                          dir / "ep"));
+                          dir / "ep", /*mpirun=*/true));
   ASSERT_TRUE(train_ranks(4, {"--config", config, "--out", dir / "dpep", "--set", "parallel.expert_parallel=2", "--set",
                               "train.batch_size=2", "--sample", "0"},
                           dir / "dpep"));
   const std::vector<double> one = train_losses(dir / "one");
   expect_same_curve(train_losses(dir / "dp"), one, "data parallel, 2 ranks");
-  expect_same_curve(train_losses(dir / "ep"), one, "expert parallel 2");
+  expect_same_curve(train_losses(dir / "ep"), one, "expert parallel 2 (mpirun's variables)");
   expect_same_curve(train_losses(dir / "dpep"), one, "4 ranks, expert parallel 2");
   EXPECT_TRUE(std::filesystem::exists(dir / "ep/checkpoints/latest.ep0of2.pt"));
   EXPECT_TRUE(std::filesystem::exists(dir / "ep/checkpoints/latest.ep1of2.pt"));
@@ -180,8 +183,11 @@ TEST(DistributedTraining, AKilledRankEndsTheJobWithAnError) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ::kill(rank1, SIGKILL);
   ::waitpid(rank1, nullptr, 0);
+  const auto killed = std::chrono::steady_clock::now();
   const int code = wait_exit(rank0, 30);
   ASSERT_NE(code, -1) << "rank 0 hung after rank 1 was killed";
+  std::printf("rank 0 exited %.2f s after rank 1 was killed\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count());
   EXPECT_EQ(code, 1);
   const std::string log = read_text(dir / "rank0.log");
   EXPECT_NE(log.find("rank 0:"), std::string::npos) << log;
