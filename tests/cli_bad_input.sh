@@ -36,6 +36,8 @@ expect_error missing-corpus "cannot open" -- "$moelab" train --set data.train="$
 printf 'ok\n\xff\xfe\n' >"$dir/binary.txt"
 expect_error bad-corpus "binary.txt:2: not valid UTF-8" -- "$moelab" train --set data.train="$dir/binary.txt" --out "$dir/z"
 expect_error bad-flag "moelab train" -- "$moelab" train --no-such-flag
+expect_error expert-parallel "'parallel.expert_parallel' must divide router.num_experts" -- "$moelab" train --set parallel.expert_parallel=3 --out "$dir/ep"
+expect_error ep-world "must divide the number of ranks, 1" -- "$moelab" train --set parallel.expert_parallel=2 --out "$dir/ep2"
 printf '{"grid": {"router.strategy": ["softk", "top3"]}, "out": "%s/sw"}' "$dir" >"$dir/sweep.jsonc"
 expect_error sweep-strategy "(cell strategy-top3): router.strategy must be one of" -- "$moelab" sweep --config "$dir/sweep.jsonc"
 [ -e "$dir/sw" ] && { echo "FAIL a refused sweep created its directory"; failures=$((failures + 1)); }

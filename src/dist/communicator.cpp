@@ -245,7 +245,9 @@ DistributedContext init_distributed(const LaunchEnvironment& env, const Parallel
   ctx.local_rank = env.local_rank;
   ctx.expert_parallel = static_cast<int>(parallel.expert_parallel);
   if (env.world % ctx.expert_parallel != 0)
-    throw UserError(strf("parallel.expert_parallel = %d must divide the world size %d", ctx.expert_parallel, env.world));
+    throw UserError(strf("parallel.expert_parallel = %d must divide the number of ranks, %d (launch a multiple of %d: "
+                         "torchrun --no-python --nproc-per-node %d moelab ...)",
+                         ctx.expert_parallel, env.world, ctx.expert_parallel, ctx.expert_parallel));
   if (env.world == 1) return ctx;
 #ifdef MOELAB_HAVE_NCCL
   if (cuda) c10::cuda::set_device(static_cast<c10::DeviceIndex>(env.local_rank));
