@@ -36,11 +36,9 @@ ExchangedTokens AllToAllDispatcher::exchange_counts(DispatchedTokens local) cons
   ex.send_counts = ex.local.expert_rows.view({ranks, per}).cpu();
   torch::Tensor send = ex.send_counts.sum(1);
   torch::Tensor recv = recv_counts.cpu();  // [source rank, local expert]
-  auto recv_a = recv.accessor<int64_t, 2>();
+  torch::Tensor received = recv.sum(1);
   ex.send_rows.assign(send.data_ptr<int64_t>(), send.data_ptr<int64_t>() + ranks);
-  ex.recv_rows.assign(ranks, 0);
-  for (int j = 0; j < ranks; ++j)
-    for (int64_t e = 0; e < per; ++e) ex.recv_rows[j] += recv_a[j][e];
+  ex.recv_rows.assign(received.data_ptr<int64_t>(), received.data_ptr<int64_t>() + ranks);
   for (int64_t n : ex.send_rows) ex.sent += n;
 
   ex.recv_counts = recv;

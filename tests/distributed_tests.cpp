@@ -1,7 +1,6 @@
 // Scale-out on c10d with Gloo: two (or four) real processes on loopback. The spawning tests
 // start ranks of `moelab train`, or of this test binary running one DistributedWorker test.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -19,6 +18,7 @@
 #include "dist/communicator.h"
 #include "models/moe_layer.h"
 #include "test_support.h"
+#include "util/process.h"
 
 namespace moelab {
 namespace {
@@ -39,30 +39,14 @@ int free_port() {
 // One rank: argv with torchrun's variables (or mpirun's, OMPI_COMM_WORLD_*) added to this
 // process's environment, output to `log`.
 pid_t spawn_rank(const std::vector<std::string>& argv, int rank, int world, int port, const std::string& log,
-                 const std::vector<std::string>& extra_env = {}, bool mpirun = false) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+                 std::vector<std::string> env = {}, bool mpirun = false) {
   const std::string prefix = mpirun ? "OMPI_COMM_WORLD_" : "";
   env.push_back(prefix + "RANK=" + std::to_string(rank));
   env.push_back(prefix + "LOCAL_RANK=" + std::to_string(rank));
   env.push_back((mpirun ? "OMPI_COMM_WORLD_SIZE=" : "WORLD_SIZE=") + std::to_string(world));
   env.push_back("MASTER_ADDR=127.0.0.1");
   env.push_back("MASTER_PORT=" + std::to_string(port));
-  env.insert(env.end(), extra_env.begin(), extra_env.end());
-  std::vector<char*> args, envp;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    ::execve(args[0], args.data(), envp.data());
-    ::_exit(127);
-  }
-  return pid;
+  return spawn_logged(argv, log, env);
 }
 
 // Exit status of `pid`, or -1 if it is still running after `seconds` (then it is killed).

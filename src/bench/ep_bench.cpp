@@ -117,7 +117,7 @@ json run_ep_bench(const EpBenchOptions& o) {
   auto overlapped = [&] {
     ExchangedTokens ex = dispatcher.exchange_counts(route());
     const torch::Tensor& packed = ex.local.packed;
-    auto send_c = ex.send_counts.accessor<int64_t, 2>();
+    auto send_c = ex.send_counts.accessor<int64_t, 2>(), recv_c = ex.recv_counts.accessor<int64_t, 2>();
     std::vector<int64_t> block_start(ranks, 0);  // first packed row for rank j
     for (int64_t j = 1; j < ranks; ++j) block_start[j] = block_start[j - 1] + ex.send_rows[j - 1];
     // Every chunk's row lists, orders and counts are built on the host first and go to the
@@ -141,7 +141,7 @@ json run_ep_bench(const EpBenchOptions& o) {
         int64_t offset = block_start[j];
         for (int64_t e = 0; e < first; ++e) offset += send_c[j][e];
         for (int64_t e = first; e < last; ++e) ch.send[j] += send_c[j][e];
-        for (int64_t e = first; e < last; ++e) ch.recv[j] += ex.recv_counts[j][e].item<int64_t>();
+        for (int64_t e = first; e < last; ++e) ch.recv[j] += recv_c[j][e];
         for (int64_t i = 0; i < ch.send[j]; ++i) host.push_back(offset + i);
       }
       torch::Tensor counts = torch::zeros({ranks, per}, torch::kLong);

@@ -59,8 +59,8 @@ torch::Tensor squared_norm(const std::vector<torch::Tensor>& parameters) {
 // Gradient clipping by the global norm without reading the norm back to the host (libtorch's
 // clip_grad_norm_ returns a double). With expert parallelism the norm adds up the shards of
 // the whole expert group. max_norm <= 0 only measures.
-torch::Tensor clip_gradients(TinyMoE& model, const DistributedContext& dist, double max_norm) {
-  const std::vector<torch::Tensor> replicated = model.replicated_parameters(), shards = model.expert_shard_parameters();
+torch::Tensor clip_gradients(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& shards,
+                             const DistributedContext& dist, double max_norm) {
   torch::Tensor squared = squared_norm(replicated);
   if (!shards.empty()) {
     torch::Tensor shard_squared = squared_norm(shards).to(squared.device());
@@ -70,8 +70,9 @@ torch::Tensor clip_gradients(TinyMoE& model, const DistributedContext& dist, dou
   torch::Tensor total = squared.sqrt().squeeze(0);
   if (max_norm > 0) {
     torch::Tensor scale = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (const auto& p : model.parameters())
-      if (p.grad().defined()) p.grad().detach().mul_(scale.to(p.grad().scalar_type()));
+    for (const auto* group : {&replicated, &shards})
+      for (const auto& p : *group)
+        if (p.grad().defined()) p.grad().detach().mul_(scale.to(p.grad().scalar_type()));
   }
   return total;
 }
@@ -94,8 +95,8 @@ void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& 
 // generate and traces in one process: the first expert group gathers each sharded tensor to
 // its rank 0, which writes it with the step (no optimizer state: training resumes from the
 // shard files). Every rank of the first expert group must call this.
-void save_gathered_model(const std::string& path, TinyMoE& model, const RunConfig& config, const DistributedContext& dist,
-                         const TrainingState& state) {
+void save_gathered_model(const std::string& path, TinyMoE& model, const std::vector<torch::Tensor>& shards,
+                         const RunConfig& config, const DistributedContext& dist, const TrainingState& state) {
   const bool writer = dist.is_main();
   std::unique_ptr<TinyMoE> whole;
   if (writer) {
@@ -104,8 +105,9 @@ void save_gathered_model(const std::string& path, TinyMoE& model, const RunConfi
     whole = std::make_unique<TinyMoE>(config.model, config.router);
     generator.set_state(rng);
   }
-  const std::vector<torch::Tensor> shards = model.expert_shard_parameters();
   torch::NoGradGuard no_grad;
+  torch::OrderedDict<std::string, torch::Tensor> whole_parameters;
+  if (writer) whole_parameters = whole->named_parameters();
   for (const auto& item : model.named_parameters()) {
     torch::Tensor value = item.value().detach();
     bool sharded = false;
@@ -115,10 +117,11 @@ void save_gathered_model(const std::string& path, TinyMoE& model, const RunConfi
       shape[0] *= dist.expert_group->size();
       value = dist.expert_group->all_gather(value).reshape(shape);
     }
-    if (writer) whole->named_parameters()[item.key()].copy_(value);
+    if (writer) whole_parameters[item.key()].copy_(value);
   }
   if (!writer) return;
-  for (const auto& item : model.named_buffers()) whole->named_buffers()[item.key()].copy_(item.value());
+  auto whole_buffers = whole->named_buffers();
+  for (const auto& item : model.named_buffers()) whole_buffers[item.key()].copy_(item.value());
   torch::optim::AdamW no_state(whole->parameters());
   save_checkpoint(path, *whole, no_state, state);
 }
@@ -190,6 +193,8 @@ json train(RunConfig config, const TrainOptions& options) {
   TinyMoE model(config.model, config.router);
   model.to(device);
   if (ep > 1) model.shard_experts(dist.expert_group);
+  // Sharded experts (expert parallelism) and everything else, which every rank holds alike.
+  const std::vector<torch::Tensor> replicated = model.replicated_parameters(), expert_shards = model.expert_shard_parameters();
   torch::optim::AdamW optimizer = make_optimizer(model, tc);
   // Every rank draws the same global batch of batch_size x world windows and trains on its
   // own rows of it: the step equals one process training on the whole global batch.
@@ -208,8 +213,7 @@ json train(RunConfig config, const TrainOptions& options) {
   }
   std::unique_ptr<GradientSynchronizer> gradient_sync;
   if (dist.distributed())
-    gradient_sync = std::make_unique<GradientSynchronizer>(model.replicated_parameters(), dist.world_group,
-                                                           model.expert_shard_parameters(), dist.expert_data_group,
+    gradient_sync = std::make_unique<GradientSynchronizer>(replicated, dist.world_group, expert_shards, dist.expert_data_group,
                                                            dist.world, config.parallel.bucket_mb);
   std::unique_ptr<MetricsLog> metrics;
   if (main_rank) metrics = std::make_unique<MetricsLog>(run_dir + "/metrics.jsonl", resuming ? state.step : -1);
@@ -233,7 +237,7 @@ json train(RunConfig config, const TrainOptions& options) {
   auto save = [&] {
     state.sampler_state = sampler.state();
     if (writes_checkpoint) save_checkpoint(rank_ckpt, model, optimizer, state);
-    if (ep > 1 && dist.rank < ep) save_gathered_model(ckpt, model, config, dist, state);
+    if (ep > 1 && dist.rank < ep) save_gathered_model(ckpt, model, expert_shards, config, dist, state);
   };
   auto run_eval = [&](int64_t step) {
     CudaAutocast autocast(bf16);
@@ -269,7 +273,7 @@ json train(RunConfig config, const TrainOptions& options) {
     if (gradient_sync) gradient_sync->begin_backward();
     loss.backward();
     if (gradient_sync) gradient_sync->finish();
-    torch::Tensor grad_norm = clip_gradients(model, dist, tc.grad_clip);
+    torch::Tensor grad_norm = clip_gradients(replicated, expert_shards, dist, tc.grad_clip);
     optimizer.step();
     if (dist.world_group && config.router.bias_rate > 0)
       for (const auto& layer : model.moe_layers()) dist.world_group->all_reduce_sum(layer->router().pending_load());
@@ -305,8 +309,8 @@ json train(RunConfig config, const TrainOptions& options) {
       }
     }
     if (log_step && dist.distributed()) {
-      check_replicas(model.replicated_parameters(), *dist.world_group, "replicated parameters", step);
-      if (dist.expert_data_group) check_replicas(model.expert_shard_parameters(), *dist.expert_data_group, "expert shards", step);
+      check_replicas(replicated, *dist.world_group, "replicated parameters", step);
+      if (dist.expert_data_group) check_replicas(expert_shards, *dist.expert_data_group, "expert shards", step);
       // The logged loss is the mean over the ranks' batches; routing metrics stay rank 0's.
       interval_loss_sum = interval_loss_sum.reshape({1}).clone();
       dist.world_group->all_reduce_sum(interval_loss_sum);
