@@ -15,12 +15,16 @@ BatchSampler::BatchSampler(const TokenFile& tokens, int64_t batch_size, int64_t 
                          tokens.path().c_str(), (long long)tokens.size(), (long long)(seq_len + 1)));
 }
 
-void BatchSampler::next(int64_t* inputs, int64_t* targets) {
+void BatchSampler::next_starts(int64_t* starts) {
   const uint64_t offsets = static_cast<uint64_t>(tokens_.size() - seq_len_);  // last start: size - seq_len - 1
-  std::vector<int64_t> window(seq_len_ + 1);
+  for (int64_t b = 0; b < batch_size_; ++b) starts[b] = static_cast<int64_t>(rng_() % offsets);
+}
+
+void BatchSampler::next(int64_t* inputs, int64_t* targets) {
+  std::vector<int64_t> starts(batch_size_), window(seq_len_ + 1);
+  next_starts(starts.data());
   for (int64_t b = 0; b < batch_size_; ++b) {
-    int64_t start = static_cast<int64_t>(rng_() % offsets);
-    tokens_.copy_window(start, seq_len_ + 1, window.data());
+    tokens_.copy_window(starts[b], seq_len_ + 1, window.data());
     std::copy(window.begin(), window.end() - 1, inputs + b * seq_len_);
     std::copy(window.begin() + 1, window.end(), targets + b * seq_len_);
   }

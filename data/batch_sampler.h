@@ -15,6 +15,9 @@ class BatchSampler {
   BatchSampler(const TokenFile& tokens, int64_t batch_size, int64_t seq_len, uint64_t seed);
   // Fills inputs[b*seq_len + i] and targets (the same window shifted by one).
   void next(int64_t* inputs, int64_t* targets);
+  // The same draw as next(), as the batch_size window starts only (the windows are then
+  // gathered where the tokens are, e.g. on the GPU).
+  void next_starts(int64_t* starts);
   std::string state() const;
   void restore(const std::string& state);  // UserError if it does not parse
 

@@ -1,12 +1,41 @@
-// Queue positions for capacity as a stable counting sort: entries sorted by expert keep
-// their queue order, and an entry's position is its rank minus its expert's offset.
-// Work: one stable sort of N keys + a bincount and a cumsum over E; memory O(N + E), so it
-// runs as well on the GPU (a few sort kernels) as on the CPU.
+// Queue positions for capacity, and the stable counting sort under them. Laid out as
+// [buckets, N], the entries matching each key in turn, one running count (a single 1-D scan)
+// over the one-hot matrix reaches, at entry i of bucket k, the entries before bucket k plus
+// those of bucket k up to i: exactly where a stable sort by key puts entry i, plus one. Work
+// and memory O(N * buckets) in a few element-wise kernels and one cub scan, no sort: for
+// routing (buckets = E + 1) far cheaper on a GPU than a stable radix sort of 64-bit keys
+// (8 passes of several kernels). Past kOneHotLimit elements it falls back to that sort.
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"
 
 namespace moelab::kernels {
+namespace {
+constexpr int64_t kOneHotLimit = int64_t{1} << 24;  // 64 MB of int32 running counts
+}
+
+KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
+  const int64_t n = keys.size(0);
+  KeySort out;
+  if (n == 0) {
+    out.position = torch::zeros_like(keys);
+    out.counts = torch::zeros({buckets}, keys.options());
+    return out;
+  }
+  if (n * buckets <= kOneHotLimit) {
+    torch::Tensor one_hot = (torch::arange(buckets, keys.options()).unsqueeze(1) == keys.unsqueeze(0)).to(torch::kInt32);
+    torch::Tensor running = one_hot.reshape(-1).cumsum(0, torch::kInt32).view({buckets, n});
+    out.position = running.gather(0, keys.unsqueeze(0)).squeeze(0).to(torch::kLong) - 1;
+    torch::Tensor through = running.select(1, n - 1).to(torch::kLong);  // entries with key <= k
+    out.counts = torch::diff(through, 1, 0, torch::zeros({1}, through.options()));
+    return out;
+  }
+  torch::Tensor sorted = std::get<1>(keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  out.position = torch::empty_like(keys).index_put_({sorted}, torch::arange(n, keys.options()));
+  // index_add rather than bincount: bincount reads the maximum back to the host.
+  out.counts = torch::zeros({buckets}, keys.options()).index_add_(0, keys, torch::ones_like(keys));
+  return out;
+}
 
 torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Tensor& valid,
                                const torch::Tensor& order, int64_t num_experts) {
@@ -15,13 +44,9 @@ torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Ten
   torch::Tensor ok = order.defined() ? valid.index_select(0, order) : valid;
   // Entries that take no place queue behind every expert, in an extra bucket.
   torch::Tensor key = torch::where(ok, ids, torch::full_like(ids, num_experts));
-  torch::Tensor sorted = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  // index_add rather than bincount: bincount reads the maximum back to the host.
-  torch::Tensor counts = torch::zeros({num_experts + 1}, ids.options()).index_add_(0, key, torch::ones_like(key));
-  torch::Tensor offsets = counts.cumsum(0) - counts;
-  torch::Tensor rank = torch::arange(n, ids.options()) - offsets.index_select(0, key.index_select(0, sorted));
-  torch::Tensor queued = torch::empty_like(ids).index_put_({sorted}, rank);
-  queued = torch::where(ok, queued, torch::full_like(queued, n));
+  KeySort sorted = stable_sort_by_key(key, num_experts + 1);
+  torch::Tensor first_of_key = (sorted.counts.cumsum(0) - sorted.counts).index_select(0, key);
+  torch::Tensor queued = torch::where(ok, sorted.position - first_of_key, torch::full_like(ids, n));
   if (!order.defined()) return queued;
   return torch::empty_like(queued).index_put_({order}, queued);
 }

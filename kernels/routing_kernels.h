@@ -17,6 +17,14 @@ struct TopKGate {
 // on CUDA; fp32 or bf16 logits.
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 
+// A stable counting sort by small integer keys (int64 [N] in [0, buckets)): where the sort
+// puts each entry (equal keys keep index order) and the entries per key, both int64.
+struct KeySort {
+  torch::Tensor position;  // [N]
+  torch::Tensor counts;    // [buckets]
+};
+KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
+
 // Position of each flat assignment within its expert's queue. Assignments queue in `order`
 // (a permutation of 0..N-1; undefined = flat order t*k+j, the seed's "position" policy);
 // entries with valid = false take no place. Returns int64 [N]; invalid entries get N.

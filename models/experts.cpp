@@ -3,9 +3,18 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+// at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
+#if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
+#define MOELAB_GROUPED_MM 1
+#endif
+
 namespace moelab {
 
 Experts::Experts(int64_t experts, int64_t dim, int64_t hidden, bool swiglu) : swiglu_(swiglu) {
+#ifdef MOELAB_GROUPED_MM
+  // act(1) rounded to bf16 as the grouped-GEMM path computes it (see first_weight).
+  activation_at_one_ = activation(torch::ones({swiglu ? 2 : 1}, torch::kBFloat16))[0].item<double>();
+#endif
   int64_t up = swiglu ? 2 * hidden : hidden;
   w1 = register_parameter("w1", torch::empty({experts, dim, up}));
   b1 = register_parameter("b1", torch::zeros({experts, up}));
@@ -29,34 +38,23 @@ std::shared_ptr<Experts> Experts::slice(int64_t first, int64_t count) const {
   return part;
 }
 
+torch::Tensor Experts::activation(const torch::Tensor& h) const {
+  if (!swiglu_) return torch::gelu(h);
+  auto halves = h.chunk(2, -1);
+  return torch::silu(halves[0]) * halves[1];
+}
+
 torch::Tensor Experts::expert_forward(int64_t e, const torch::Tensor& x) {
-  torch::Tensor h = torch::addmm(b1[e], x, w1[e]);
-  if (swiglu_) {
-    auto halves = h.chunk(2, -1);
-    h = torch::silu(halves[0]) * halves[1];
-  } else {
-    h = torch::gelu(h);
-  }
-  return torch::addmm(b2[e], h, w2[e]);
+  return torch::addmm(b2[e], activation(torch::addmm(b1[e], x, w1[e])), w2[e]);
 }
 
 torch::Tensor Experts::masked_forward(const torch::Tensor& x, const torch::Tensor& dense_gates) {
   const int64_t experts = w1.size(0);
-  torch::Tensor h = torch::baddbmm(b1.unsqueeze(1), x.unsqueeze(0).expand({experts, x.size(0), x.size(1)}), w1);  // [E, T, h]
-  if (swiglu_) {
-    auto halves = h.chunk(2, -1);
-    h = torch::silu(halves[0]) * halves[1];
-  } else {
-    h = torch::gelu(h);
-  }
+  torch::Tensor h = activation(torch::baddbmm(b1.unsqueeze(1), x.unsqueeze(0).expand({experts, x.size(0), x.size(1)}), w1));  // [E, T, h]
   torch::Tensor y = torch::baddbmm(b2.unsqueeze(1), h, w2);  // [E, T, d]
   return (y * dense_gates.t().unsqueeze(-1).to(y.scalar_type())).sum(0);
 }
 
-// at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
-#if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
-#define MOELAB_GROUPED_MM 1
-#endif
 
 bool Experts::grouped_gemm_available() {
 #ifdef MOELAB_GROUPED_MM
@@ -66,31 +64,58 @@ bool Experts::grouped_gemm_available() {
 #endif
 }
 
+#ifdef MOELAB_GROUPED_MM
+namespace {
+// The biases ride inside the two grouped GEMMs: no per-row bias gather going in, and no
+// index_add_ atomics contending on E rows for their gradients coming back. The input gains
+// a column of ones; each expert's first weight gains a row holding b1 and, per activation
+// input half, an output column that is 1 before the activation, so the activation's output
+// has a constant column c = act(1); the second weight gains a row b2 / c. Each gain is padded
+// with zeros to 8 (bf16 rows stay 16-byte aligned, as the grouped GEMM needs; act(0) = 0 keeps
+// the padding inert). Both bias gradients then come out of the GEMMs' weight gradients,
+// summed over each expert's own rows.
+constexpr int64_t kGain = 8;
+
+torch::Tensor with_ones_column(const torch::Tensor& x) {  // [M, K] -> [M, K + 8] bf16
+  const auto options = x.options().dtype(torch::kBFloat16);
+  return torch::cat({x.to(torch::kBFloat16), torch::ones({x.size(0), 1}, options), torch::zeros({x.size(0), kGain - 1}, options)}, 1);
+}
+
+// [E, K, N] weight and [E, N] bias -> [E, K + 8, N] with the bias as row K.
+torch::Tensor with_bias_row(const torch::Tensor& w, const torch::Tensor& b) {
+  return torch::cat({w, b.unsqueeze(1), torch::zeros({w.size(0), kGain - 1, w.size(2)}, w.options())}, 1);
+}
+
+// The first weight with the bias row and, after each of `halves` column blocks, 8 columns
+// that are zero except a 1 in the bias row: [E, K, halves * H] -> [E, K + 8, halves * (H + 8)].
+torch::Tensor first_weight(const torch::Tensor& w1, const torch::Tensor& b1, int64_t halves) {
+  torch::Tensor w = with_bias_row(w1, b1);
+  torch::Tensor unit = torch::zeros({w.size(0), w.size(1), kGain}, w.options());
+  unit.select(1, w1.size(1)).select(1, 0).fill_(1.0);
+  std::vector<torch::Tensor> blocks;
+  for (const auto& half : w.chunk(halves, 2)) {
+    blocks.push_back(half);
+    blocks.push_back(unit);
+  }
+  return torch::cat(blocks, 2).to(torch::kBFloat16);
+}
+}  // namespace
+#endif
+
 torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor& expert_rows) {
 #ifdef MOELAB_GROUPED_MM
   if (packed.is_cuda() && (packed.scalar_type() == torch::kBFloat16 || at::autocast::is_autocast_enabled(at::kCUDA))) {
-    // Offsets, each row's expert and the padding mask stay on the device: no host sync.
-    // at::_grouped_mm leaves rows past the last offset unwritten: `where` zeroes them (and
-    // keeps their gradient out of the biases) without multiplying by whatever they hold.
-    const int64_t rows = packed.size(0), experts = expert_rows.size(0);
+    // Offsets and the padding mask stay on the device: no host sync. at::_grouped_mm leaves
+    // rows past the last offset unwritten; nothing reads them but the final `where`, which
+    // zeroes them (and keeps their gradient at zero) without multiplying by what they hold.
+    const int64_t rows = packed.size(0);
     torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
-    torch::Tensor used = expert_rows.sum();
-    torch::Tensor valid = (torch::arange(rows, expert_rows.options()) < used).unsqueeze(1);
-    torch::Tensor padded_rows = expert_rows.clone().index_add_(0, torch::full({1}, experts - 1, expert_rows.options()),
-                                                               (rows - used).unsqueeze(0));
-    torch::Tensor expert_of_row =
-        torch::repeat_interleave(torch::arange(experts, expert_rows.options()), padded_rows, /*dim=*/0, rows);
-    const auto bf16 = torch::kBFloat16;
-    torch::Tensor zero = torch::zeros({}, packed.options().dtype(bf16));
-    torch::Tensor h = torch::where(valid, at::_grouped_mm(packed.to(bf16), w1.to(bf16), offsets) +
-                                              b1.index_select(0, expert_of_row).to(bf16), zero);
-    if (swiglu_) {
-      auto halves = h.chunk(2, -1);
-      h = torch::silu(halves[0]) * halves[1];
-    } else {
-      h = torch::gelu(h);
-    }
-    return torch::where(valid, at::_grouped_mm(h, w2.to(bf16), offsets) + b2.index_select(0, expert_of_row).to(bf16), zero);
+    torch::Tensor valid = (torch::arange(rows, expert_rows.options()) < expert_rows.sum()).unsqueeze(1);
+    torch::Tensor h = at::_grouped_mm(with_ones_column(packed), first_weight(w1, b1, swiglu_ ? 2 : 1), offsets);
+    h = activation(h);  // [M, H + 8]: column H is the constant act(1), the rest of the gain 0
+    torch::Tensor w2_with_bias = with_bias_row(w2, b2 / activation_at_one_).to(torch::kBFloat16);
+    torch::Tensor y = at::_grouped_mm(h, w2_with_bias, offsets);
+    return torch::where(valid, y, torch::zeros({}, y.options()));
   }
 #endif
   torch::Tensor counts = expert_rows.cpu();

@@ -30,7 +30,10 @@ class Experts : public torch::nn::Module {
   static bool grouped_gemm_available();
 
  private:
+  torch::Tensor activation(const torch::Tensor& h) const;  // gelu, or SwiGLU over the two halves
+
   bool swiglu_;
+  double activation_at_one_ = 1.0;
 };
 
 }  // namespace moelab

@@ -28,6 +28,10 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& x, const torch::Tensor& tok
   return dispatcher_.combine(expert_output, dispatched);
 }
 
+bool MoeLayer::host_sync_free(bool bf16) const {
+  return masked_matmul_ || (!exchange_ && bf16 && Experts::grouped_gemm_available());
+}
+
 void MoeLayer::shard_experts(const std::shared_ptr<Communicator>& expert_group) {
   if (masked_matmul_)
     throw UserError("model.dispatcher masked_matmul runs every expert on every token and cannot shard them; use sparse with parallel.expert_parallel > 1");

@@ -26,6 +26,9 @@ class MoeLayer : public torch::nn::Module {
   // weights) and exchange tokens with the group's other ranks in every forward.
   void shard_experts(const std::shared_ptr<Communicator>& expert_group);
   bool experts_sharded() const { return exchange_ != nullptr; }
+  // Whether a forward and backward on CUDA read nothing back to the host (so that a training
+  // step can be captured as a CUDA graph): the masked path, or the grouped GEMM under bf16.
+  bool host_sync_free(bool bf16) const;
 
   const RoutingPlan& last_plan() const { return last_plan_; }
   Router& router() { return *router_; }

@@ -100,10 +100,10 @@ std::vector<int64_t> TinyMoE::moe_layer_ids() const {
   return ids;
 }
 
-std::vector<RoutingMetrics> TinyMoE::routing_metrics() const {
-  std::vector<RoutingMetrics> metrics;
-  for (const auto& layer : moe_layers()) metrics.push_back(compute_routing_metrics(layer->last_plan()));
-  return metrics;
+bool TinyMoE::host_sync_free(bool bf16) const {
+  for (const auto& layer : moe_layers())
+    if (!layer->host_sync_free(bf16)) return false;
+  return true;
 }
 
 void TinyMoE::update_expert_biases() {

@@ -14,7 +14,6 @@
 #include "config/run_config.h"
 #include "models/attention.h"
 #include "models/moe_layer.h"
-#include "routers/routing_metrics.h"
 
 namespace moelab {
 
@@ -54,8 +53,8 @@ class TinyMoE : public torch::nn::Module {
 
   std::vector<std::shared_ptr<MoeLayer>> moe_layers() const;
   std::vector<int64_t> moe_layer_ids() const;  // block index of each MoE layer
-  std::vector<RoutingMetrics> routing_metrics() const;  // of the last forward, per MoE layer
   void update_expert_biases();
+  bool host_sync_free(bool bf16) const;  // every MoE layer's MoeLayer::host_sync_free
   // Expert parallelism: every MoE layer keeps only its rank's experts (see MoeLayer).
   void shard_experts(const std::shared_ptr<Communicator>& expert_group);
   // The sharded experts' parameters and all the others (replicated on every rank).

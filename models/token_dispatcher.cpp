@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"
-#include "routers/balancing.h"
 
 namespace moelab {
 
@@ -15,15 +14,16 @@ DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const Routing
   torch::Tensor kept = plan.kept.reshape(-1);
   torch::Tensor ids = plan.expert_ids.reshape(-1);
   torch::Tensor key = torch::where(kept, ids, torch::full_like(ids, plan.num_experts));
-  torch::Tensor order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  torch::Tensor rank = torch::empty_like(order).index_put_({order}, torch::arange(entries, order.options()));
+  kernels::KeySort sorted = kernels::stable_sort_by_key(key, plan.num_experts + 1);
+  const torch::Tensor& rank = sorted.position;  // the packed row of each entry
+  torch::Tensor order = torch::empty_like(rank).index_put_({rank}, torch::arange(entries, rank.options()));
 
   DispatchedTokens out;
   out.token_index = order.div(columns, "floor");
   out.row_of_entry = torch::where(kept, rank, torch::full_like(rank, -1)).view({tokens, columns});
   out.gates = plan.gates;
   out.packed = kernels::permute(x, out.token_index, out.row_of_entry);
-  out.expert_rows = expert_counts(ids, kept, plan.num_experts);
+  out.expert_rows = sorted.counts.narrow(0, 0, plan.num_experts);
   return out;
 }
 

@@ -52,6 +52,23 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   EXPECT_TRUE(torch::allclose(out.squeeze(1), torch::tensor({1.75, 10.0, 900.0})));
 }
 
+TEST(Kernels, StableSortByKeyCountsAndPositions) {
+  // Keys 2 0 2 1 0 2 in 3 buckets: sorted 0(i1) 0(i4) 1(i3) 2(i0) 2(i2) 2(i5).
+  kernels::KeySort s = kernels::stable_sort_by_key(torch::tensor({2, 0, 2, 1, 0, 2}, torch::kLong), 3);
+  EXPECT_TRUE(torch::equal(s.position, torch::tensor({3, 0, 4, 2, 1, 5}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(s.counts, torch::tensor({2, 1, 3}, torch::kLong)));
+  // Random keys, with empty buckets, against libtorch's stable sort: the one-hot running count
+  // (n * buckets <= 2^24) and the sort it falls back to past that.
+  torch::manual_seed(4);
+  for (auto [n, buckets] : {std::pair<int64_t, int64_t>{1000, 9}, {5000, 513}, {70000, 300}}) {
+    torch::Tensor keys = torch::randint(0, buckets - 1, {n}, torch::kLong);  // the last bucket stays empty
+    kernels::KeySort r = kernels::stable_sort_by_key(keys, buckets);
+    torch::Tensor order = std::get<1>(keys.sort(/*stable=*/true, 0, false));
+    EXPECT_TRUE(torch::equal(r.position, torch::empty_like(order).index_put_({order}, torch::arange(n)))) << n << " x " << buckets;
+    EXPECT_TRUE(torch::equal(r.counts, torch::bincount(keys, {}, buckets))) << n << " x " << buckets;
+  }
+}
+
 TEST(Kernels, UnpermuteValuesAndGradients) {
   torch::manual_seed(2);
   torch::Tensor y = torch::randn({5, 4}, torch::requires_grad());

@@ -60,7 +60,9 @@ json run_config_to_json(const RunConfig& c) {
                 {"dtype", t.dtype},
                 {"threads", t.threads},
                 {"peak_tflops", t.peak_tflops},
-                {"trace_interval", t.trace_interval}};
+                {"trace_interval", t.trace_interval},
+                {"cuda_graph", t.cuda_graph},
+                {"profile_steps", t.profile_steps}};
   j["parallel"] = {{"expert_parallel", c.parallel.expert_parallel},
                    {"timeout_s", c.parallel.timeout_s},
                    {"bucket_mb", c.parallel.bucket_mb}};
@@ -260,6 +262,8 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   t.threads = r.integer("train", "threads", 0, 1024);
   t.peak_tflops = r.number("train", "peak_tflops", 0.0, 1e6);
   t.trace_interval = r.integer("train", "trace_interval", 0);
+  t.cuda_graph = r.flag("train", "cuda_graph");
+  t.profile_steps = r.integer("train", "profile_steps", 0);
 
   ParallelConfig& p = c.parallel;
   p.expert_parallel = r.integer("parallel", "expert_parallel", 1, 4096);

@@ -13,12 +13,17 @@
 #include "dist/communicator.h"
 #include "dist/gradient_sync.h"
 #include "models/tiny_moe.h"
+#include "routers/routing_metrics.h"
 #include "routers/strategy.h"
 #include "train/autocast.h"
 #include "train/checkpoint.h"
+#include "train/cuda_graph.h"
 #include "train/evaluate.h"
 #include "train/lr_schedule.h"
 #include "train/metrics_log.h"
+#include "train/optimizer.h"
+#include "train/step_profiler.h"
+#include "train/train_batches.h"
 #include "trace/placement_jsonl.h"
 #include "trace/recorder.h"
 #include "util/error.h"
@@ -35,25 +40,23 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Weight decay on matrices only (nanoGPT): biases, LayerNorm gains and the expert bias
-// vectors are not decayed.
-torch::optim::AdamW make_optimizer(TinyMoE& model, const TrainConfig& train) {
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model.parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  auto options = torch::optim::AdamWOptions(train.lr).betas({0.9, 0.95}).weight_decay(train.weight_decay);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(options));
-  auto plain = options;
-  plain.weight_decay(0.0);
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(plain));
-  return torch::optim::AdamW(std::move(groups), options);
+std::vector<torch::Tensor> gradients(const std::vector<torch::Tensor>& parameters) {
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : parameters)
+    if (p.grad().defined()) grads.push_back(p.grad().detach());
+  return grads;
 }
 
-torch::Tensor squared_norm(const std::vector<torch::Tensor>& parameters) {
+// Multi-tensor kernels where libtorch has them (2.x): a few launches instead of one per tensor.
+torch::Tensor squared_norm(const std::vector<torch::Tensor>& grads) {
+  if (grads.empty()) return torch::zeros({1});
+#if TORCH_VERSION_MAJOR >= 2
+  std::vector<torch::Tensor> norms = torch::_foreach_norm(grads, 2);
+#else
   std::vector<torch::Tensor> norms;
-  for (const auto& p : parameters)
-    if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0).to(torch::kFloat32));
-  return norms.empty() ? torch::zeros({1}) : torch::stack(norms).square().sum().reshape({1});
+  for (const auto& g : grads) norms.push_back(g.norm(2));
+#endif
+  return torch::stack(norms).to(torch::kFloat32).square().sum().reshape({1});
 }
 
 // Gradient clipping by the global norm without reading the norm back to the host (libtorch's
@@ -61,18 +64,24 @@ torch::Tensor squared_norm(const std::vector<torch::Tensor>& parameters) {
 // the whole expert group. max_norm <= 0 only measures.
 torch::Tensor clip_gradients(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& shards,
                              const DistributedContext& dist, double max_norm) {
-  torch::Tensor squared = squared_norm(replicated);
+  const std::vector<torch::Tensor> replicated_grads = gradients(replicated), shard_grads = gradients(shards);
+  torch::Tensor squared = squared_norm(replicated_grads);
   if (!shards.empty()) {
-    torch::Tensor shard_squared = squared_norm(shards).to(squared.device());
+    torch::Tensor shard_squared = squared_norm(shard_grads).to(squared.device());
     dist.expert_group->all_reduce_sum(shard_squared);
     squared = squared + shard_squared;
   }
   torch::Tensor total = squared.sqrt().squeeze(0);
   if (max_norm > 0) {
     torch::Tensor scale = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (const auto* group : {&replicated, &shards})
-      for (const auto& p : *group)
-        if (p.grad().defined()) p.grad().detach().mul_(scale.to(p.grad().scalar_type()));
+    for (const auto* grads : {&replicated_grads, &shard_grads}) {
+      if (grads->empty()) continue;
+#if TORCH_VERSION_MAJOR >= 2
+      torch::_foreach_mul_(*grads, scale.to(grads->front().scalar_type()));
+#else
+      for (const auto& g : *grads) g.mul_(scale.to(g.scalar_type()));
+#endif
+    }
   }
   return total;
 }
@@ -126,9 +135,18 @@ void save_gathered_model(const std::string& path, TinyMoE& model, const std::vec
   save_checkpoint(path, *whole, no_state, state);
 }
 
-void set_learning_rate(torch::optim::AdamW& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-}
+// What one training step leaves on the device, read only at log steps. With a captured
+// CUDA graph these are the graph's own tensors, rewritten by every replay.
+struct StepOutputs {
+  torch::Tensor lm_loss, aux_loss, grad_norm;
+  std::vector<RoutingPlan> plans;  // each MoE layer's routing of the step's batch
+};
+
+// Eager steps before the capture: they run libtorch's lazy set-ups (cuBLAS handles and
+// workspaces, the autograd device thread) that a capture must not contain.
+constexpr int64_t kStepsBeforeCapture = 3;
+// train.profile_steps profiles from this step of the run's process on: past the capture.
+constexpr int64_t kFirstProfiledStep = kStepsBeforeCapture + 3;
 }  // namespace
 
 std::string resolve_device(const std::string& device) {
@@ -195,7 +213,7 @@ json train(RunConfig config, const TrainOptions& options) {
   if (ep > 1) model.shard_experts(dist.expert_group);
   // Sharded experts (expert parallelism) and everything else, which every rank holds alike.
   const std::vector<torch::Tensor> replicated = model.replicated_parameters(), expert_shards = model.expert_shard_parameters();
-  torch::optim::AdamW optimizer = make_optimizer(model, tc);
+  TrainingOptimizer optimizer(model.parameters(), tc);
   // Every rank draws the same global batch of batch_size x world windows and trains on its
   // own rows of it: the step equals one process training on the whole global batch.
   const int64_t global_batch = tc.batch_size * dist.world;
@@ -204,7 +222,7 @@ json train(RunConfig config, const TrainOptions& options) {
   TrainingState state;
   state.world_size = dist.world;
   if (resuming) {
-    state = load_checkpoint(rank_ckpt, model, &optimizer, device);
+    state = load_checkpoint(rank_ckpt, model, &optimizer.state(), device);
     if (state.world_size != dist.world)
       throw UserError(strf("%s: written by a run of %lld ranks; resume it with %lld ranks, not %d", rank_ckpt.c_str(),
                            (long long)state.world_size, (long long)state.world_size, dist.world));
@@ -223,20 +241,76 @@ json train(RunConfig config, const TrainOptions& options) {
                  human_count(flops_per_token).c_str(), config.router.strategy.c_str(), device.str().c_str()));
 
   const int64_t tokens_per_step = global_batch * config.model.seq_len;
-  torch::Tensor global_inputs = torch::empty({global_batch, config.model.seq_len}, torch::kLong);
-  torch::Tensor global_targets = torch::empty_like(global_inputs);
-  torch::Tensor inputs = global_inputs.narrow(0, dist.rank * tc.batch_size, tc.batch_size);
-  torch::Tensor targets = global_targets.narrow(0, dist.rank * tc.batch_size, tc.batch_size);
+  TrainBatches batches(train_tokens, sampler, global_batch, config.model.seq_len, dist.rank * tc.batch_size, tc.batch_size,
+                       device);
+  // One CUDA device: the step is captured as a CUDA graph after a few eager steps and replayed
+  // (the data-parallel paths keep eager steps: their collectives run from autograd hooks; an
+  // fp32 MoE step reads expert sizes back to the host, which a capture cannot contain).
+  const bool use_graph = tc.cuda_graph && device.is_cuda() && !dist.distributed() && CudaGraph::available() &&
+                         optimizer.fused() && model.host_sync_free(bf16);
+  if (device.is_cuda())
+    log::info(use_graph ? "training step: captured as a CUDA graph after " + std::to_string(kStepsBeforeCapture) + " eager steps"
+                        : "training step: eager (no CUDA graph: " +
+                              std::string(!tc.cuda_graph ? "train.cuda_graph is false"
+                                          : dist.distributed() ? "distributed"
+                                          : !CudaGraph::available() || !optimizer.fused() ? "not in this libtorch"
+                                          : "fp32 experts read their sizes back to the host") + ")");
+  std::unique_ptr<CudaSideStream> side_stream;
+  if (use_graph) side_stream = std::make_unique<CudaSideStream>(device.index() < 0 ? 0 : device.index());
+  std::unique_ptr<CudaGraph> graph;
+  StepOutputs captured;
+  int64_t eager_steps = 0, steps_in_process = 0;
+  StepProfiler profiler;
+  bool profiling = false;
+  if (tc.profile_steps > 0 && (!device.is_cuda() || !StepProfiler::available()))
+    log::warn("train.profile_steps: the step profiler needs a CUDA device and a CUDA build of libtorch 2.x; not profiling");
+  auto finish_profile = [&] {
+    profiling = false;
+    torch::cuda::synchronize();
+    const int64_t profiled = std::min(tc.profile_steps, steps_in_process - kFirstProfiledStep + 1);
+    const std::string table = profiler.stop(run_dir, profiled);
+    if (main_rank) log::info("profile of " + std::to_string(profiled) + " steps (" + run_dir + "/profile.json):\n" + table);
+  };
   json last_routing = json::object();
   EvalResult last_eval;
   bool evaluated = false;
-  torch::Tensor interval_loss_sum;  // sum of this log interval's LM losses, on the device
+  // The log interval's LM losses add up on the device: a read-back each step would stall a
+  // GPU's queue.
+  torch::Tensor interval_loss_sum = torch::zeros({}, torch::TensorOptions().device(device).dtype(torch::kFloat32));
   double interval_seconds = 0;
   int64_t interval_steps = 0;
 
+  // Forward, backward, clipping, the optimizer and the expert-bias update: everything a
+  // step does on the device, so that it can be captured whole.
+  auto training_step = [&] {
+    StepOutputs o;
+    batches.gather();
+    torch::Tensor loss;
+    {
+      CudaAutocast autocast(bf16);
+      ModelOutput out = model.forward(batches.inputs());
+      o.lm_loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat32),
+                                                       batches.targets().reshape(-1));
+      o.aux_loss = out.aux_loss.detach();
+      loss = o.lm_loss + out.aux_loss;
+    }
+    optimizer.zero_grad();
+    if (gradient_sync) gradient_sync->begin_backward();
+    loss.backward();
+    if (gradient_sync) gradient_sync->finish();
+    o.grad_norm = clip_gradients(replicated, expert_shards, dist, tc.grad_clip);
+    optimizer.step();
+    if (dist.world_group && config.router.bias_rate > 0)
+      for (const auto& layer : model.moe_layers()) dist.world_group->all_reduce_sum(layer->router().pending_load());
+    model.update_expert_biases();
+    interval_loss_sum.add_(o.lm_loss.detach());
+    for (const auto& layer : model.moe_layers()) o.plans.push_back(layer->last_plan());
+    return o;
+  };
+
   auto save = [&] {
     state.sampler_state = sampler.state();
-    if (writes_checkpoint) save_checkpoint(rank_ckpt, model, optimizer, state);
+    if (writes_checkpoint) save_checkpoint(rank_ckpt, model, optimizer.state(), state);
     if (ep > 1 && dist.rank < ep) save_gathered_model(ckpt, model, expert_shards, config, dist, state);
   };
   auto run_eval = [&](int64_t step) {
@@ -257,34 +331,35 @@ json train(RunConfig config, const TrainOptions& options) {
     const bool log_step = step % tc.log_interval == 0 || step == tc.max_steps;
     Clock::time_point step_start = Clock::now();
     const double lr = learning_rate(step - 1, tc.lr, tc.warmup_steps, tc.max_steps);
-    set_learning_rate(optimizer, lr);
-
-    sampler.next(global_inputs.data_ptr<int64_t>(), global_targets.data_ptr<int64_t>());
-    ModelOutput out;
-    torch::Tensor lm_loss, loss;
-    {
-      CudaAutocast autocast(bf16);
-      out = model.forward(inputs.to(device, /*non_blocking=*/true));
-      lm_loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat32),
-                                                     targets.to(device, /*non_blocking=*/true).reshape(-1));
-      loss = lm_loss + out.aux_loss;
+    optimizer.set_learning_rate(lr);
+    ++steps_in_process;
+    if (tc.profile_steps > 0 && device.is_cuda() && StepProfiler::available() && steps_in_process == kFirstProfiledStep) {
+      torch::cuda::synchronize();
+      profiler.start();
+      profiling = true;
     }
-    optimizer.zero_grad();
-    if (gradient_sync) gradient_sync->begin_backward();
-    loss.backward();
-    if (gradient_sync) gradient_sync->finish();
-    torch::Tensor grad_norm = clip_gradients(replicated, expert_shards, dist, tc.grad_clip);
-    optimizer.step();
-    if (dist.world_group && config.router.bias_rate > 0)
-      for (const auto& layer : model.moe_layers()) dist.world_group->all_reduce_sum(layer->router().pending_load());
-    model.update_expert_biases();
+    batches.draw();
+    StepOutputs out;
+    if (graph) {
+      graph->replay();
+      out = captured;
+    } else if (use_graph && eager_steps >= kStepsBeforeCapture) {
+      optimizer.zero_grad();  // the captured backward allocates the gradients in the graph's memory
+      graph = std::make_unique<CudaGraph>();
+      graph->capture([&] { captured = training_step(); });
+      graph->replay();
+      out = captured;
+    } else {
+      out = training_step();
+      ++eager_steps;
+    }
 
-    // The losses stay on the device between log steps (a read-back stalls a GPU's queue);
-    // the CPU checks every step, a GPU at log steps and before every checkpoint.
-    interval_loss_sum = interval_loss_sum.defined() ? interval_loss_sum + lm_loss.detach() : lm_loss.detach();
+    if (profiling && steps_in_process == kFirstProfiledStep + tc.profile_steps - 1) finish_profile();
+
+    // The CPU checks the loss every step, a GPU at log steps and before every checkpoint.
     const bool checkpoint_step = (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0) || step == last_step;
     if (!device.is_cuda() || log_step || checkpoint_step) {
-      const double total = (interval_loss_sum + out.aux_loss.detach()).item<double>();
+      const double total = (interval_loss_sum + out.aux_loss).item<double>();
       if (!std::isfinite(total))
         throw UserError(strf("step %lld: the training loss is %s; stopped. The last good checkpoint is %s", (long long)step,
                              std::isnan(total) ? "NaN" : "not finite", ckpt.c_str()));
@@ -303,7 +378,7 @@ json train(RunConfig config, const TrainOptions& options) {
       const auto layers = model.moe_layers();
       const auto ids = model.moe_layer_ids();
       for (size_t l = 0; l < layers.size(); ++l) {
-        TraceRecord record = plan_to_record(layers[l]->last_plan(), ids[l], layers[l]->last_plan().top_k);
+        TraceRecord record = plan_to_record(out.plans[l], ids[l], out.plans[l].top_k);
         record.batch_id = step;
         write_placement_jsonl(trace, record);
       }
@@ -312,13 +387,14 @@ json train(RunConfig config, const TrainOptions& options) {
       check_replicas(replicated, *dist.world_group, "replicated parameters", step);
       if (dist.expert_data_group) check_replicas(expert_shards, *dist.expert_data_group, "expert shards", step);
       // The logged loss is the mean over the ranks' batches; routing metrics stay rank 0's.
-      interval_loss_sum = interval_loss_sum.reshape({1}).clone();
-      dist.world_group->all_reduce_sum(interval_loss_sum);
-      interval_loss_sum = interval_loss_sum.squeeze(0) / static_cast<double>(dist.world);
+      torch::Tensor summed = interval_loss_sum.reshape({1}).clone();
+      dist.world_group->all_reduce_sum(summed);
+      interval_loss_sum.copy_(summed.squeeze(0) / static_cast<double>(dist.world));
     }
     if (log_step) {
       // Routing metrics of this step's plans: read back only at log steps.
-      std::vector<RoutingMetrics> layers = model.routing_metrics();
+      std::vector<RoutingMetrics> layers;
+      for (const RoutingPlan& plan : out.plans) layers.push_back(compute_routing_metrics(plan));
       json routing = json::object();
       if (!layers.empty()) {
         routing = average_metrics(layers).to_json();
@@ -330,8 +406,8 @@ json train(RunConfig config, const TrainOptions& options) {
       const double interval_loss = interval_loss_sum.item<double>();
       json row = {{"kind", "train"},       {"step", step},
                   {"lr", lr},              {"loss", interval_loss / static_cast<double>(interval_steps)},
-                  {"step_loss", lm_loss.item<double>()}, {"aux_loss", out.aux_loss.item<double>()},
-                  {"grad_norm", grad_norm.item<double>()}, {"tokens_per_s", tokens_per_s},
+                  {"step_loss", out.lm_loss.item<double>()}, {"aux_loss", out.aux_loss.item<double>()},
+                  {"grad_norm", out.grad_norm.item<double>()}, {"tokens_per_s", tokens_per_s},
                   {"step_ms", 1000.0 * interval_seconds / static_cast<double>(interval_steps)},
                   {"tflops", tokens_per_s * flops_per_token / 1e12}, {"routing", routing}};
       if (tc.peak_tflops > 0) row["mfu"] = tokens_per_s * flops_per_token / (tc.peak_tflops * 1e12);
@@ -342,7 +418,7 @@ json train(RunConfig config, const TrainOptions& options) {
       log::info(strf("step %lld/%lld | loss %.4f | lr %.2e | %s tok/s%s | eta %s", (long long)step, (long long)tc.max_steps,
                      interval_loss / static_cast<double>(interval_steps), lr, human_count(tokens_per_s).c_str(),
                      route_line.c_str(), human_duration(eta).c_str()));
-      interval_loss_sum = torch::Tensor();
+      interval_loss_sum.zero_();
       interval_seconds = 0;
       interval_steps = 0;
     }
@@ -350,6 +426,7 @@ json train(RunConfig config, const TrainOptions& options) {
     if (checkpoint_step) save();
   }
 
+  if (profiling) finish_profile();
   if (state.step < tc.max_steps) {
     log::info(strf("stopped after step %lld as asked; resume with --resume %s", (long long)state.step, run_dir.c_str()));
     finish_distributed(dist, device.is_cuda());
