@@ -66,7 +66,7 @@ ExchangedTokens AllToAllDispatcher::dispatch(const torch::Tensor& x, const Routi
 torch::Tensor AllToAllDispatcher::combine(const torch::Tensor& expert_output, const ExchangedTokens& ex) const {
   torch::Tensor by_source = expert_output.index_select(0, ex.packed_of_received);
   torch::Tensor returned = differentiable_all_to_all(group_, by_source, ex.recv_rows, ex.send_rows);
-  // The local combine reads only the kept rows; the rest of its T*K-row buffer stays zero.
+  // The local combine reads only the kept rows; the rest of its buffer stays zero.
   const int64_t rows = ex.local.packed.size(0);
   if (rows > ex.sent) returned = torch::cat({returned, returned.new_zeros({rows - ex.sent, returned.size(1)})}, 0);
   return local_.combine(returned, ex.local);

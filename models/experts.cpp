@@ -105,17 +105,13 @@ torch::Tensor first_weight(const torch::Tensor& w1, const torch::Tensor& b1, int
 torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor& expert_rows) {
 #ifdef MOELAB_GROUPED_MM
   if (packed.is_cuda() && (packed.scalar_type() == torch::kBFloat16 || at::autocast::is_autocast_enabled(at::kCUDA))) {
-    // Offsets and the padding mask stay on the device: no host sync. at::_grouped_mm leaves
-    // rows past the last offset unwritten; nothing reads them but the final `where`, which
-    // zeroes them (and keeps their gradient at zero) without multiplying by what they hold.
-    const int64_t rows = packed.size(0);
+    // The offsets stay on the device: no host sync. at::_grouped_mm leaves rows past the
+    // last offset unwritten, and its gradients ignore them.
     torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
-    torch::Tensor valid = (torch::arange(rows, expert_rows.options()) < expert_rows.sum()).unsqueeze(1);
     torch::Tensor h = at::_grouped_mm(with_ones_column(packed), first_weight(w1, b1, swiglu_ ? 2 : 1), offsets);
     h = activation(h);  // [M, H + 8]: column H is the constant act(1), the rest of the gain 0
     torch::Tensor w2_with_bias = with_bias_row(w2, b2 / activation_at_one_).to(torch::kBFloat16);
-    torch::Tensor y = at::_grouped_mm(h, w2_with_bias, offsets);
-    return torch::where(valid, y, torch::zeros({}, y.options()));
+    return at::_grouped_mm(h, w2_with_bias, offsets);
   }
 #endif
   torch::Tensor counts = expert_rows.cpu();

@@ -15,7 +15,8 @@ class Experts : public torch::nn::Module {
  public:
   Experts(int64_t experts, int64_t dim, int64_t hidden, bool swiglu);
   // expert_rows: [E] int64 rows of `packed` per expert, on packed's device; rows after
-  // their sum are padding: the result has zeros there.
+  // their sum are padding, never computed on: their results are unspecified (zeros on the
+  // CPU path, whatever the memory held on the grouped-GEMM path) and get no gradient.
   torch::Tensor forward(const torch::Tensor& packed, const torch::Tensor& expert_rows);
   // Every expert on every token, combined by a dense [T, E] gate matrix (zero where not
   // routed): the seed's masked_matmul strategy, E times the FLOPs, no data movement.

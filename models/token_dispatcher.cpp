@@ -9,8 +9,10 @@ namespace moelab {
 DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const RoutingPlan& plan) const {
   const int64_t tokens = x.size(0), columns = plan.expert_ids.size(1), entries = tokens * columns;
   // Kept entries sort by expert, stably (flat order inside an expert: deterministic packing);
-  // dropped ones sort after them under an extra key. The buffer always has T*K rows, so no
-  // size is read back from the device; rows past the kept ones are never read.
+  // dropped ones sort after them under an extra key. The buffer's size is a bound known on
+  // the host, T*K or, with a capacity C, at most E*C kept (expert choice: K = E columns, of
+  // which only C per expert are kept), so no size is read back from the device; its rows past
+  // the kept ones are never read.
   torch::Tensor kept = plan.kept.reshape(-1);
   torch::Tensor ids = plan.expert_ids.reshape(-1);
   torch::Tensor key = torch::where(kept, ids, torch::full_like(ids, plan.num_experts));
@@ -18,8 +20,9 @@ DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const Routing
   const torch::Tensor& rank = sorted.position;  // the packed row of each entry
   torch::Tensor order = torch::empty_like(rank).index_put_({rank}, torch::arange(entries, rank.options()));
 
+  const int64_t rows = plan.capacity > 0 ? std::min(entries, plan.num_experts * plan.capacity) : entries;
   DispatchedTokens out;
-  out.token_index = order.div(columns, "floor");
+  out.token_index = order.narrow(0, 0, rows).div(columns, "floor");
   out.row_of_entry = torch::where(kept, rank, torch::full_like(rank, -1)).view({tokens, columns});
   out.gates = plan.gates;
   out.packed = kernels::permute(x, out.token_index, out.row_of_entry);

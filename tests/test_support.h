@@ -2,6 +2,9 @@
 // Helpers shared by the test binaries: where the shared real data is, and temp folders.
 #include <gtest/gtest.h>
 
+#include <ftw.h>
+#include <stdio.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -27,7 +30,12 @@ class TempDir {
     std::string pattern = (std::filesystem::temp_directory_path() / "moelab-test-XXXXXX").string();
     path_ = ::mkdtemp(pattern.data());
   }
-  ~TempDir() { std::filesystem::remove_all(path_); }
+  // nftw rather than std::filesystem::remove_all, which crashes at the end of a test in the
+  // GPU build (against PyTorch's libtorch) once a test has initialised CUDA.
+  ~TempDir() {
+    ::nftw(path_.c_str(), [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
+           FTW_DEPTH | FTW_PHYS);
+  }
   std::string operator/(const std::string& name) const { return path_ + "/" + name; }
   const std::string& path() const { return path_; }
 

@@ -28,6 +28,9 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
   archive.write("sampler_state", c10::IValue(state.sampler_state));
   archive.write("world_size", c10::IValue(state.world_size));
   archive.write("rng_cpu", at::detail::getDefaultCPUGenerator().get_state());
+  // Dropout on a GPU draws from the device's generator: a resumed run continues its stream.
+  const torch::Device device = model.parameters().front().device();
+  if (device.is_cuda()) archive.write("rng_cuda", at::globalContext().defaultGenerator(device).get_state());
   torch::serialize::OutputArchive model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -68,6 +71,9 @@ TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::op
       archive.read("rng_cpu", rng);
       at::Generator generator = at::detail::getDefaultCPUGenerator();
       generator.set_state(rng.cpu());
+      torch::Tensor rng_cuda;
+      if (device.is_cuda() && archive.try_read("rng_cuda", rng_cuda))
+        at::Generator(at::globalContext().defaultGenerator(device)).set_state(rng_cuda.cpu());
     }
   } catch (const c10::Error& e) {
     throw UserError(path + ": not a readable moelab checkpoint for this run's model (" + first_line(e.what_without_backtrace()) + ")");
