@@ -74,7 +74,35 @@ struct Permute : public torch::autograd::Function<Permute> {
   }
 };
 
+struct ExpertBiasAct : public torch::autograd::Function<ExpertBiasAct> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h, const torch::Tensor& bias,
+                               const torch::Tensor& offsets, int64_t activation) {
+    torch::Tensor input = h.contiguous(), b = bias.to(torch::kFloat32).contiguous(), ends = offsets.to(torch::kInt32).contiguous();
+    const int64_t cols_out = activation == kSwiGLU ? input.size(1) / 2 : input.size(1);
+    torch::Tensor out = torch::empty({input.size(0), cols_out}, input.options());
+    launch_expert_bias_act(input, b, ends, static_cast<int>(activation), out);
+    ctx->save_for_backward({input, b, ends});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.scalar_type());
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor h = saved[0], bias = saved[1], offsets = saved[2];
+    torch::Tensor grad_h = torch::empty_like(h), grad_bias = torch::zeros_like(bias);
+    launch_expert_bias_act_backward(grads[0].to(h.scalar_type()).contiguous(), h, bias, offsets,
+                                    static_cast<int>(ctx->saved_data["activation"].toInt()), grad_h, grad_bias);
+    const auto bias_dtype = static_cast<torch::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
+    return {grad_h, grad_bias.to(bias_dtype), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
+                                     ExpertActivation activation) {
+  return ExpertBiasAct::apply(h, bias, offsets, static_cast<int64_t>(activation));
+}
 
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {
   auto out = SoftmaxTopK::apply(logits, k, temperature, renormalize);

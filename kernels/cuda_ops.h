@@ -11,12 +11,20 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);  // no gradient
+torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
+                                     ExpertActivation activation);
 
 // Raw launchers (no autograd), on the current CUDA stream.
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
                          torch::Tensor& ids);
 void launch_gather_rows(const torch::Tensor& src, const torch::Tensor& index, torch::Tensor& dst);
 void launch_combine(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates, torch::Tensor& out);
+void launch_expert_bias_act(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets, int activation,
+                            torch::Tensor& out);
+// grad_bias must hold zeros: the kernel adds into it.
+void launch_expert_bias_act_backward(const torch::Tensor& grad_out, const torch::Tensor& h, const torch::Tensor& bias,
+                                     const torch::Tensor& offsets, int activation, torch::Tensor& grad_h,
+                                     torch::Tensor& grad_bias);
 void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates,
                              const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates);
 

@@ -44,6 +44,16 @@ torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entr
   return reference::unpermute(y, row_of_entry, gates);
 }
 
+torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
+                                     ExpertActivation activation) {
+#ifdef MOELAB_CUDA
+  const int64_t cols_out = activation == kSwiGLU ? h.size(1) / 2 : h.size(1);
+  if (cuda_enabled && h.is_cuda() && h.scalar_type() == torch::kBFloat16 && cols_out % 8 == 0)
+    return cuda::expert_bias_activation(h, bias, offsets, activation);
+#endif
+  return reference::expert_bias_activation(h, bias, offsets, activation);
+}
+
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature) {
 #ifdef MOELAB_CUDA
   if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512) return cuda::sinkhorn(logits, iters, temperature);

@@ -11,7 +11,7 @@
 
 namespace moelab::kernels {
 namespace {
-constexpr int64_t kOneHotLimit = int64_t{1} << 24;  // 64 MB of int32 running counts
+constexpr int64_t kOneHotLimit = int64_t{1} << 20;  // past ~1M counts (E 128 at 8K tokens) the sort is faster on an H100
 }
 
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {

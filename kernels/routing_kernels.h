@@ -39,6 +39,16 @@ torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, 
 // (deterministic, no atomics); gradients flow to y and gates.
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 
+// The expert FFN's bias and activation after a grouped GEMM: out[r] = act(h[r] + bias[e(r)])
+// for packed rows r < offsets[E-1], where e(r) is the expert whose rows [offsets[e-1],
+// offsets[e]) hold r (offsets: int32 [E] cumulative ends, on h's device). SwiGLU takes
+// h [M, 2H] and gives silu(a + ba) * (b + bb) over the halves, [M, H]. Rows past the last
+// offset are padding: their results are unspecified and they get no gradient. Differentiable
+// in h and bias; on CUDA (bf16, columns a multiple of 8) one fused kernel each way.
+enum ExpertActivation { kNoActivation = 0, kGelu = 1, kSwiGLU = 2 };
+torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
+                                     ExpertActivation activation);
+
 // Sinkhorn balancing without gradient: q = exp(logits/tau - rowmax) in fp32, then `iters`
 // rounds of scaling rows to sum 1 and columns to sum T/E.
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
@@ -49,6 +59,8 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
+torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
+                                     ExpertActivation activation);
 }  // namespace reference
 
 bool cuda_kernels_built();

@@ -3,6 +3,8 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include "kernels/routing_kernels.h"
+
 // at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
 #if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
 #define MOELAB_GROUPED_MM 1
@@ -11,10 +13,6 @@
 namespace moelab {
 
 Experts::Experts(int64_t experts, int64_t dim, int64_t hidden, bool swiglu) : swiglu_(swiglu) {
-#ifdef MOELAB_GROUPED_MM
-  // act(1) rounded to bf16 as the grouped-GEMM path computes it (see first_weight).
-  activation_at_one_ = activation(torch::ones({swiglu ? 2 : 1}, torch::kBFloat16))[0].item<double>();
-#endif
   int64_t up = swiglu ? 2 * hidden : hidden;
   w1 = register_parameter("w1", torch::empty({experts, dim, up}));
   b1 = register_parameter("b1", torch::zeros({experts, up}));
@@ -64,54 +62,17 @@ bool Experts::grouped_gemm_available() {
 #endif
 }
 
-#ifdef MOELAB_GROUPED_MM
-namespace {
-// The biases ride inside the two grouped GEMMs: no per-row bias gather going in, and no
-// index_add_ atomics contending on E rows for their gradients coming back. The input gains
-// a column of ones; each expert's first weight gains a row holding b1 and, per activation
-// input half, an output column that is 1 before the activation, so the activation's output
-// has a constant column c = act(1); the second weight gains a row b2 / c. Each gain is padded
-// with zeros to 8 (bf16 rows stay 16-byte aligned, as the grouped GEMM needs; act(0) = 0 keeps
-// the padding inert). Both bias gradients then come out of the GEMMs' weight gradients,
-// summed over each expert's own rows.
-constexpr int64_t kGain = 8;
-
-torch::Tensor with_ones_column(const torch::Tensor& x) {  // [M, K] -> [M, K + 8] bf16
-  const auto options = x.options().dtype(torch::kBFloat16);
-  return torch::cat({x.to(torch::kBFloat16), torch::ones({x.size(0), 1}, options), torch::zeros({x.size(0), kGain - 1}, options)}, 1);
-}
-
-// [E, K, N] weight and [E, N] bias -> [E, K + 8, N] with the bias as row K.
-torch::Tensor with_bias_row(const torch::Tensor& w, const torch::Tensor& b) {
-  return torch::cat({w, b.unsqueeze(1), torch::zeros({w.size(0), kGain - 1, w.size(2)}, w.options())}, 1);
-}
-
-// The first weight with the bias row and, after each of `halves` column blocks, 8 columns
-// that are zero except a 1 in the bias row: [E, K, halves * H] -> [E, K + 8, halves * (H + 8)].
-torch::Tensor first_weight(const torch::Tensor& w1, const torch::Tensor& b1, int64_t halves) {
-  torch::Tensor w = with_bias_row(w1, b1);
-  torch::Tensor unit = torch::zeros({w.size(0), w.size(1), kGain}, w.options());
-  unit.select(1, w1.size(1)).select(1, 0).fill_(1.0);
-  std::vector<torch::Tensor> blocks;
-  for (const auto& half : w.chunk(halves, 2)) {
-    blocks.push_back(half);
-    blocks.push_back(unit);
-  }
-  return torch::cat(blocks, 2).to(torch::kBFloat16);
-}
-}  // namespace
-#endif
-
 torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor& expert_rows) {
 #ifdef MOELAB_GROUPED_MM
   if (packed.is_cuda() && (packed.scalar_type() == torch::kBFloat16 || at::autocast::is_autocast_enabled(at::kCUDA))) {
     // The offsets stay on the device: no host sync. at::_grouped_mm leaves rows past the
-    // last offset unwritten, and its gradients ignore them.
+    // last offset unwritten, its gradients ignore them, and so does the fused bias and
+    // activation after each GEMM.
+    const auto bf16 = torch::kBFloat16;
     torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
-    torch::Tensor h = at::_grouped_mm(with_ones_column(packed), first_weight(w1, b1, swiglu_ ? 2 : 1), offsets);
-    h = activation(h);  // [M, H + 8]: column H is the constant act(1), the rest of the gain 0
-    torch::Tensor w2_with_bias = with_bias_row(w2, b2 / activation_at_one_).to(torch::kBFloat16);
-    return at::_grouped_mm(h, w2_with_bias, offsets);
+    torch::Tensor h = at::_grouped_mm(packed.to(bf16), w1.to(bf16), offsets);
+    h = kernels::expert_bias_activation(h, b1, offsets, swiglu_ ? kernels::kSwiGLU : kernels::kGelu);
+    return kernels::expert_bias_activation(at::_grouped_mm(h, w2.to(bf16), offsets), b2, offsets, kernels::kNoActivation);
   }
 #endif
   torch::Tensor counts = expert_rows.cpu();

@@ -3,7 +3,8 @@
 // w2 [E, h, d], with biases; Xavier-initialised. forward() runs each expert on its rows of
 // the packed buffer, a grouped GEMM with no padding to capacity: on CUDA with a libtorch
 // that has it (2.8+), one at::_grouped_mm per projection (CUTLASS on Hopper, bf16, row
-// offsets stay on the device); elsewhere one addmm per expert.
+// offsets stay on the device), each followed by the fused bias + activation kernel;
+// elsewhere one addmm per expert.
 #include <memory>
 #include <vector>
 
@@ -34,7 +35,6 @@ class Experts : public torch::nn::Module {
   torch::Tensor activation(const torch::Tensor& h) const;  // gelu, or SwiGLU over the two halves
 
   bool swiglu_;
-  double activation_at_one_ = 1.0;
 };
 
 }  // namespace moelab

@@ -206,6 +206,46 @@ TEST(CudaKernels, TrainingOnGpuFollowsTheCpuReferenceLossCurve) {
   EXPECT_LT(gpu.back(), gpu.front());
 }
 
+TEST(CudaKernels, ExpertBiasActivationMatchesReferenceWithGradients) {
+  REQUIRE_CUDA();
+  torch::manual_seed(23);
+  const torch::Device cuda(torch::kCUDA);
+  // E not a power of two, an empty expert, all rows on one expert, padding rows, rows not a
+  // multiple of the backward's 32-row tile; bf16 in and out (the kernel keeps h + bias in
+  // fp32, the reference rounds it to bf16 first): outputs and input gradients 2e-2 relative.
+  struct Case {
+    std::vector<int> rows_per_expert;
+    int64_t padding, cols;
+  };
+  for (const Case& c : {Case{{37, 0, 101, 5, 60}, 9, 64}, Case{{0, 300, 0}, 0, 1024}, Case{{1}, 3, 8}, Case{{70, 70, 70}, 13, 136}})
+    for (auto act : {kernels::kNoActivation, kernels::kGelu, kernels::kSwiGLU}) {
+      const int64_t experts = static_cast<int64_t>(c.rows_per_expert.size());
+      std::vector<int> ends;
+      int total = 0;
+      for (int n : c.rows_per_expert) ends.push_back(total += n);
+      const int64_t cols_in = act == kernels::kSwiGLU ? 2 * c.cols : c.cols;
+      torch::Tensor offsets = torch::tensor(ends, torch::kInt32).to(cuda);
+      torch::Tensor h = torch::randn({total + c.padding, cols_in}, cuda).to(torch::kBFloat16).requires_grad_(true);
+      torch::Tensor bias = torch::randn({experts, cols_in}, cuda).requires_grad_(true);
+      torch::Tensor href = h.detach().clone().requires_grad_(true), bref = bias.detach().clone().requires_grad_(true);
+      torch::Tensor out = kernels::expert_bias_activation(h, bias, offsets, act).narrow(0, 0, total);
+      torch::Tensor ref = kernels::reference::expert_bias_activation(href, bref, offsets, act).narrow(0, 0, total);
+      const std::string what = "act " + std::to_string(act) + ", " + std::to_string(experts) + " experts, " + std::to_string(cols_in) + " cols";
+      EXPECT_TRUE(torch::allclose(out.to(torch::kFloat32), ref.to(torch::kFloat32), 2e-2, 2e-2)) << what;
+      torch::Tensor upstream = torch::randn(out.sizes(), cuda);
+      (out.to(torch::kFloat32) * upstream).sum().backward();
+      (ref.to(torch::kFloat32) * upstream).sum().backward();
+      if (total > 0)
+        EXPECT_TRUE(torch::allclose(h.grad().narrow(0, 0, total).to(torch::kFloat32), href.grad().narrow(0, 0, total).to(torch::kFloat32),
+                                    2e-2, 2e-2)) << what;
+      // A bias gradient sums up to 300 rows whose terms each carry bf16 rounding (the
+      // reference's in bf16, the kernel's in fp32), so elementwise bounds scale with the row
+      // count: the relative error of the whole gradient, 1e-2.
+      const double error = (bias.grad() - bref.grad()).norm().item<double>() / bref.grad().norm().item<double>();
+      EXPECT_LT(error, 1e-2) << what;
+    }
+}
+
 TEST(CudaKernels, SinkhornMatchesReference) {
   REQUIRE_CUDA();
   torch::manual_seed(17);

@@ -58,15 +58,29 @@ TEST(Kernels, StableSortByKeyCountsAndPositions) {
   EXPECT_TRUE(torch::equal(s.position, torch::tensor({3, 0, 4, 2, 1, 5}, torch::kLong)));
   EXPECT_TRUE(torch::equal(s.counts, torch::tensor({2, 1, 3}, torch::kLong)));
   // Random keys, with empty buckets, against libtorch's stable sort: the one-hot running count
-  // (n * buckets <= 2^24) and the sort it falls back to past that.
+  // (n * buckets <= 2^20) and the sort it falls back to past that.
   torch::manual_seed(4);
-  for (auto [n, buckets] : {std::pair<int64_t, int64_t>{1000, 9}, {5000, 513}, {70000, 300}}) {
+  for (auto [n, buckets] : {std::pair<int64_t, int64_t>{1000, 9}, {3000, 257}, {5000, 513}, {70000, 300}}) {
     torch::Tensor keys = torch::randint(0, buckets - 1, {n}, torch::kLong);  // the last bucket stays empty
     kernels::KeySort r = kernels::stable_sort_by_key(keys, buckets);
     torch::Tensor order = std::get<1>(keys.sort(/*stable=*/true, 0, false));
     EXPECT_TRUE(torch::equal(r.position, torch::empty_like(order).index_put_({order}, torch::arange(n)))) << n << " x " << buckets;
     EXPECT_TRUE(torch::equal(r.counts, torch::bincount(keys, {}, buckets))) << n << " x " << buckets;
   }
+}
+
+TEST(Kernels, ExpertBiasActivationReference) {
+  // 5 packed rows: expert 0 rows 0-1, expert 1 none, expert 2 rows 2-3; row 4 is padding.
+  torch::Tensor h = torch::tensor({1.0, -2.0, 0.5, 3.0, 0.0, 1.0, -1.0, 2.0, 9.0, 9.0}).view({5, 2});
+  torch::Tensor bias = torch::tensor({0.5, 0.5, 7.0, 7.0, -1.0, 1.0}).view({3, 2});
+  torch::Tensor offsets = torch::tensor({2, 2, 4}, torch::kInt32);
+  torch::Tensor out = kernels::reference::expert_bias_activation(h, bias, offsets, kernels::kNoActivation);
+  EXPECT_TRUE(torch::allclose(out.narrow(0, 0, 4), torch::tensor({1.5, -1.5, 1.0, 3.5, -1.0, 2.0, -2.0, 3.0}).view({4, 2})));
+  torch::Tensor gelu = kernels::reference::expert_bias_activation(h, bias, offsets, kernels::kGelu);
+  EXPECT_TRUE(torch::allclose(gelu.narrow(0, 0, 4), torch::gelu(out.narrow(0, 0, 4))));
+  // SwiGLU over the halves: silu(h0 + b0) * (h1 + b1).
+  torch::Tensor swiglu = kernels::reference::expert_bias_activation(h, bias, offsets, kernels::kSwiGLU);
+  EXPECT_NEAR(swiglu[2][0].item<double>(), (torch::silu(torch::tensor(-1.0)) * 2.0).item<double>(), 1e-6);
 }
 
 TEST(Kernels, UnpermuteValuesAndGradients) {

@@ -1,0 +1,208 @@
+// The expert FFN's bias and activation over the grouped GEMM's output, fused: rows are packed
+// expert-major, so row r belongs to the expert e with offsets[e-1] <= r < offsets[e] (a
+// binary search over E <= 512 offsets); rows at or past offsets[E-1] are padding and are
+// skipped. bf16 in and out, fp32 arithmetic; N a multiple of 8 (16-byte vectors).
+//   forward:  out[r, c] = act(h[r, c] + bias[e, c]); SwiGLU: silu(a + ba) * (b + bb) over the
+//             two column halves. Traffic: read M*N + E*N, write M*N_out (bf16).
+//   backward: grad_h[r, c] = grad_out[r, c] * act'(h[r, c] + bias[e, c]) (written, as the
+//             GEMM's gradient input) and grad_bias[e, c] = sum over e's rows of grad_h[r, c].
+//             A block takes a tile of kTileRows rows and keeps fp32 column sums in registers,
+//             adding them to grad_bias (one atomic per column) when the tile's expert changes
+//             and at its end: rows are sorted by expert, so a tile holds one or two experts
+//             and the atomics are M / kTileRows per column, not M. Traffic: read 2*M*N + E*N,
+//             write M*N (bf16) + atomics.
+#include <algorithm>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/util/BFloat16.h>
+#include <torch/types.h>
+
+#include "kernels/cuda_ops.h"
+
+namespace moelab::kernels::cuda {
+namespace {
+
+constexpr int kVec = 8;         // bf16 per 16-byte vector
+constexpr int kThreads = 128;   // vectors of columns per block
+constexpr int kTileRows = 32;   // backward rows per block (8 measured slower: 4x the atomics)
+constexpr int kBatch = 4;       // backward rows whose loads are in flight together
+
+__device__ int expert_of_row(const int* offsets, int experts, int64_t row) {
+  int lo = 0, hi = experts - 1;  // first e with offsets[e] > row
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (offsets[mid] > row) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+__device__ void load8(const c10::BFloat16* p, float* out) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const c10::BFloat16* b = reinterpret_cast<const c10::BFloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) out[i] = static_cast<float>(b[i]);
+}
+__device__ void store8(c10::BFloat16* p, const float* in) {
+  uint4 raw;
+  c10::BFloat16* b = reinterpret_cast<c10::BFloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) b[i] = c10::BFloat16(in[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+__device__ void load8(const float* p, float* out) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+__device__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ float gelu_grad(float x) {
+  return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.39894228040143268f * expf(-0.5f * x * x);
+}
+__device__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+template <int Act>
+__global__ void expert_bias_act_kernel(const c10::BFloat16* __restrict__ h, const float* __restrict__ bias,
+                                       const int* __restrict__ offsets, int experts, int64_t cols_out,
+                                       c10::BFloat16* __restrict__ out) {
+  const int64_t row = blockIdx.x;
+  if (row >= offsets[experts - 1]) return;
+  const int e = expert_of_row(offsets, experts, row);
+  const int64_t cols_in = Act == kSwiGLU ? 2 * cols_out : cols_out;
+  for (int64_t c = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec; c < cols_out;
+       c += static_cast<int64_t>(gridDim.y) * kThreads * kVec) {
+    float x[kVec], b[kVec], y[kVec];
+    load8(h + row * cols_in + c, x);
+    load8(bias + e * cols_in + c, b);
+    if (Act == kSwiGLU) {
+      float g[kVec], bg[kVec];
+      load8(h + row * cols_in + cols_out + c, g);
+      load8(bias + e * cols_in + cols_out + c, bg);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const float a = x[i] + b[i];
+        y[i] = a * sigmoid(a) * (g[i] + bg[i]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) y[i] = Act == kGelu ? gelu(x[i] + b[i]) : x[i] + b[i];
+    }
+    store8(out + row * cols_out + c, y);
+  }
+}
+
+template <int Act>
+__global__ void expert_bias_act_backward_kernel(const c10::BFloat16* __restrict__ grad_out, const c10::BFloat16* __restrict__ h,
+                                                const float* __restrict__ bias, const int* __restrict__ offsets, int experts,
+                                                int64_t cols_out, c10::BFloat16* __restrict__ grad_h,
+                                                float* __restrict__ grad_bias) {
+  const int64_t total = offsets[experts - 1];
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec;
+  if (first >= total || c >= cols_out) return;
+  const int64_t last = min(first + kTileRows, total);
+  const int64_t cols_in = Act == kSwiGLU ? 2 * cols_out : cols_out;
+  constexpr int kParts = Act == kSwiGLU ? 2 : 1;
+  float sum[kParts][kVec] = {};
+  int e = expert_of_row(offsets, experts, first);
+  auto flush = [&](int expert) {
+#pragma unroll
+    for (int p = 0; p < kParts; ++p)
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        atomicAdd(grad_bias + expert * cols_in + p * cols_out + c + i, sum[p][i]);
+        sum[p][i] = 0.0f;
+      }
+  };
+  float b[kParts][kVec];
+#pragma unroll
+  for (int p = 0; p < kParts; ++p) load8(bias + e * cols_in + p * cols_out + c, b[p]);
+  // kBatch rows' loads are issued before any of them is used: a thread walks its tile in
+  // order, and without this each row's loads would wait for the previous row's math.
+  for (int64_t row0 = first; row0 < last; row0 += kBatch) {
+    float g[kBatch][kVec], x[kBatch][kVec], v[kBatch][kVec];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (row0 + j >= last) break;
+      load8(grad_out + (row0 + j) * cols_out + c, g[j]);
+      load8(h + (row0 + j) * cols_in + c, x[j]);
+      if (Act == kSwiGLU) load8(h + (row0 + j) * cols_in + cols_out + c, v[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int64_t row = row0 + j;
+      if (row >= last) break;
+      if (row >= offsets[e]) {  // the next expert's rows begin (skipping empty experts)
+        flush(e);
+        while (row >= offsets[e]) ++e;
+#pragma unroll
+        for (int p = 0; p < kParts; ++p) load8(bias + e * cols_in + p * cols_out + c, b[p]);
+      }
+      float dx[kVec];
+      if (Act == kSwiGLU) {
+        float dv[kVec];
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const float a = x[j][i] + b[0][i], s = sigmoid(a), gate = v[j][i] + b[1][i];
+          dx[i] = g[j][i] * gate * s * (1.0f + a * (1.0f - s));
+          dv[i] = g[j][i] * a * s;
+          sum[0][i] += dx[i];
+          sum[kParts - 1][i] += dv[i];
+        }
+        store8(grad_h + row * cols_in + cols_out + c, dv);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          dx[i] = Act == kGelu ? g[j][i] * gelu_grad(x[j][i] + b[0][i]) : g[j][i];
+          sum[0][i] += dx[i];
+        }
+      }
+      store8(grad_h + row * cols_in + c, dx);
+    }
+  }
+  flush(e);
+}
+
+int column_blocks(int64_t cols_out) {
+  return static_cast<int>(std::min<int64_t>((cols_out / kVec + kThreads - 1) / kThreads, 65535));
+}
+
+}  // namespace
+
+void launch_expert_bias_act(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets, int activation,
+                            torch::Tensor& out) {
+  const int64_t rows = h.size(0), cols_out = out.size(1);
+  if (rows == 0 || cols_out == 0) return;
+  const int experts = static_cast<int>(offsets.size(0));
+  const dim3 grid(static_cast<unsigned>(rows), column_blocks(cols_out));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto args = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(h.data_ptr<c10::BFloat16>(), bias.data_ptr<float>(), offsets.data_ptr<int>(), experts,
+                                          cols_out, out.data_ptr<c10::BFloat16>());
+  };
+  if (activation == kGelu) args(expert_bias_act_kernel<kGelu>);
+  else if (activation == kSwiGLU) args(expert_bias_act_kernel<kSwiGLU>);
+  else args(expert_bias_act_kernel<kNoActivation>);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_expert_bias_act_backward(const torch::Tensor& grad_out, const torch::Tensor& h, const torch::Tensor& bias,
+                                     const torch::Tensor& offsets, int activation, torch::Tensor& grad_h,
+                                     torch::Tensor& grad_bias) {
+  const int64_t rows = h.size(0), cols_out = grad_out.size(1);
+  if (rows == 0 || cols_out == 0) return;
+  const int experts = static_cast<int>(offsets.size(0));
+  const dim3 grid(static_cast<unsigned>((rows + kTileRows - 1) / kTileRows), column_blocks(cols_out));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto args = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(grad_out.data_ptr<c10::BFloat16>(), h.data_ptr<c10::BFloat16>(), bias.data_ptr<float>(),
+                                          offsets.data_ptr<int>(), experts, cols_out, grad_h.data_ptr<c10::BFloat16>(),
+                                          grad_bias.data_ptr<float>());
+  };
+  if (activation == kGelu) args(expert_bias_act_backward_kernel<kGelu>);
+  else if (activation == kSwiGLU) args(expert_bias_act_backward_kernel<kSwiGLU>);
+  else args(expert_bias_act_backward_kernel<kNoActivation>);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace moelab::kernels::cuda
