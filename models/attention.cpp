@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "models/linear.h"
+
 namespace moelab {
 
 CausalSelfAttention::CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope)
@@ -28,7 +30,7 @@ static torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos
 
 torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   const int64_t batch = x.size(0), seq = x.size(1), dim = x.size(2), head_dim = dim / heads_;
-  auto qkv = qkv_(x).view({batch, seq, 3, heads_, head_dim}).permute({2, 0, 3, 1, 4});  // [3, B, H, S, hd]
+  auto qkv = apply_linear(qkv_, x).view({batch, seq, 3, heads_, head_dim}).permute({2, 0, 3, 1, 4});  // [3, B, H, S, hd]
   torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   if (rope_) {
     torch::Tensor cos = rope_cos_.narrow(0, 0, seq), sin = rope_sin_.narrow(0, 0, seq);
@@ -43,7 +45,7 @@ torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   torch::Tensor future = torch::ones({seq, seq}, x.options().dtype(torch::kBool)).triu(1);
   y = torch::matmul(torch::softmax(scores.masked_fill(future, -INFINITY), -1), v);
 #endif
-  return proj_(y.transpose(1, 2).reshape({batch, seq, dim}));
+  return apply_linear(proj_, y.transpose(1, 2).reshape({batch, seq, dim}));
 }
 
 }  // namespace moelab

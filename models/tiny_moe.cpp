@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "models/linear.h"
+
 namespace moelab {
 
 int64_t expert_hidden(const ModelConfig& model) { return model.ffn_mult * model.dim; }
@@ -15,14 +17,14 @@ DenseFfn::DenseFfn(int64_t dim, int64_t hidden, bool swiglu) : swiglu_(swiglu) {
 }
 
 torch::Tensor DenseFfn::forward(const torch::Tensor& x) {
-  torch::Tensor h = up_(x);
+  torch::Tensor h = apply_linear(up_, x);
   if (swiglu_) {
     auto halves = h.chunk(2, -1);
     h = torch::silu(halves[0]) * halves[1];
   } else {
     h = torch::gelu(h);
   }
-  return down_(h);
+  return apply_linear(down_, h);
 }
 
 Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe) {
