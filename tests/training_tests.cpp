@@ -6,10 +6,13 @@
 #include <fstream>
 
 #include "config/run_config.h"
+#include "data/batch_sampler.h"
+#include "data/token_file.h"
 #include "test_support.h"
 #include "train/checkpoint.h"
 #include "train/generate.h"
 #include "train/run.h"
+#include "train/train_batches.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -85,6 +88,27 @@ TEST(Training, LossFallsOnRealTinyStories) {
     EXPECT_TRUE(summary.contains(key)) << key;
   EXPECT_TRUE(summary["routing"].contains("drop_rate"));
   EXPECT_EQ(summary["routing"]["layers"].size(), 2u);
+}
+
+TEST(Training, DeviceBatchesAreTheSamplersWindows) {
+  // The trainer gathers windows from the resident corpus by the sampler's starts; they must be
+  // exactly the windows BatchSampler::next copies out, for this rank's rows of the global batch.
+  TempDir dir;
+  std::vector<uint32_t> ids(5000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<uint32_t>((i * 7919) % 97);
+  write_token_file(dir / "tokens.bin", ids, 97);
+  TokenFile tokens(dir / "tokens.bin");
+  BatchSampler on_host(tokens, 6, 16, 42), for_device(tokens, 6, 16, 42);
+  TrainBatches batches(tokens, for_device, 6, 16, /*first_row=*/2, /*rows=*/3, torch::kCPU);
+  torch::Tensor inputs = torch::empty({6, 16}, torch::kLong), targets = torch::empty({6, 16}, torch::kLong);
+  for (int step = 0; step < 3; ++step) {
+    on_host.next(inputs.data_ptr<int64_t>(), targets.data_ptr<int64_t>());
+    batches.draw();
+    batches.gather();
+    EXPECT_TRUE(torch::equal(batches.inputs(), inputs.narrow(0, 2, 3))) << "step " << step;
+    EXPECT_TRUE(torch::equal(batches.targets(), targets.narrow(0, 2, 3))) << "step " << step;
+  }
+  EXPECT_EQ(on_host.state(), for_device.state());
 }
 
 TEST(Training, ResumeReproducesTheUninterruptedRun) {
