@@ -2,8 +2,8 @@
 // AdamW with nanoGPT's decay groups (matrices decayed; biases, LayerNorm gains and expert
 // bias vectors not). On CUDA with libtorch 2.x a step is PyTorch's fused multi-tensor AdamW
 // kernel, with the step counts and the learning rate held on the device: two launches per
-// step instead of ~10 per parameter, and nothing baked into a captured CUDA graph that must
-// change between steps. Elsewhere libtorch's AdamW takes the step. Either way the state
+// decay group instead of ~10 per parameter, and nothing baked into a captured CUDA graph that
+// must change between steps. Elsewhere libtorch's AdamW takes the step. Either way the state
 // (exp_avg, exp_avg_sq, step) lives in libtorch's AdamW, which is what checkpoints hold.
 #include <vector>
 
