@@ -53,7 +53,6 @@ torch::Tensor Experts::masked_forward(const torch::Tensor& x, const torch::Tenso
   return (y * dense_gates.t().unsqueeze(-1).to(y.scalar_type())).sum(0);
 }
 
-
 bool Experts::grouped_gemm_available() {
 #ifdef MOELAB_GROUPED_MM
   return true;

@@ -95,7 +95,6 @@ void TrainingOptimizer::prepare_fused() {
     }
     if (!g.params.empty()) groups_.push_back(std::move(g));
   }
-  prepared_ = true;
 }
 
 void TrainingOptimizer::step() {
@@ -104,7 +103,7 @@ void TrainingOptimizer::step() {
     return;
   }
 #ifdef MOELAB_FUSED_ADAMW
-  if (!prepared_) prepare_fused();
+  if (groups_.empty()) prepare_fused();  // the fused path has parameters, so this runs once
   torch::NoGradGuard no_grad;
   for (auto& g : groups_) {
     std::vector<torch::Tensor> grads;

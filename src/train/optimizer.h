@@ -34,7 +34,7 @@ class TrainingOptimizer {
   void prepare_fused();
 
   torch::optim::AdamW adamw_;
-  bool fused_ = false, prepared_ = false;
+  bool fused_ = false;
   double beta1_ = 0.9, beta2_ = 0.95, eps_ = 1e-8;
   std::vector<Group> groups_;
   torch::Tensor lr_;  // [] float32 on the device

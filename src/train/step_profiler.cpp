@@ -42,18 +42,18 @@ std::string StepProfiler::stop(const std::string& run_dir, int64_t steps, int to
   };
   std::map<std::string, Total> kernels;
   double all_ns = 0;
+  int64_t calls = 0;
   for (const auto& e : result->events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
     Total& t = kernels[e.name()];
     ++t.calls;
+    ++calls;
     t.ns += static_cast<double>(e.durationNs());
     all_ns += static_cast<double>(e.durationNs());
   }
   std::vector<std::pair<std::string, Total>> rows(kernels.begin(), kernels.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
   const double per_step = static_cast<double>(std::max<int64_t>(steps, 1));
-  int64_t calls = 0;
-  for (const auto& row : rows) calls += row.second.calls;
   std::string table = strf("device time per step: %.3f ms in %.1f kernels and copies (%lld steps profiled)\n"
                "%10s %8s %7s  %s\n",
                all_ns / per_step / 1e6, static_cast<double>(calls) / per_step, (long long)steps, "us/step", "calls", "share",

@@ -259,10 +259,11 @@ json train(RunConfig config, const TrainOptions& options) {
   if (use_graph) side_stream = std::make_unique<CudaSideStream>(device.index() < 0 ? 0 : device.index());
   std::unique_ptr<CudaGraph> graph;
   StepOutputs captured;
-  int64_t eager_steps = 0, steps_in_process = 0;
+  int64_t steps_in_process = 0;
   StepProfiler profiler;
   bool profiling = false;
-  if (tc.profile_steps > 0 && (!device.is_cuda() || !StepProfiler::available()))
+  const bool profile = tc.profile_steps > 0 && device.is_cuda() && StepProfiler::available();
+  if (tc.profile_steps > 0 && !profile)
     log::warn("train.profile_steps: the step profiler needs a CUDA device and a CUDA build of libtorch 2.x; not profiling");
   auto finish_profile = [&] {
     profiling = false;
@@ -333,7 +334,7 @@ json train(RunConfig config, const TrainOptions& options) {
     const double lr = learning_rate(step - 1, tc.lr, tc.warmup_steps, tc.max_steps);
     optimizer.set_learning_rate(lr);
     ++steps_in_process;
-    if (tc.profile_steps > 0 && device.is_cuda() && StepProfiler::available() && steps_in_process == kFirstProfiledStep) {
+    if (profile && steps_in_process == kFirstProfiledStep) {
       torch::cuda::synchronize();
       profiler.start();
       profiling = true;
@@ -343,7 +344,7 @@ json train(RunConfig config, const TrainOptions& options) {
     if (graph) {
       graph->replay();
       out = captured;
-    } else if (use_graph && eager_steps >= kStepsBeforeCapture) {
+    } else if (use_graph && steps_in_process > kStepsBeforeCapture) {
       optimizer.zero_grad();  // the captured backward allocates the gradients in the graph's memory
       graph = std::make_unique<CudaGraph>();
       graph->capture([&] { captured = training_step(); });
@@ -351,7 +352,6 @@ json train(RunConfig config, const TrainOptions& options) {
       out = captured;
     } else {
       out = training_step();
-      ++eager_steps;
     }
 
     if (profiling && steps_in_process == kFirstProfiledStep + tc.profile_steps - 1) finish_profile();
