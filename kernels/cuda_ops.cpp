@@ -97,7 +97,38 @@ struct ExpertBiasAct : public torch::autograd::Function<ExpertBiasAct> {
   }
 };
 
+struct LayerNorm : public torch::autograd::Function<LayerNorm> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta,
+                               double eps, int64_t out_dtype) {
+    const int64_t cols = x.size(-1);
+    torch::Tensor input = x.contiguous().view({-1, cols});
+    torch::Tensor g = gamma.to(torch::kFloat32).contiguous(), b = beta.to(torch::kFloat32).contiguous();
+    torch::Tensor y = torch::empty(input.sizes(), input.options().dtype(static_cast<torch::ScalarType>(out_dtype)));
+    torch::Tensor mean = torch::empty({input.size(0)}, input.options().dtype(torch::kFloat32)), rstd = torch::empty_like(mean);
+    launch_layer_norm(input, g, b, eps, y, mean, rstd);
+    ctx->save_for_backward({input, g, mean, rstd});
+    ctx->saved_data["shape"] = x.sizes();
+    ctx->saved_data["param_dtype"] = static_cast<int64_t>(gamma.scalar_type());
+    return y.view(x.sizes());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor x = saved[0], gamma = saved[1], mean = saved[2], rstd = saved[3];
+    torch::Tensor dy = grads[0].contiguous().view(x.sizes());
+    torch::Tensor dx = torch::empty_like(x), dgamma = torch::empty_like(gamma), dbeta = torch::empty_like(gamma);
+    launch_layer_norm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
+    const auto param_dtype = static_cast<torch::ScalarType>(ctx->saved_data["param_dtype"].toInt());
+    return {dx.view(ctx->saved_data["shape"].toIntVector()), dgamma.to(param_dtype), dbeta.to(param_dtype), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
+                         torch::ScalarType out_dtype) {
+  return LayerNorm::apply(x, gamma, beta, eps, static_cast<int64_t>(out_dtype));
+}
 
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation) {

@@ -13,6 +13,9 @@ torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entr
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);  // no gradient
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation);
+torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
+                         torch::ScalarType out_dtype);
+bool layer_norm_supported(int64_t cols);
 
 // Raw launchers (no autograd), on the current CUDA stream.
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
@@ -25,6 +28,12 @@ void launch_expert_bias_act(const torch::Tensor& h, const torch::Tensor& bias, c
 void launch_expert_bias_act_backward(const torch::Tensor& grad_out, const torch::Tensor& h, const torch::Tensor& bias,
                                      const torch::Tensor& offsets, int activation, torch::Tensor& grad_h,
                                      torch::Tensor& grad_bias);
+// x, y, dy, dx: [M, N]; gamma, beta, dgamma, dbeta: fp32 [N]; mean, rstd: fp32 [M].
+void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
+                       torch::Tensor& y, torch::Tensor& mean, torch::Tensor& rstd);
+void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& gamma,
+                                const torch::Tensor& mean, const torch::Tensor& rstd, torch::Tensor& dx,
+                                torch::Tensor& dgamma, torch::Tensor& dbeta);
 void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates,
                              const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates);
 

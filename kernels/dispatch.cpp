@@ -1,6 +1,7 @@
-// One dispatch point per routing op: CUDA tensors to the kernels, the rest to the references.
+// One dispatch point per kernel: CUDA tensors to the kernels, the rest to the references.
 #include <torch/torch.h>
 
+#include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
 #ifdef MOELAB_CUDA
 #include "kernels/cuda_ops.h"
@@ -52,6 +53,16 @@ torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor
     return cuda::expert_bias_activation(h, bias, offsets, activation);
 #endif
   return reference::expert_bias_activation(h, bias, offsets, activation);
+}
+
+torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
+                         torch::ScalarType out_dtype) {
+#ifdef MOELAB_CUDA
+  const auto storable = [](torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; };
+  if (cuda_enabled && x.is_cuda() && storable(x.scalar_type()) && storable(out_dtype) && cuda::layer_norm_supported(x.size(-1)))
+    return cuda::layer_norm(x, gamma, beta, eps, out_dtype);
+#endif
+  return reference::layer_norm(x, gamma, beta, eps, out_dtype);
 }
 
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature) {

@@ -18,11 +18,11 @@
 #include <torch/types.h>
 
 #include "kernels/cuda_ops.h"
+#include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {
 namespace {
 
-constexpr int kVec = 8;         // bf16 per 16-byte vector
 constexpr int kThreads = 128;   // vectors of columns per block
 constexpr int kTileRows = 32;   // backward rows per block; 8, 16 and 64 measured slower on an H100
 constexpr int kBatch = 4;       // backward rows whose loads are in flight together
@@ -35,24 +35,6 @@ __device__ int expert_of_row(const int* offsets, int experts, int64_t row) {
     else lo = mid + 1;
   }
   return lo;
-}
-
-__device__ void load8(const c10::BFloat16* p, float* out) {
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const c10::BFloat16* b = reinterpret_cast<const c10::BFloat16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) out[i] = static_cast<float>(b[i]);
-}
-__device__ void store8(c10::BFloat16* p, const float* in) {
-  uint4 raw;
-  c10::BFloat16* b = reinterpret_cast<c10::BFloat16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) b[i] = c10::BFloat16(in[i]);
-  *reinterpret_cast<uint4*>(p) = raw;
-}
-__device__ void load8(const float* p, float* out) {
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
 }
 
 __device__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }

@@ -30,8 +30,11 @@ static torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos
 
 torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   const int64_t batch = x.size(0), seq = x.size(1), dim = x.size(2), head_dim = dim / heads_;
-  auto qkv = apply_linear(qkv_, x).view({batch, seq, 3, heads_, head_dim}).permute({2, 0, 3, 1, 4});  // [3, B, H, S, hd]
-  torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  // unbind's backward stacks the three gradients back into the GEMM's layout in one kernel;
+  // indexing a permuted [3, B, H, S, hd] view would zero-fill a full-size gradient per part
+  // and add the three.
+  auto qkv = apply_linear(qkv_, x).view({batch, seq, 3, heads_, head_dim}).unbind(2);  // 3 x [B, S, H, hd]
+  torch::Tensor q = qkv[0].transpose(1, 2), k = qkv[1].transpose(1, 2), v = qkv[2].transpose(1, 2);  // [B, H, S, hd]
   if (rope_) {
     torch::Tensor cos = rope_cos_.narrow(0, 0, seq), sin = rope_sin_.narrow(0, 0, seq);
     q = apply_rope(q, cos, sin);

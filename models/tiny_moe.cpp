@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "models/layer_norm.h"
 #include "models/linear.h"
 
 namespace moelab {
@@ -42,8 +43,8 @@ Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe)
 // Under bf16 autocast the branches come back in bf16 and the residual stream stays fp32: the
 // explicit cast makes the add one vectorised fp32 kernel instead of a slower mixed-type one.
 torch::Tensor Block::forward(const torch::Tensor& x, const torch::Tensor& token_ids) {
-  torch::Tensor h = x + dropout_(attn_->forward(ln1_(x))).to(x.scalar_type());
-  torch::Tensor normed = ln2_(h);
+  torch::Tensor h = x + dropout_(attn_->forward(apply_layer_norm(ln1_, x))).to(x.scalar_type());
+  torch::Tensor normed = apply_layer_norm(ln2_, h);
   torch::Tensor ffn;
   if (moe) {
     const int64_t batch = normed.size(0), seq = normed.size(1), dim = normed.size(2);
@@ -83,7 +84,7 @@ ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
   x = dropout_(x);
   for (auto& block : blocks_) x = block->forward(x, tokens);
   ModelOutput out;
-  x = ln_f_(x);
+  x = apply_layer_norm(ln_f_, x);
   out.logits = head_ ? head_(x) : torch::matmul(x, tok_emb_->weight.t());
   out.aux_loss = torch::zeros({}, out.logits.options().dtype(torch::kFloat32));
   for (const auto& layer : moe_layers()) out.aux_loss = out.aux_loss + layer->last_plan().lb_loss + layer->last_plan().z_loss;

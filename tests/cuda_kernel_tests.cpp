@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
 #include "models/experts.h"
 #include "models/moe_layer.h"
@@ -243,6 +244,50 @@ TEST(CudaKernels, ExpertBiasActivationMatchesReferenceWithGradients) {
       // count: the relative error of the whole gradient, 1e-2.
       const double error = (bias.grad() - bref.grad()).norm().item<double>() / bref.grad().norm().item<double>();
       EXPECT_LT(error, 1e-2) << what;
+    }
+}
+
+TEST(CudaKernels, LayerNormMatchesReferenceWithGradients) {
+  REQUIRE_CUDA();
+  torch::manual_seed(29);
+  const torch::Device cuda(torch::kCUDA);
+  // Rows not a multiple of the block's 8, one row, widths of one, two and four 256-column
+  // chunks and between them, a 3-D input; the residual stream's fp32 -> bf16 (as in
+  // training), fp32 -> fp32 and bf16 -> bf16. Tolerances: fp32 results differ from libtorch
+  // only in summation order, 1e-4; a bf16 output or input gradient carries one rounding, 1e-2;
+  // gamma and beta gradients sum every row, compared by relative norm, 1e-4 (fp32 inputs) and
+  // 1e-2 (bf16).
+  struct Case {
+    std::vector<int64_t> shape;
+    torch::ScalarType in, out;
+  };
+  const auto f32 = torch::kFloat32, bf16 = torch::kBFloat16;
+  for (const Case& c : {Case{{1000, 256}, f32, bf16}, Case{{37, 8}, f32, f32}, Case{{1, 1024}, f32, bf16},
+                        Case{{517, 136}, f32, f32}, Case{{2, 50, 520}, bf16, bf16}, Case{{3, 77, 256}, f32, f32},
+                        Case{{4096, 768}, bf16, f32}})
+    {
+      const int64_t cols = c.shape.back();
+      torch::Tensor x = (torch::randn(c.shape, cuda) * 3 + 1).to(c.in).requires_grad_(true);
+      torch::Tensor gamma = (torch::randn({cols}, cuda) + 1).requires_grad_(true), beta = torch::randn({cols}, cuda).requires_grad_(true);
+      torch::Tensor xr = x.detach().clone().requires_grad_(true), gr = gamma.detach().clone().requires_grad_(true),
+                    br = beta.detach().clone().requires_grad_(true);
+      torch::Tensor y = kernels::layer_norm(x, gamma, beta, 1e-5, c.out);
+      torch::Tensor ref = kernels::reference::layer_norm(xr, gr, br, 1e-5, c.out);
+      const std::string what = std::to_string(x.numel() / cols) + " x " + std::to_string(cols) + ", " +
+                               std::string(c10::toString(c.in)) + " -> " + c10::toString(c.out);
+      ASSERT_EQ(y.sizes(), x.sizes()) << what;
+      ASSERT_EQ(y.scalar_type(), c.out) << what;
+      const double out_tol = c.out == bf16 ? 1e-2 : 1e-4, in_tol = c.in == bf16 ? 1e-2 : 1e-4;
+      EXPECT_TRUE(torch::allclose(y.to(f32), ref.to(f32), out_tol, out_tol)) << what;
+      torch::Tensor upstream = torch::randn(y.sizes(), cuda);
+      (y.to(f32) * upstream).sum().backward();
+      (ref.to(f32) * upstream).sum().backward();
+      EXPECT_EQ(x.grad().scalar_type(), c.in) << what;
+      EXPECT_TRUE(torch::allclose(x.grad().to(f32), xr.grad().to(f32), in_tol, in_tol)) << what;
+      for (auto [kernel, reference] : {std::pair{gamma, gr}, std::pair{beta, br}}) {
+        const double error = (kernel.grad() - reference.grad()).norm().item<double>() / reference.grad().norm().item<double>();
+        EXPECT_LT(error, c.in == bf16 ? 1e-2 : 1e-4) << what;
+      }
     }
 }
 

@@ -1,0 +1,38 @@
+#pragma once
+// 16-byte vector loads and stores of 8 values, bf16 or fp32 in memory, fp32 in registers:
+// the kernels' element-wise loops move whole vectors (callers keep columns a multiple of 8).
+#include <c10/util/BFloat16.h>
+
+namespace moelab::kernels::cuda {
+
+constexpr int kVec = 8;  // values per vector
+
+__device__ inline void load8(const c10::BFloat16* p, float* out) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const c10::BFloat16* b = reinterpret_cast<const c10::BFloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) out[i] = static_cast<float>(b[i]);
+}
+__device__ inline void load8(const float* p, float* out) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+__device__ inline void store8(c10::BFloat16* p, const float* in) {
+  uint4 raw;
+  c10::BFloat16* b = reinterpret_cast<c10::BFloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) b[i] = c10::BFloat16(in[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+__device__ inline void store8(float* p, const float* in) {
+  *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+  *reinterpret_cast<float4*>(p + 4) = make_float4(in[4], in[5], in[6], in[7]);
+}
+
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
+  return v;
+}
+
+}  // namespace moelab::kernels::cuda
