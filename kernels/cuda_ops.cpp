@@ -115,11 +115,10 @@ struct LayerNorm : public torch::autograd::Function<LayerNorm> {
     auto saved = ctx->get_saved_variables();
     torch::Tensor x = saved[0], gamma = saved[1], mean = saved[2], rstd = saved[3];
     torch::Tensor dy = grads[0].contiguous().view(x.sizes());
-    torch::Tensor dx = torch::empty_like(x), dgamma = torch::empty_like(gamma), dbeta = torch::empty_like(gamma);
-    launch_layer_norm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
-    const auto param_dtype = static_cast<torch::ScalarType>(ctx->saved_data["param_dtype"].toInt());
-    return {dx.view(ctx->saved_data["shape"].toIntVector()), dgamma.to(param_dtype), dbeta.to(param_dtype), torch::Tensor(),
-            torch::Tensor()};
+    torch::Tensor dx = torch::empty_like(x), param_grads = torch::empty({2, x.size(1)}, gamma.options());
+    launch_layer_norm_backward(dy, x, gamma, mean, rstd, dx, param_grads);
+    param_grads = param_grads.to(static_cast<torch::ScalarType>(ctx->saved_data["param_dtype"].toInt()));
+    return {dx.view(ctx->saved_data["shape"].toIntVector()), param_grads[0], param_grads[1], torch::Tensor(), torch::Tensor()};
   }
 };
 

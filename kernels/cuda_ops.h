@@ -28,12 +28,17 @@ void launch_expert_bias_act(const torch::Tensor& h, const torch::Tensor& bias, c
 void launch_expert_bias_act_backward(const torch::Tensor& grad_out, const torch::Tensor& h, const torch::Tensor& bias,
                                      const torch::Tensor& offsets, int activation, torch::Tensor& grad_h,
                                      torch::Tensor& grad_bias);
-// x, y, dy, dx: [M, N]; gamma, beta, dgamma, dbeta: fp32 [N]; mean, rstd: fp32 [M].
+// x, y, dy, dx: [M, N]; gamma, beta: fp32 [N]; mean, rstd: fp32 [M]; param_grads: fp32
+// [2, N], gamma's gradient then beta's.
 void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                        torch::Tensor& y, torch::Tensor& mean, torch::Tensor& rstd);
 void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& gamma,
                                 const torch::Tensor& mean, const torch::Tensor& rstd, torch::Tensor& dx,
-                                torch::Tensor& dgamma, torch::Tensor& dbeta);
+                                torch::Tensor& param_grads);
+// out (fp32 [N]) = the column sums of x ([M, N], bf16 or fp32, N % 8 == 0).
+void launch_column_sum(const torch::Tensor& x, torch::Tensor& out);
+// out (fp32 [W]) = the column sums of partials (fp32 [G, W]), G small: one kernel.
+void launch_sum_partial_rows(const torch::Tensor& partials, torch::Tensor& out);
 void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates,
                              const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates);
 

@@ -1,6 +1,7 @@
 // One dispatch point per kernel: CUDA tensors to the kernels, the rest to the references.
 #include <torch/torch.h>
 
+#include "kernels/column_sum.h"
 #include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
 #ifdef MOELAB_CUDA
@@ -63,6 +64,18 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, con
     return cuda::layer_norm(x, gamma, beta, eps, out_dtype);
 #endif
   return reference::layer_norm(x, gamma, beta, eps, out_dtype);
+}
+
+torch::Tensor column_sum(const torch::Tensor& x) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && x.is_cuda() && x.dim() == 2 && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
+      x.size(1) % 8 == 0) {
+    torch::Tensor out = torch::empty({x.size(1)}, x.options().dtype(torch::kFloat32));
+    cuda::launch_column_sum(x.contiguous(), out);
+    return out;
+  }
+#endif
+  return reference::column_sum(x);
 }
 
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature) {

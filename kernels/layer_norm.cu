@@ -9,8 +9,8 @@
 //   backward: one warp per row again, dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with
 //             g = dy * gamma. Each warp keeps its columns' sums of dy * xhat and dy in
 //             registers over the rows it visits; a block adds its warps' sums in shared memory
-//             (in warp order) and writes one partial row, and a second kernel adds the partial rows in block
-//             order (deterministic, no atomics). libtorch's own gamma/beta reduction took 24 us
+//             (in warp order) and writes one partial row, and column_sum.cu's second stage adds the partial rows
+//             (deterministic, no atomics). libtorch's own gamma/beta reduction took 24 us
 //             of a 8192 x 256 backward on an H100. Traffic: read M*N*(sx + sy) + 8*M, write
 //             M*N*sx, plus 2*N*4 bytes per block twice.
 #include <algorithm>
@@ -138,23 +138,6 @@ __global__ void layer_norm_backward_kernel(const TY* __restrict__ dy, const TX* 
     partials[static_cast<int64_t>(blockIdx.x) * 2 * cols + c] = block_sums[c];
 }
 
-// Sums the blocks' partial rows: block (x, y) of 32 x 16 threads takes 32 columns, its 16
-// thread rows stride over the partial rows, and shared memory adds the 16.
-__global__ void layer_norm_param_grad_kernel(const float* __restrict__ partials, int blocks, int cols,
-                                             float* __restrict__ dgamma, float* __restrict__ dbeta) {
-  __shared__ float sums[16][33];
-  const int c = blockIdx.x * 32 + threadIdx.x;
-  float s = 0.0f;
-  if (c < 2 * cols)
-    for (int b = threadIdx.y; b < blocks; b += 16) s += partials[static_cast<int64_t>(b) * 2 * cols + c];
-  sums[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y != 0 || c >= 2 * cols) return;
-  for (int r = 1; r < 16; ++r) s += sums[r][threadIdx.x];
-  if (c < cols) dgamma[c] = s;
-  else dbeta[c - cols] = s;
-}
-
 int chunks_for(int cols) { return (cols + kChunkCols - 1) / kChunkCols; }
 
 // Calls fn with a null TX* and TY* of the tensors' types and the chunk count as a constant.
@@ -196,12 +179,11 @@ void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const
 
 void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& gamma,
                                 const torch::Tensor& mean, const torch::Tensor& rstd, torch::Tensor& dx,
-                                torch::Tensor& dgamma, torch::Tensor& dbeta) {
+                                torch::Tensor& param_grads) {
   const int64_t rows = x.size(0);
   const int cols = static_cast<int>(x.size(1));
   if (rows == 0) {
-    dgamma.zero_();
-    dbeta.zero_();
+    param_grads.zero_();
     return;
   }
   // Two blocks per SM: each warp visits rows / (blocks * kWarps) rows, and the partial rows
@@ -219,9 +201,8 @@ void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x,
         cols, dx.data_ptr<TX>(), partials.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  layer_norm_param_grad_kernel<<<dim3((2 * cols + 31) / 32), dim3(32, 16), 0, stream>>>(
-      partials.data_ptr<float>(), blocks, cols, dgamma.data_ptr<float>(), dbeta.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  torch::Tensor flat = param_grads.view({2 * cols});
+  launch_sum_partial_rows(partials.view({blocks, 2 * cols}), flat);
 }
 
 }  // namespace moelab::kernels::cuda

@@ -85,7 +85,7 @@ ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
   for (auto& block : blocks_) x = block->forward(x, tokens);
   ModelOutput out;
   x = apply_layer_norm(ln_f_, x);
-  out.logits = head_ ? head_(x) : torch::matmul(x, tok_emb_->weight.t());
+  out.logits = head_ ? apply_linear(head_, x) : torch::matmul(x, tok_emb_->weight.t());
   out.aux_loss = torch::zeros({}, out.logits.options().dtype(torch::kFloat32));
   for (const auto& layer : moe_layers()) out.aux_loss = out.aux_loss + layer->last_plan().lb_loss + layer->last_plan().z_loss;
   return out;

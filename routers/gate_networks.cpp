@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "models/linear.h"
 #include "util/error.h"
 
 namespace moelab {
@@ -14,21 +15,21 @@ LinearGate::LinearGate(int64_t dim, int64_t experts) {
   proj_->weight.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(dim)));
   proj_->bias.zero_();
 }
-torch::Tensor LinearGate::forward(const torch::Tensor& x) { return proj_(x); }
+torch::Tensor LinearGate::forward(const torch::Tensor& x) { return apply_linear(proj_, x); }
 
 MlpGate::MlpGate(int64_t dim, int64_t experts) {
   int64_t hidden = std::max<int64_t>(64, dim / 2);
   hidden_ = register_module("hidden", torch::nn::Linear(dim, hidden));
   out_ = register_module("out", torch::nn::Linear(hidden, experts));
 }
-torch::Tensor MlpGate::forward(const torch::Tensor& x) { return out_(torch::gelu(hidden_(x))); }
+torch::Tensor MlpGate::forward(const torch::Tensor& x) { return apply_linear(out_, torch::gelu(apply_linear(hidden_, x))); }
 
 MlpHadamardGate::MlpHadamardGate(int64_t dim, int64_t experts) {
   fc1_ = register_module("fc1", torch::nn::Linear(dim, dim));
   fc2_ = register_module("fc2", torch::nn::Linear(dim, dim));
   out_ = register_module("out", torch::nn::Linear(dim, experts));
 }
-torch::Tensor MlpHadamardGate::forward(const torch::Tensor& x) { return out_(fc2_(torch::gelu(fc1_(x))) * x); }
+torch::Tensor MlpHadamardGate::forward(const torch::Tensor& x) { return apply_linear(out_, apply_linear(fc2_, torch::gelu(apply_linear(fc1_, x))) * x); }
 
 void validate_gate_name(const std::string& name) {
   if (name != "linear" && name != "mlp" && name != "mlp_hadamard")

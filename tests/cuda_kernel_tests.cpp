@@ -6,10 +6,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "kernels/column_sum.h"
 #include "kernels/layer_norm.h"
+#include "kernels/linear.h"
 #include "kernels/routing_kernels.h"
 #include "models/experts.h"
 #include "models/moe_layer.h"
+#include "train/autocast.h"
 
 using namespace moelab;
 
@@ -289,6 +292,55 @@ TEST(CudaKernels, LayerNormMatchesReferenceWithGradients) {
         EXPECT_LT(error, c.in == bf16 ? 1e-2 : 1e-4) << what;
       }
     }
+}
+
+TEST(CudaKernels, ColumnSumMatchesReference) {
+  REQUIRE_CUDA();
+  torch::manual_seed(31);
+  const torch::Device cuda(torch::kCUDA);
+  // One row, rows fewer than a block's 8, columns a multiple of 8 but not of the block's 256,
+  // a tall matrix (many row groups); bf16 and fp32 inputs, summed in fp32 both ways and
+  // differing only in order: 1e-4 relative to the column's sum of magnitudes.
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 8}, {5, 264}, {8192, 768}, {1000, 2048}, {50000, 16}})
+    for (auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+      torch::Tensor x = (torch::randn({rows, cols}, cuda) + 0.5).to(dtype);
+      torch::Tensor sum = kernels::column_sum(x), ref = kernels::reference::column_sum(x);
+      torch::Tensor scale = kernels::reference::column_sum(x.abs()) + 1;
+      EXPECT_EQ(sum.scalar_type(), torch::kFloat32);
+      EXPECT_LT(((sum - ref).abs() / scale).max().item<double>(), 1e-4) << rows << " x " << cols << " " << c10::toString(dtype);
+    }
+}
+
+TEST(CudaKernels, LinearUnderAutocastMatchesAtenLinear) {
+  REQUIRE_CUDA();
+  torch::manual_seed(37);
+  const torch::Device cuda(torch::kCUDA);
+  // Under bf16 autocast, kernels::linear runs the same bf16 GEMM forward (equal outputs) and
+  // writes fp32 weight and bias gradients where at::linear's are bf16 cast to fp32: 1e-2
+  // relative norm for the input, weight and bias gradients; 3-D input, with and without bias.
+  for (bool with_bias : {true, false}) {
+    torch::Tensor x = torch::randn({4, 96, 256}, cuda).requires_grad_(true);
+    torch::Tensor w = (torch::randn({768, 256}, cuda) * 0.05).requires_grad_(true);
+    torch::Tensor b = with_bias ? torch::randn({768}, cuda).requires_grad_(true) : torch::Tensor();
+    torch::Tensor xr = x.detach().clone().requires_grad_(true), wr = w.detach().clone().requires_grad_(true);
+    torch::Tensor br = with_bias ? b.detach().clone().requires_grad_(true) : torch::Tensor();
+    torch::Tensor y, ref;
+    {
+      CudaAutocast autocast(true);
+      y = kernels::linear(x, w, b);
+      ref = at::linear(xr, wr, br);
+    }
+    ASSERT_EQ(y.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(y, ref));
+    torch::Tensor upstream = torch::randn(y.sizes(), cuda);
+    (y.to(torch::kFloat32) * upstream).sum().backward();
+    (ref.to(torch::kFloat32) * upstream).sum().backward();
+    auto relative = [](const torch::Tensor& a, const torch::Tensor& r) { return ((a - r).norm() / r.norm()).item<double>(); };
+    EXPECT_LT(relative(x.grad(), xr.grad()), 1e-2);
+    EXPECT_EQ(w.grad().scalar_type(), torch::kFloat32);
+    EXPECT_LT(relative(w.grad(), wr.grad()), 1e-2);
+    if (with_bias) EXPECT_LT(relative(b.grad(), br.grad()), 1e-2);
+  }
 }
 
 TEST(CudaKernels, SinkhornMatchesReference) {
