@@ -3,6 +3,7 @@
 // cuda_ops.cpp around the raw launchers of the .cu files.
 #include <torch/types.h>
 
+#include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
 
 namespace moelab::kernels::cuda {
@@ -15,6 +16,8 @@ torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor
                                      ExpertActivation activation);
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                          torch::ScalarType out_dtype);
+ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& branch, const torch::Tensor& gamma,
+                            const torch::Tensor& beta, double eps, torch::ScalarType out_dtype);
 bool layer_norm_supported(int64_t cols);
 
 // Raw launchers (no autograd), on the current CUDA stream.
@@ -29,12 +32,15 @@ void launch_expert_bias_act_backward(const torch::Tensor& grad_out, const torch:
                                      const torch::Tensor& offsets, int activation, torch::Tensor& grad_h,
                                      torch::Tensor& grad_bias);
 // x, y, dy, dx: [M, N]; gamma, beta: fp32 [N]; mean, rstd: fp32 [M]; param_grads: fp32
-// [2, N], gamma's gradient then beta's.
-void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
-                       torch::Tensor& y, torch::Tensor& mean, torch::Tensor& rstd);
+// [2, N], gamma's gradient then beta's. With branch defined the forward normalises
+// sum = x + branch and writes sum; the backward adds ds (if defined) to dx and writes dx
+// again into dbranch (if defined, in its dtype).
+void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& branch, const torch::Tensor& gamma,
+                       const torch::Tensor& beta, double eps, torch::Tensor& sum, torch::Tensor& y, torch::Tensor& mean,
+                       torch::Tensor& rstd);
 void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& gamma,
-                                const torch::Tensor& mean, const torch::Tensor& rstd, torch::Tensor& dx,
-                                torch::Tensor& param_grads);
+                                const torch::Tensor& mean, const torch::Tensor& rstd, const torch::Tensor& ds,
+                                torch::Tensor& dx, torch::Tensor& dbranch, torch::Tensor& param_grads);
 // out (fp32 [N]) = the column sums of x ([M, N], bf16 or fp32, N % 8 == 0).
 void launch_column_sum(const torch::Tensor& x, torch::Tensor& out);
 // out (fp32 [W]) = the column sums of partials (fp32 [G, W]), G small: one kernel.

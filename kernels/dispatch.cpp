@@ -56,14 +56,29 @@ torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor
   return reference::expert_bias_activation(h, bias, offsets, activation);
 }
 
+#ifdef MOELAB_CUDA
+namespace {
+bool storable(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }
+}  // namespace
+#endif
+
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                          torch::ScalarType out_dtype) {
 #ifdef MOELAB_CUDA
-  const auto storable = [](torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; };
   if (cuda_enabled && x.is_cuda() && storable(x.scalar_type()) && storable(out_dtype) && cuda::layer_norm_supported(x.size(-1)))
     return cuda::layer_norm(x, gamma, beta, eps, out_dtype);
 #endif
   return reference::layer_norm(x, gamma, beta, eps, out_dtype);
+}
+
+ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& branch, const torch::Tensor& gamma,
+                            const torch::Tensor& beta, double eps, torch::ScalarType out_dtype) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && residual.is_cuda() && residual.sizes() == branch.sizes() && storable(residual.scalar_type()) &&
+      storable(branch.scalar_type()) && storable(out_dtype) && cuda::layer_norm_supported(residual.size(-1)))
+    return cuda::add_layer_norm(residual, branch, gamma, beta, eps, out_dtype);
+#endif
+  return reference::add_layer_norm(residual, branch, gamma, beta, eps, out_dtype);
 }
 
 torch::Tensor column_sum(const torch::Tensor& x) {

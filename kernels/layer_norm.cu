@@ -1,19 +1,24 @@
 // LayerNorm over the last dimension, fused, with fp32 statistics whatever the storage types.
 // Under bf16 autocast the residual stream is fp32 and the next GEMM wants bf16: the forward
 // reads fp32 and writes bf16 (libtorch would run an fp32 LayerNorm, then a cast), and the
-// backward takes the bf16 output gradient and writes the fp32 input gradient.
+// backward takes the bf16 output gradient and writes the fp32 input gradient. Optionally the
+// residual add before a pre-LN block's LayerNorm is fused in: s = x + branch is written
+// (fp32) and normalised, and the backward adds the stream's own gradient ds to the
+// LayerNorm's and writes the sum twice, for x (fp32) and for the branch (its dtype): the add,
+// the branch's cast to fp32 and, backward, the gradient add and cast back are gone.
 //   forward:  one warp per row, the row in registers (N <= 32 * 8 * kMaxChunks, N % 8 == 0):
 //             mean, then the variance about it (a second pass over registers, no
-//             cancellation); y = (x - mean) * rstd * gamma + beta. Traffic: read M*N*sx,
-//             write M*N*sy + 8*M bytes.
-//   backward: one warp per row again, dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with
-//             g = dy * gamma. Each warp keeps its columns' sums of dy * xhat and dy in
+//             cancellation); y = (x - mean) * rstd * gamma + beta. Traffic: read M*N*sx
+//             (+ M*N*sb), write M*N*sy (+ M*N*sx) + 8*M bytes.
+//   backward: one warp per row again, dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+//             (+ ds) with g = dy * gamma. Each warp keeps its columns' sums of dy * xhat and dy in
 //             registers over the rows it visits; a block adds its warps' sums in shared memory
 //             (in warp order) and writes one partial row, and column_sum.cu's second stage adds the partial rows
 //             (deterministic, no atomics). libtorch's own gamma/beta reduction took 24 us
-//             of a 8192 x 256 backward on an H100. Traffic: read M*N*(sx + sy) + 8*M, write
-//             M*N*sx, plus 2*N*4 bytes per block twice.
+//             of a 8192 x 256 backward on an H100. Traffic: read M*N*(sx + sy) (+ M*N*sx)
+//             + 8*M, write M*N*sx (+ M*N*sb), plus 2*N*4 bytes per block twice.
 #include <algorithm>
+#include <type_traits>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/util/BFloat16.h>
@@ -29,10 +34,13 @@ constexpr int kWarps = 8;       // rows in flight per block
 constexpr int kMaxChunks = 4;   // 256-column chunks a lane's registers hold: N <= 1024
 constexpr int kChunkCols = 32 * kVec;
 
-template <typename TX, typename TY, int Chunks>
-__global__ void layer_norm_forward_kernel(const TX* __restrict__ x, const float* __restrict__ gamma,
-                                          const float* __restrict__ beta, float eps, int64_t rows, int cols,
-                                          TY* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out) {
+// branch and sum_out: both null (plain LayerNorm) or both set (x + branch is normalised and
+// written to sum_out).
+template <typename TX, typename TB, typename TY, int Chunks>
+__global__ void layer_norm_forward_kernel(const TX* __restrict__ x, const TB* __restrict__ branch,
+                                          const float* __restrict__ gamma, const float* __restrict__ beta, float eps,
+                                          int64_t rows, int cols, TX* __restrict__ sum_out, TY* __restrict__ y,
+                                          float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= rows) return;
@@ -43,6 +51,16 @@ __global__ void layer_norm_forward_kernel(const TX* __restrict__ x, const float*
     const int c = j * kChunkCols + lane * kVec;
     if (c >= cols) break;
     load8(x + row * cols + c, v[j]);
+    if (branch != nullptr) {
+      float b[kVec];
+      load8(branch + row * cols + c, b);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        v[j][i] += b[i];
+        if constexpr (std::is_same_v<TX, c10::BFloat16>) v[j][i] = static_cast<float>(c10::BFloat16(v[j][i]));  // as stored
+      }
+      store8(sum_out + row * cols + c, v[j]);
+    }
 #pragma unroll
     for (int i = 0; i < kVec; ++i) sum += v[j][i];
   }
@@ -72,11 +90,14 @@ __global__ void layer_norm_forward_kernel(const TX* __restrict__ x, const float*
   }
 }
 
-// partials: [gridDim.x, 2, cols] (dgamma's then dbeta's sums of the block's rows).
-template <typename TX, typename TY, int Chunks>
+// partials: [gridDim.x, 2, cols] (dgamma's then dbeta's sums of the block's rows). ds (the
+// gradient the residual stream brings, added to dx) and dbranch (a copy of dx in the
+// branch's dtype) may be null.
+template <typename TX, typename TY, typename TB, int Chunks>
 __global__ void layer_norm_backward_kernel(const TY* __restrict__ dy, const TX* __restrict__ x, const float* __restrict__ gamma,
-                                           const float* __restrict__ mean, const float* __restrict__ rstd, int64_t rows,
-                                           int cols, TX* __restrict__ dx, float* __restrict__ partials) {
+                                           const float* __restrict__ mean, const float* __restrict__ rstd,
+                                           const TX* __restrict__ ds, int64_t rows, int cols, TX* __restrict__ dx,
+                                           TB* __restrict__ dbranch, float* __restrict__ partials) {
   extern __shared__ float block_sums[];  // [2][cols]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float g[Chunks][kVec], dgamma[Chunks][kVec] = {}, dbeta[Chunks][kVec] = {};
@@ -114,7 +135,14 @@ __global__ void layer_norm_backward_kernel(const TY* __restrict__ dy, const TX* 
       float out[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) out[i] = rs * (d[j][i] - mean_g - xhat[j][i] * mean_gx);
+      if (ds != nullptr) {
+        float stream[kVec];
+        load8(ds + row * cols + c, stream);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) out[i] += stream[i];
+      }
       store8(dx + row * cols + c, out);
+      if (dbranch != nullptr) store8(dbranch + row * cols + c, out);
     }
   }
   // The warps add their sums into shared memory one after another, in warp order: the same
@@ -140,46 +168,57 @@ __global__ void layer_norm_backward_kernel(const TY* __restrict__ dy, const TX* 
 
 int chunks_for(int cols) { return (cols + kChunkCols - 1) / kChunkCols; }
 
-// Calls fn with a null TX* and TY* of the tensors' types and the chunk count as a constant.
+// Calls fn with null pointers of the three tensors' types (fp32 or bf16) and the chunk
+// count as a constant.
 template <typename Fn>
-void dispatch_types(torch::ScalarType x_type, torch::ScalarType y_type, int chunks, Fn&& fn) {
-  auto with_chunks = [&](auto x_tag, auto y_tag) {
-    if (chunks == 1) fn(x_tag, y_tag, std::integral_constant<int, 1>());
-    else if (chunks == 2) fn(x_tag, y_tag, std::integral_constant<int, 2>());
-    else fn(x_tag, y_tag, std::integral_constant<int, kMaxChunks>());
+void dispatch_types(torch::ScalarType a, torch::ScalarType b, torch::ScalarType c, int chunks, Fn&& fn) {
+  auto tag = [](torch::ScalarType t, auto&& next) {
+    if (t == torch::kBFloat16) next(static_cast<c10::BFloat16*>(nullptr));
+    else next(static_cast<float*>(nullptr));
   };
-  auto with_y = [&](auto x_tag) {
-    if (y_type == torch::kBFloat16) with_chunks(x_tag, static_cast<c10::BFloat16*>(nullptr));
-    else with_chunks(x_tag, static_cast<float*>(nullptr));
-  };
-  if (x_type == torch::kBFloat16) with_y(static_cast<c10::BFloat16*>(nullptr));
-  else with_y(static_cast<float*>(nullptr));
+  tag(a, [&](auto a_tag) {
+    tag(b, [&](auto b_tag) {
+      tag(c, [&](auto c_tag) {
+        if (chunks == 1) fn(a_tag, b_tag, c_tag, std::integral_constant<int, 1>());
+        else if (chunks == 2) fn(a_tag, b_tag, c_tag, std::integral_constant<int, 2>());
+        else fn(a_tag, b_tag, c_tag, std::integral_constant<int, kMaxChunks>());
+      });
+    });
+  });
+}
+
+template <typename T>
+T* data_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 }  // namespace
 
 bool layer_norm_supported(int64_t cols) { return cols % kVec == 0 && cols <= kMaxChunks * kChunkCols; }
 
-void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
-                       torch::Tensor& y, torch::Tensor& mean, torch::Tensor& rstd) {
+void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& branch, const torch::Tensor& gamma,
+                       const torch::Tensor& beta, double eps, torch::Tensor& sum, torch::Tensor& y, torch::Tensor& mean,
+                       torch::Tensor& rstd) {
   const int64_t rows = x.size(0);
   const int cols = static_cast<int>(x.size(1));
   if (rows == 0) return;
   const unsigned blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
   auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_types(x.scalar_type(), y.scalar_type(), chunks_for(cols), [&](auto x_tag, auto y_tag, auto chunks) {
+  const auto branch_type = branch.defined() ? branch.scalar_type() : x.scalar_type();
+  dispatch_types(x.scalar_type(), branch_type, y.scalar_type(), chunks_for(cols), [&](auto x_tag, auto b_tag, auto y_tag, auto chunks) {
     using TX = std::remove_pointer_t<decltype(x_tag)>;
+    using TB = std::remove_pointer_t<decltype(b_tag)>;
     using TY = std::remove_pointer_t<decltype(y_tag)>;
-    layer_norm_forward_kernel<TX, TY, decltype(chunks)::value><<<blocks, kWarps * 32, 0, stream>>>(
-        x.data_ptr<TX>(), gamma.data_ptr<float>(), beta.data_ptr<float>(), static_cast<float>(eps), rows, cols,
-        y.data_ptr<TY>(), mean.data_ptr<float>(), rstd.data_ptr<float>());
+    layer_norm_forward_kernel<TX, TB, TY, decltype(chunks)::value><<<blocks, kWarps * 32, 0, stream>>>(
+        x.data_ptr<TX>(), data_or_null<TB>(branch), gamma.data_ptr<float>(), beta.data_ptr<float>(), static_cast<float>(eps),
+        rows, cols, data_or_null<TX>(sum), y.data_ptr<TY>(), mean.data_ptr<float>(), rstd.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& gamma,
-                                const torch::Tensor& mean, const torch::Tensor& rstd, torch::Tensor& dx,
-                                torch::Tensor& param_grads) {
+                                const torch::Tensor& mean, const torch::Tensor& rstd, const torch::Tensor& ds,
+                                torch::Tensor& dx, torch::Tensor& dbranch, torch::Tensor& param_grads) {
   const int64_t rows = x.size(0);
   const int cols = static_cast<int>(x.size(1));
   if (rows == 0) {
@@ -193,12 +232,14 @@ void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x,
   torch::Tensor partials = torch::empty({blocks, 2, cols}, x.options().dtype(torch::kFloat32));
   const size_t shared = 2 * static_cast<size_t>(cols) * sizeof(float);
   auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_types(x.scalar_type(), dy.scalar_type(), chunks_for(cols), [&](auto x_tag, auto y_tag, auto chunks) {
+  const auto branch_type = dbranch.defined() ? dbranch.scalar_type() : x.scalar_type();
+  dispatch_types(x.scalar_type(), dy.scalar_type(), branch_type, chunks_for(cols), [&](auto x_tag, auto y_tag, auto b_tag, auto chunks) {
     using TX = std::remove_pointer_t<decltype(x_tag)>;
     using TY = std::remove_pointer_t<decltype(y_tag)>;
-    layer_norm_backward_kernel<TX, TY, decltype(chunks)::value><<<blocks, kWarps * 32, shared, stream>>>(
-        dy.data_ptr<TY>(), x.data_ptr<TX>(), gamma.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), rows,
-        cols, dx.data_ptr<TX>(), partials.data_ptr<float>());
+    using TB = std::remove_pointer_t<decltype(b_tag)>;
+    layer_norm_backward_kernel<TX, TY, TB, decltype(chunks)::value><<<blocks, kWarps * 32, shared, stream>>>(
+        dy.data_ptr<TY>(), x.data_ptr<TX>(), gamma.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+        data_or_null<TX>(ds), rows, cols, dx.data_ptr<TX>(), data_or_null<TB>(dbranch), partials.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   torch::Tensor flat = param_grads.view({2 * cols});

@@ -1,7 +1,12 @@
 // Fused softmax + top-k (+ renormalisation) gate: one warp per token. Each lane keeps up to
 // 16 logits in registers (E <= 512), the warp reduces the row max and the sum of exponentials,
 // then k rounds of a warp arg-max pick the experts (equal values: the lower expert id, the
-// reference's tie rule). Traffic: T*E logits read once, 2*T*k values written; work: T*E exp.
+// reference's tie rule). With E <= 32 one thread takes a token instead, its logits in its
+// registers and k serial arg-max scans: a warp per token left most lanes idle and spent 13 us
+// on 8192 tokens x 8 experts on an H100. Traffic: T*E logits read once, 2*T*k values
+// written; work: T*E exp.
+#include <type_traits>
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/util/BFloat16.h>
 #include <torch/types.h>
@@ -77,6 +82,55 @@ __global__ void softmax_topk_kernel(const T* __restrict__ logits, int64_t tokens
   }
 }
 
+constexpr int kSmallExperts = 32;
+
+template <typename T>
+__global__ void softmax_topk_small_kernel(const T* __restrict__ logits, int64_t tokens, int experts, int k,
+                                          float inv_temperature, bool renormalize, float* __restrict__ gates,
+                                          int64_t* __restrict__ ids) {
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (token >= tokens) return;
+  const T* row = logits + token * experts;
+  float v[kSmallExperts];
+  float row_max = -INFINITY;
+#pragma unroll
+  for (int e = 0; e < kSmallExperts; ++e) {
+    v[e] = e < experts ? static_cast<float>(row[e]) * inv_temperature : -INFINITY;
+    row_max = fmaxf(row_max, v[e]);
+  }
+  float sum = 0.f;
+#pragma unroll
+  for (int e = 0; e < kSmallExperts; ++e)
+    if (e < experts) sum += __expf(v[e] - row_max);
+  unsigned taken = 0;
+  float picked[kMaxK];
+  int picked_id[kMaxK];
+  float picked_sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) {
+    if (j >= k) break;
+    float best = -INFINITY;
+    int best_id = -1;
+#pragma unroll
+    for (int e = 0; e < kSmallExperts; ++e)  // ascending, strictly greater: ties keep the lower id
+      if (e < experts && !((taken >> e) & 1u) && (best_id < 0 || v[e] > best)) {
+        best = v[e];
+        best_id = e;
+      }
+    taken |= 1u << best_id;
+    picked[j] = __expf(best - row_max) / sum;
+    picked_id[j] = best_id;
+    picked_sum += picked[j];
+  }
+  const float scale = renormalize ? 1.f / picked_sum : 1.f;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) {
+    if (j >= k) break;
+    gates[token * k + j] = picked[j] * scale;
+    ids[token * k + j] = picked_id[j];
+  }
+}
+
 }  // namespace
 
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
@@ -85,20 +139,21 @@ void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperat
   TORCH_CHECK(logits.size(1) <= 32 * kMaxPerLane && k <= kMaxK && k <= logits.size(1), "softmax_topk: needs E <= 512, k <= 8");
   const int64_t tokens = logits.size(0);
   if (tokens == 0) return;
+  TORCH_CHECK(logits.scalar_type() == torch::kFloat32 || logits.scalar_type() == torch::kBFloat16,
+              "softmax_topk: logits must be fp32 or bf16");
   const int threads = 256;
-  const int64_t blocks = (tokens * 32 + threads - 1) / threads;
+  const bool small = logits.size(1) <= kSmallExperts;
+  const int64_t blocks = ((small ? tokens : tokens * 32) + threads - 1) / threads;
   auto stream = at::cuda::getCurrentCUDAStream();
   const float inv_t = static_cast<float>(1.0 / temperature);
-  if (logits.scalar_type() == torch::kBFloat16) {
-    softmax_topk_kernel<c10::BFloat16><<<blocks, threads, 0, stream>>>(
-        logits.data_ptr<c10::BFloat16>(), tokens, static_cast<int>(logits.size(1)), static_cast<int>(k), inv_t, renormalize,
-        gates.data_ptr<float>(), ids.data_ptr<int64_t>());
-  } else {
-    TORCH_CHECK(logits.scalar_type() == torch::kFloat32, "softmax_topk: logits must be fp32 or bf16");
-    softmax_topk_kernel<float><<<blocks, threads, 0, stream>>>(logits.data_ptr<float>(), tokens,
-                                                               static_cast<int>(logits.size(1)), static_cast<int>(k), inv_t,
-                                                               renormalize, gates.data_ptr<float>(), ids.data_ptr<int64_t>());
-  }
+  auto launch = [&](auto* typed_logits) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(typed_logits)>>;
+    auto kernel = small ? softmax_topk_small_kernel<T> : softmax_topk_kernel<T>;
+    kernel<<<blocks, threads, 0, stream>>>(typed_logits, tokens, static_cast<int>(logits.size(1)), static_cast<int>(k), inv_t,
+                                           renormalize, gates.data_ptr<float>(), ids.data_ptr<int64_t>());
+  };
+  if (logits.scalar_type() == torch::kBFloat16) launch(logits.data_ptr<c10::BFloat16>());
+  else launch(logits.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -10,12 +10,21 @@
 
 namespace moelab {
 
-inline torch::Tensor apply_layer_norm(const torch::nn::LayerNorm& layer, const torch::Tensor& x) {
-  torch::ScalarType out_dtype = x.scalar_type();
+inline torch::ScalarType normed_dtype(const torch::Tensor& x) {
 #ifdef MOELAB_CUDA
-  if (x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA)) out_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  if (x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA)) return at::autocast::get_autocast_dtype(at::kCUDA);
 #endif
-  return kernels::layer_norm(x, layer->weight, layer->bias, layer->options.eps(), out_dtype);
+  return x.scalar_type();
+}
+
+inline torch::Tensor apply_layer_norm(const torch::nn::LayerNorm& layer, const torch::Tensor& x) {
+  return kernels::layer_norm(x, layer->weight, layer->bias, layer->options.eps(), normed_dtype(x));
+}
+
+// The residual add before the LayerNorm fused with it: {residual + branch, layer(that)}.
+inline kernels::ResidualNorm apply_add_layer_norm(const torch::nn::LayerNorm& layer, const torch::Tensor& residual,
+                                                  const torch::Tensor& branch) {
+  return kernels::add_layer_norm(residual, branch, layer->weight, layer->bias, layer->options.eps(), normed_dtype(residual));
 }
 
 }  // namespace moelab

@@ -40,19 +40,19 @@ Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe)
   dropout_ = register_module("dropout", torch::nn::Dropout(model.dropout));
 }
 
-// Under bf16 autocast the branches come back in bf16 and the residual stream stays fp32: the
-// explicit cast makes the add one vectorised fp32 kernel instead of a slower mixed-type one.
-torch::Tensor Block::forward(const torch::Tensor& x, const torch::Tensor& token_ids) {
-  torch::Tensor h = x + dropout_(attn_->forward(apply_layer_norm(ln1_, x))).to(x.scalar_type());
-  torch::Tensor normed = apply_layer_norm(ln2_, h);
+// Under bf16 autocast the branches come back in bf16 and the residual stream stays fp32;
+// the fused add casts them.
+kernels::ResidualNorm Block::forward(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids,
+                                     const torch::nn::LayerNorm& next_norm) {
+  auto [h, normed2] = apply_add_layer_norm(ln2_, x, dropout_(attn_->forward(normed)));
   torch::Tensor ffn;
   if (moe) {
-    const int64_t batch = normed.size(0), seq = normed.size(1), dim = normed.size(2);
-    ffn = moe->forward(normed.reshape({batch * seq, dim}), token_ids.reshape({batch * seq})).view({batch, seq, dim});
+    const int64_t batch = normed2.size(0), seq = normed2.size(1), dim = normed2.size(2);
+    ffn = moe->forward(normed2.reshape({batch * seq, dim}), token_ids.reshape({batch * seq})).view({batch, seq, dim});
   } else {
-    ffn = dense_->forward(normed);
+    ffn = dense_->forward(normed2);
   }
-  return h + dropout_(ffn).to(h.scalar_type());
+  return apply_add_layer_norm(next_norm, h, dropout_(ffn));
 }
 
 TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(model), router_(router) {
@@ -82,10 +82,15 @@ ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
   torch::Tensor x = tok_emb_(tokens);
   if (pos_emb_) x = x + pos_emb_(torch::arange(seq, tokens.options()));
   x = dropout_(x);
-  for (auto& block : blocks_) x = block->forward(x, tokens);
+  torch::Tensor normed = apply_layer_norm(blocks_.empty() ? ln_f_ : blocks_.front()->ln1(), x);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const torch::nn::LayerNorm& next_norm = i + 1 < blocks_.size() ? blocks_[i + 1]->ln1() : ln_f_;
+    kernels::ResidualNorm stream = blocks_[i]->forward(x, normed, tokens, next_norm);
+    x = stream.sum;
+    normed = stream.normed;
+  }
   ModelOutput out;
-  x = apply_layer_norm(ln_f_, x);
-  out.logits = head_ ? apply_linear(head_, x) : torch::matmul(x, tok_emb_->weight.t());
+  out.logits = head_ ? apply_linear(head_, normed) : torch::matmul(normed, tok_emb_->weight.t());
   out.aux_loss = torch::zeros({}, out.logits.options().dtype(torch::kFloat32));
   for (const auto& layer : moe_layers()) out.aux_loss = out.aux_loss + layer->last_plan().lb_loss + layer->last_plan().z_loss;
   return out;

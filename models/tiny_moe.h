@@ -12,6 +12,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "config/run_config.h"
+#include "kernels/layer_norm.h"
 #include "models/attention.h"
 #include "models/moe_layer.h"
 
@@ -28,10 +29,16 @@ class DenseFfn : public torch::nn::Module {
   bool swiglu_;
 };
 
+// A pre-LayerNorm block: h = x + attn(ln1(x)), out = h + ffn(ln2(h)). Each LayerNorm runs
+// fused with the residual add before it (kernels::add_layer_norm), so a block takes the
+// stream x with ln1(x) already computed and returns out with next_norm(out), next_norm being
+// the following block's ln1 or the final LayerNorm.
 class Block : public torch::nn::Module {
  public:
   Block(const ModelConfig& model, const RouterConfig& router, bool moe);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
+  kernels::ResidualNorm forward(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids,
+                                const torch::nn::LayerNorm& next_norm);
+  const torch::nn::LayerNorm& ln1() const { return ln1_; }
   std::shared_ptr<MoeLayer> moe;  // null in dense blocks
 
  private:

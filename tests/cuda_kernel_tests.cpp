@@ -45,7 +45,7 @@ Routing random_routing(int64_t tokens, int64_t k, double keep, torch::Device dev
 TEST(CudaKernels, SoftmaxTopKMatchesReference) {
   REQUIRE_CUDA();
   torch::manual_seed(21);
-  for (int64_t experts : {2, 7, 8, 64, 100, 128, 384, 512})
+  for (int64_t experts : {2, 7, 8, 32, 33, 64, 100, 128, 384, 512})
     for (int64_t k : {1, 2, 4, 8}) {
       if (k > experts) continue;
       for (int64_t tokens : {1, 333, 4099}) {
@@ -292,6 +292,55 @@ TEST(CudaKernels, LayerNormMatchesReferenceWithGradients) {
         EXPECT_LT(error, c.in == bf16 ? 1e-2 : 1e-4) << what;
       }
     }
+}
+
+TEST(CudaKernels, AddLayerNormMatchesReferenceWithGradients) {
+  REQUIRE_CUDA();
+  torch::manual_seed(41);
+  const torch::Device cuda(torch::kCUDA);
+  // The pre-LN block's residual add fused with the LayerNorm: an fp32 stream plus a bf16
+  // branch into bf16 (as in training), all fp32, and a bf16 stream; with and without the
+  // sum's own gradient (the last block's sum feeds nothing but the final LayerNorm).
+  // Tolerances as for the plain LayerNorm; the sum's gradient reaches both inputs.
+  struct Case {
+    std::vector<int64_t> shape;
+    torch::ScalarType stream, branch, out;
+    bool sum_used;
+  };
+  const auto f32 = torch::kFloat32, bf16 = torch::kBFloat16;
+  for (const Case& c : {Case{{4, 77, 256}, f32, bf16, bf16, true}, Case{{301, 136}, f32, f32, f32, true},
+                        Case{{64, 520}, bf16, bf16, bf16, true}, Case{{2, 33, 256}, f32, bf16, bf16, false}}) {
+    const int64_t cols = c.shape.back();
+    torch::Tensor x = (torch::randn(c.shape, cuda) * 2).to(c.stream).requires_grad_(true);
+    torch::Tensor branch = torch::randn(c.shape, cuda).to(c.branch).requires_grad_(true);
+    torch::Tensor gamma = (torch::randn({cols}, cuda) + 1).requires_grad_(true), beta = torch::randn({cols}, cuda).requires_grad_(true);
+    torch::Tensor xr = x.detach().clone().requires_grad_(true), branchr = branch.detach().clone().requires_grad_(true);
+    torch::Tensor gr = gamma.detach().clone().requires_grad_(true), br = beta.detach().clone().requires_grad_(true);
+    kernels::ResidualNorm out = kernels::add_layer_norm(x, branch, gamma, beta, 1e-5, c.out);
+    kernels::ResidualNorm ref = kernels::reference::add_layer_norm(xr, branchr, gr, br, 1e-5, c.out);
+    const std::string what = std::to_string(x.numel() / cols) + " x " + std::to_string(cols) + " " + c10::toString(c.stream) +
+                             " + " + c10::toString(c.branch) + (c.sum_used ? "" : ", sum unused");
+    ASSERT_EQ(out.sum.scalar_type(), c.stream) << what;
+    ASSERT_EQ(out.normed.scalar_type(), c.out) << what;
+    const double stream_tol = c.stream == bf16 ? 1e-2 : 1e-5, out_tol = c.out == bf16 || c.stream == bf16 ? 1e-2 : 1e-4;
+    EXPECT_TRUE(torch::allclose(out.sum.to(f32), ref.sum.to(f32), stream_tol, stream_tol)) << what;
+    EXPECT_TRUE(torch::allclose(out.normed.to(f32), ref.normed.to(f32), out_tol, out_tol)) << what;
+    torch::Tensor up_normed = torch::randn(c.shape, cuda), up_sum = torch::randn(c.shape, cuda);
+    auto loss = [&](const kernels::ResidualNorm& r) {
+      torch::Tensor l = (r.normed.to(f32) * up_normed).sum();
+      return c.sum_used ? l + (r.sum.to(f32) * up_sum).sum() : l;
+    };
+    loss(out).backward();
+    loss(ref).backward();
+    const double grad_tol = c.stream == bf16 || c.branch == bf16 ? 1e-2 : 1e-4;
+    EXPECT_EQ(branch.grad().scalar_type(), c.branch) << what;
+    EXPECT_TRUE(torch::allclose(x.grad().to(f32), xr.grad().to(f32), grad_tol, grad_tol)) << what;
+    EXPECT_TRUE(torch::allclose(branch.grad().to(f32), branchr.grad().to(f32), grad_tol, grad_tol)) << what;
+    for (auto [kernel, reference] : {std::pair{gamma, gr}, std::pair{beta, br}}) {
+      const double error = (kernel.grad() - reference.grad()).norm().item<double>() / reference.grad().norm().item<double>();
+      EXPECT_LT(error, c.stream == bf16 ? 1e-2 : 1e-4) << what;
+    }
+  }
 }
 
 TEST(CudaKernels, ColumnSumMatchesReference) {
