@@ -89,9 +89,10 @@ struct ExpertBiasAct : public torch::autograd::Function<ExpertBiasAct> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     torch::Tensor h = saved[0], bias = saved[1], offsets = saved[2];
-    torch::Tensor grad_h = torch::empty_like(h), grad_bias = torch::zeros_like(bias);
-    launch_expert_bias_act_backward(grads[0].to(h.scalar_type()).contiguous(), h, bias, offsets,
-                                    static_cast<int>(ctx->saved_data["activation"].toInt()), grad_h, grad_bias);
+    const int activation = static_cast<int>(ctx->saved_data["activation"].toInt());
+    torch::Tensor grad_out = grads[0].to(h.scalar_type()).contiguous();
+    torch::Tensor grad_h = activation == kNoActivation ? grad_out : torch::empty_like(h), grad_bias = torch::zeros_like(bias);
+    launch_expert_bias_act_backward(grad_out, h, bias, offsets, activation, grad_h, grad_bias);
     const auto bias_dtype = static_cast<torch::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
     return {grad_h, grad_bias.to(bias_dtype), torch::Tensor(), torch::Tensor()};
   }

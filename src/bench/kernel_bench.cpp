@@ -1,6 +1,7 @@
 #include "bench/kernel_bench.h"
 
 #include <chrono>
+#include <filesystem>
 #include <functional>
 
 #include <torch/torch.h>
@@ -9,6 +10,7 @@
 #include "models/moe_layer.h"
 #include "models/token_dispatcher.h"
 #include "routers/capacity.h"
+#include "train/step_profiler.h"
 #include "util/error.h"
 
 namespace moelab {
@@ -123,13 +125,25 @@ std::vector<json> run_kernel_bench(const KernelBenchOptions& o) {
     layer.to(torch::kCUDA, dtype);
     torch::Tensor input = torch::randn({T, d}, cuda.dtype(dtype));
     torch::Tensor ids = torch::zeros({T}, cuda.dtype(torch::kLong));
+    // A training step's layer work: gradients start unset (zero_grad(set_to_none)), so the
+    // backward writes them instead of adding into last step's.
     auto step = [&] {
       torch::AutoGradMode grad(true);
+      for (auto& p : layer.parameters()) p.mutable_grad() = torch::Tensor();
       torch::Tensor xin = input.detach().requires_grad_(true);
       layer.forward(xin, ids).sum().backward();
     };
     kernels::set_cuda_kernels_enabled(true);
     const double kernel_ms = time_ms(step, o.iters);
+    if (!o.profile_dir.empty()) {
+      if (!StepProfiler::available()) throw UserError("moelab bench --profile: this libtorch build has no Kineto CUDA profiler");
+      std::filesystem::create_directories(o.profile_dir);
+      StepProfiler profiler;
+      profiler.start();
+      for (int64_t i = 0; i < o.iters; ++i) step();
+      torch::cuda::synchronize();
+      profiler.stop(o.profile_dir, o.iters);
+    }
     kernels::set_cuda_kernels_enabled(false);
     const double torch_ms = time_ms(step, o.iters);
     kernels::set_cuda_kernels_enabled(true);
