@@ -133,19 +133,23 @@ std::vector<json> run_kernel_bench(const KernelBenchOptions& o) {
       torch::Tensor xin = input.detach().requires_grad_(true);
       layer.forward(xin, ids).sum().backward();
     };
-    kernels::set_cuda_kernels_enabled(true);
-    const double kernel_ms = time_ms(step, o.iters);
-    if (!o.profile_dir.empty()) {
+    // Device time per step by kernel, of each path: PROFILE/kernels and PROFILE/torch.
+    auto profile = [&](const std::string& path) {
+      if (o.profile_dir.empty()) return;
       if (!StepProfiler::available()) throw UserError("moelab bench --profile: this libtorch build has no Kineto CUDA profiler");
-      std::filesystem::create_directories(o.profile_dir);
+      std::filesystem::create_directories(o.profile_dir + "/" + path);
       StepProfiler profiler;
       profiler.start();
       for (int64_t i = 0; i < o.iters; ++i) step();
       torch::cuda::synchronize();
-      profiler.stop(o.profile_dir, o.iters);
-    }
+      profiler.stop(o.profile_dir + "/" + path, o.iters);
+    };
+    kernels::set_cuda_kernels_enabled(true);
+    const double kernel_ms = time_ms(step, o.iters);
+    profile("kernels");
     kernels::set_cuda_kernels_enabled(false);
     const double torch_ms = time_ms(step, o.iters);
+    profile("torch");
     kernels::set_cuda_kernels_enabled(true);
     // Experts alone: grouped GEMM over the packed rows vs one dense GEMM of the same size.
     torch::Tensor packed = torch::randn({T * k, d}, cuda.dtype(dtype));

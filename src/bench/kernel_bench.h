@@ -25,7 +25,7 @@ struct KernelBenchOptions {
   double skew_bias = 0.0;
   std::string dtype = "bf16";
   uint64_t seed = 17;
-  std::string profile_dir;   // moe-layer: when set, a Kineto profile of the kernel path's steps goes there
+  std::string profile_dir;   // moe-layer: when set, Kineto profiles of both paths go under it
 };
 
 std::vector<nlohmann::json> run_kernel_bench(const KernelBenchOptions& options);

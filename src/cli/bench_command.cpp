@@ -66,7 +66,7 @@ int kernel(const std::string& op, int argc, char** argv) {
       "skew-bias", "logit bias of the skewed experts", cxxopts::value<double>()->default_value("0"))(
       "dtype", "bf16 | fp32", cxxopts::value<std::string>()->default_value("bf16"))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("17"))(
-      "profile", "moe-layer: write a Kineto profile of the kernel path to this directory",
+      "profile", "moe-layer: Kineto profiles of both paths under this directory (kernels/, torch/)",
       cxxopts::value<std::string>()->default_value(""))(
       "out", "JSONL file", cxxopts::value<std::string>()->default_value(""));
   auto args = parse_options(options, argc, argv);
