@@ -19,6 +19,8 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, con
 ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& branch, const torch::Tensor& gamma,
                             const torch::Tensor& beta, double eps, torch::ScalarType out_dtype);
 bool layer_norm_supported(int64_t cols);
+KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
+bool counting_sort_supported(int64_t n, int64_t buckets);
 
 // Raw launchers (no autograd), on the current CUDA stream.
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,

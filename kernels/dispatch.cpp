@@ -31,6 +31,14 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
   return reference::softmax_topk(logits, k, temperature, renormalize);
 }
 
+KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && keys.is_cuda() && keys.scalar_type() == torch::kLong && cuda::counting_sort_supported(keys.size(0), buckets))
+    return cuda::stable_sort_by_key(keys, buckets);
+#endif
+  return reference::stable_sort_by_key(keys, buckets);
+}
+
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry) {
 #ifdef MOELAB_CUDA
   if (cuda_enabled && x.is_cuda()) return cuda::permute(x, token_index, row_of_entry);

@@ -1,4 +1,5 @@
-// Queue positions for capacity, and the stable counting sort under them. Laid out as
+// Queue positions for capacity, and the reference stable counting sort under them (CUDA
+// tensors get kernels/counting_sort.cu through the dispatch). Laid out as
 // [buckets, N], the entries matching each key in turn, one running count (a single 1-D scan)
 // over the one-hot matrix reaches, at entry i of bucket k, the entries before bucket k plus
 // those of bucket k up to i: exactly where a stable sort by key puts entry i, plus one. Work
@@ -14,7 +15,7 @@ namespace {
 constexpr int64_t kOneHotLimit = int64_t{1} << 20;  // past ~1M counts (E 128 at 8K tokens) the sort is faster on an H100
 }
 
-KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
+KeySort reference::stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
   const int64_t n = keys.size(0);
   KeySort out;
   if (n == 0) {

@@ -18,7 +18,8 @@ struct TopKGate {
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 
 // A stable counting sort by small integer keys (int64 [N] in [0, buckets)): where the sort
-// puts each entry (equal keys keep index order) and the entries per key, both int64.
+// puts each entry (equal keys keep index order) and the entries per key, both int64. CUDA
+// (buckets <= 1024): kernels/counting_sort.cu; the reference is in expert_positions.cpp.
 struct KeySort {
   torch::Tensor position;  // [N]
   torch::Tensor counts;    // [buckets]
@@ -55,6 +56,7 @@ torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temper
 
 // The CPU references, callable on any device (the tests compare against them).
 namespace reference {
+KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);

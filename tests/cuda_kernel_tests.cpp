@@ -343,6 +343,26 @@ TEST(CudaKernels, AddLayerNormMatchesReferenceWithGradients) {
   }
 }
 
+TEST(CudaKernels, CountingSortMatchesReference) {
+  REQUIRE_CUDA();
+  torch::manual_seed(43);
+  // Sizes not a multiple of the 256-entry chunk, one entry, every key equal, empty buckets,
+  // the most buckets the kernel takes (1024), and past the reference's one-hot limit; exact.
+  struct Case {
+    int64_t n, buckets;
+    bool one_key;
+  };
+  for (const Case& c : {Case{16384, 9, false}, Case{1, 3, false}, Case{1000, 9, true}, Case{5000, 513, false},
+                        Case{70000, 300, false}, Case{4099, 1024, false}, Case{300, 2, false}}) {
+    torch::Tensor keys = c.one_key ? torch::full({c.n}, c.buckets - 1, torch::kLong)
+                                   : torch::randint(0, std::max<int64_t>(c.buckets - 1, 1), {c.n}, torch::kLong);
+    kernels::KeySort fast = kernels::stable_sort_by_key(keys.to(torch::kCUDA), c.buckets);
+    kernels::KeySort ref = kernels::reference::stable_sort_by_key(keys, c.buckets);
+    EXPECT_TRUE(torch::equal(fast.position.cpu(), ref.position)) << c.n << " x " << c.buckets;
+    EXPECT_TRUE(torch::equal(fast.counts.cpu(), ref.counts)) << c.n << " x " << c.buckets;
+  }
+}
+
 TEST(CudaKernels, ColumnSumMatchesReference) {
   REQUIRE_CUDA();
   torch::manual_seed(31);
