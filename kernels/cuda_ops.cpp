@@ -158,7 +158,51 @@ struct AddLayerNorm : public torch::autograd::Function<AddLayerNorm> {
   }
 };
 
+struct BalancingLoss : public torch::autograd::Function<BalancingLoss> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& ids,
+                               const torch::Tensor& selected) {
+    torch::Tensor input = logits.contiguous();
+    torch::Tensor loss = torch::empty({}, input.options()), share = torch::empty({input.size(1)}, input.options());
+    launch_balancing_loss(input, ids.contiguous(), selected.contiguous(), loss, share);
+    ctx->save_for_backward({input, share});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor grad_logits = torch::empty_like(saved[0]);
+    launch_balancing_loss_backward(saved[0], saved[1], grads[0].to(torch::kFloat32).contiguous(), grad_logits);
+    return {grad_logits, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct KeptGates : public torch::autograd::Function<KeptGates> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gates, const torch::Tensor& selected,
+                               const torch::Tensor& kept, bool renormalize) {
+    torch::Tensor g = gates.contiguous(), sel = selected.contiguous(), kp = kept.contiguous();
+    torch::Tensor out = torch::empty_like(g);
+    launch_kept_gates(g, sel, kp, renormalize, out);
+    ctx->save_for_backward({g, sel, kp});
+    ctx->saved_data["renormalize"] = renormalize;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor grad_gates = torch::empty_like(saved[0]);
+    launch_kept_gates_backward(saved[0], saved[1], saved[2], ctx->saved_data["renormalize"].toBool(),
+                               grads[0].to(torch::kFloat32).contiguous(), grad_gates);
+    return {grad_gates, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize) {
+  return KeptGates::apply(gates, selected, kept, renormalize);
+}
+
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids, const torch::Tensor& selected) {
+  return BalancingLoss::apply(logits, expert_ids, selected);
+}
 
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                          torch::ScalarType out_dtype) {

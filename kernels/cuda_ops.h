@@ -21,6 +21,10 @@ ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& 
 bool layer_norm_supported(int64_t cols);
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
 bool counting_sort_supported(int64_t n, int64_t buckets);
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids, const torch::Tensor& selected);
+bool balancing_loss_supported(int64_t experts);
+torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize);
+bool kept_gates_supported(int64_t k);
 
 // Raw launchers (no autograd), on the current CUDA stream.
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
@@ -43,6 +47,17 @@ void launch_layer_norm(const torch::Tensor& x, const torch::Tensor& branch, cons
 void launch_layer_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& gamma,
                                 const torch::Tensor& mean, const torch::Tensor& rstd, const torch::Tensor& ds,
                                 torch::Tensor& dx, torch::Tensor& dbranch, torch::Tensor& param_grads);
+// loss: fp32 scalar; share: fp32 [E], the f_e the backward needs. logits fp32 [T, E], ids
+// int64 [T, k], selected bool [T, k], T > 0.
+void launch_balancing_loss(const torch::Tensor& logits, const torch::Tensor& ids, const torch::Tensor& selected,
+                           torch::Tensor& loss, torch::Tensor& share);
+void launch_balancing_loss_backward(const torch::Tensor& logits, const torch::Tensor& share, const torch::Tensor& grad_loss,
+                                    torch::Tensor& grad_logits);
+// gates, out, grad_*: fp32 [T, k]; selected, kept: bool [T, k].
+void launch_kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize,
+                       torch::Tensor& out);
+void launch_kept_gates_backward(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept,
+                                bool renormalize, const torch::Tensor& grad_out, torch::Tensor& grad_gates);
 // out (fp32 [N]) = the column sums of x ([M, N], bf16 or fp32, N % 8 == 0).
 void launch_column_sum(const torch::Tensor& x, torch::Tensor& out);
 // out (fp32 [W]) = the column sums of partials (fp32 [G, W]), G small: one kernel.

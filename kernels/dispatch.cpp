@@ -39,6 +39,25 @@ KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
   return reference::stable_sort_by_key(keys, buckets);
 }
 
+torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && gates.is_cuda() && gates.scalar_type() == torch::kFloat32 && gates.dim() == 2 &&
+      selected.scalar_type() == torch::kBool && kept.scalar_type() == torch::kBool && cuda::kept_gates_supported(gates.size(1)))
+    return cuda::kept_gates(gates, selected, kept, renormalize);
+#endif
+  return reference::kept_gates(gates, selected, kept, renormalize);
+}
+
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids,
+                                  const torch::Tensor& selected, int64_t experts) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && logits.is_cuda() && logits.scalar_type() == torch::kFloat32 && logits.dim() == 2 &&
+      logits.size(0) > 0 && logits.size(1) == experts && cuda::balancing_loss_supported(experts))
+    return cuda::load_balancing_loss(logits, expert_ids, selected);
+#endif
+  return reference::load_balancing_loss(logits, expert_ids, selected, experts);
+}
+
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry) {
 #ifdef MOELAB_CUDA
   if (cuda_enabled && x.is_cuda()) return cuda::permute(x, token_index, row_of_entry);

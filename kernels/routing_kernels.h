@@ -50,6 +50,20 @@ enum ExpertActivation { kNoActivation = 0, kGelu = 1, kSwiGLU = 2 };
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation);
 
+// The gates of the kept assignments ([T, k] fp32; selected, kept bool [T, k]): zero where not
+// kept; with `renormalize`, a token that lost some but not all of its selected assignments
+// has its kept gates scaled to the mass all its selected gates had (for gates summing to 1,
+// as softk's, divided by their own sum). Differentiable in the gates. CUDA (fp32, k <= 8):
+// one kernel each way.
+torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize);
+
+// The Switch load-balancing loss E * sum_e f_e * P_e, unscaled (see routers/balancing.h):
+// f_e the share of the selected assignments routed to e (no gradient), P_e the mean softmax
+// probability of e; differentiable in the logits. CUDA (fp32 logits, E <= 32): two kernels
+// forward, one backward.
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids,
+                                  const torch::Tensor& selected, int64_t experts);
+
 // Sinkhorn balancing without gradient: q = exp(logits/tau - rowmax) in fp32, then `iters`
 // rounds of scaling rows to sum 1 and columns to sum T/E.
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
@@ -57,6 +71,9 @@ torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temper
 // The CPU references, callable on any device (the tests compare against them).
 namespace reference {
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
+torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize);
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids,
+                                  const torch::Tensor& selected, int64_t experts);
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);

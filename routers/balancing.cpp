@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "kernels/routing_kernels.h"
+
 namespace moelab {
 
 torch::Tensor expert_counts(const torch::Tensor& expert_ids, const torch::Tensor& mask, int64_t experts) {
@@ -11,10 +13,7 @@ torch::Tensor expert_counts(const torch::Tensor& expert_ids, const torch::Tensor
 
 torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids,
                                   const torch::Tensor& selected, int64_t experts) {
-  torch::Tensor counts = expert_counts(expert_ids, selected, experts).to(torch::kFloat32);
-  torch::Tensor share = counts / counts.sum().clamp_min(1.0);
-  torch::Tensor mean_prob = torch::softmax(logits, -1).mean(0);
-  return static_cast<double>(experts) * (share * mean_prob).sum();
+  return kernels::load_balancing_loss(logits, expert_ids, selected, experts);
 }
 
 torch::Tensor router_z_loss(const torch::Tensor& logits) { return torch::logsumexp(logits, -1).pow(2).mean(); }

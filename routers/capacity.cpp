@@ -28,13 +28,4 @@ torch::Tensor apply_capacity(const torch::Tensor& expert_ids, const torch::Tenso
   return selected & (position < capacity);
 }
 
-torch::Tensor renormalize_after_drop(const torch::Tensor& gates, const torch::Tensor& selected,
-                                     const torch::Tensor& kept) {
-  torch::Tensor before = (gates * selected).sum(1, /*keepdim=*/true);
-  torch::Tensor after = (gates * kept).sum(1, /*keepdim=*/true);
-  torch::Tensor lost_some = (selected & ~kept).any(1, /*keepdim=*/true) & kept.any(1, /*keepdim=*/true);
-  torch::Tensor scale = torch::where(lost_some, before / after.clamp_min(1e-20), torch::ones_like(after));
-  return gates * scale;
-}
-
 }  // namespace moelab

@@ -15,10 +15,4 @@ torch::Tensor apply_capacity(const torch::Tensor& expert_ids, const torch::Tenso
                              const torch::Tensor& priority, int64_t experts, int64_t capacity,
                              const std::string& policy);
 
-// Scales each token's kept gates so that they sum to what all its selected gates summed to
-// (for gates that sum to 1, as softk's: divides kept gates by their sum). Tokens that lost
-// nothing, or everything, are left as they are.
-torch::Tensor renormalize_after_drop(const torch::Tensor& gates, const torch::Tensor& selected,
-                                     const torch::Tensor& kept);
-
 }  // namespace moelab

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "kernels/routing_kernels.h"
 #include "routers/balancing.h"
 #include "routers/capacity.h"
 
@@ -45,10 +46,8 @@ RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_i
                   ? choice.selected
                   : apply_capacity(choice.expert_ids, choice.selected, choice.priority, experts, plan.capacity,
                                    config_.drop_policy);
-  torch::Tensor gates = config_.renorm_after_drop && !strategy_->applies_capacity()
-                            ? renormalize_after_drop(choice.gates, choice.selected, plan.kept)
-                            : choice.gates;
-  plan.gates = gates * plan.kept;
+  plan.gates = kernels::kept_gates(choice.gates, choice.selected, plan.kept,
+                                   config_.renorm_after_drop && !strategy_->applies_capacity());
 
   torch::Tensor zero = torch::zeros({}, x.options().dtype(torch::kFloat32));
   plan.lb_loss = zero;

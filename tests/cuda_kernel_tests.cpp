@@ -363,6 +363,58 @@ TEST(CudaKernels, CountingSortMatchesReference) {
   }
 }
 
+TEST(CudaKernels, BalancingLossMatchesReferenceWithGradient) {
+  REQUIRE_CUDA();
+  torch::manual_seed(47);
+  // E of 2, 7 (not a power of two), 8 and 32 (the kernel's most), k from 1 to 4, one token,
+  // tokens not a multiple of the 256-thread block, every assignment on one expert, none
+  // selected (f = 0, a zero loss and gradient); fp32 throughout, 1e-5 relative.
+  struct Case {
+    int64_t tokens, experts, k;
+    double keep;
+    bool one_expert;
+  };
+  for (const Case& c : {Case{8192, 8, 2, 0.9, false}, Case{1, 2, 1, 1.0, false}, Case{300, 7, 3, 0.5, false},
+                        Case{4099, 32, 4, 1.0, false}, Case{1000, 8, 2, 1.0, true}, Case{500, 8, 2, 0.0, false}}) {
+    torch::Tensor logits = (torch::randn({c.tokens, c.experts}, torch::kCUDA) * 2).requires_grad_(true);
+    torch::Tensor ids = c.one_expert ? torch::zeros({c.tokens, c.k}, torch::kLong)
+                                     : torch::randint(0, c.experts, {c.tokens, c.k}, torch::kLong);
+    ids = ids.to(torch::kCUDA);
+    torch::Tensor selected = (torch::rand({c.tokens, c.k}) < c.keep).to(torch::kCUDA);
+    torch::Tensor ref_logits = logits.detach().clone().requires_grad_(true);
+    torch::Tensor loss = kernels::load_balancing_loss(logits, ids, selected, c.experts);
+    torch::Tensor ref = kernels::reference::load_balancing_loss(ref_logits, ids, selected, c.experts);
+    const std::string what = std::to_string(c.tokens) + " x " + std::to_string(c.experts) + ", k " + std::to_string(c.k);
+    EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-5 * std::max(1.0, std::abs(ref.item<double>()))) << what;
+    (loss * 3.0).backward();
+    (ref * 3.0).backward();
+    EXPECT_TRUE(torch::allclose(logits.grad(), ref_logits.grad(), 1e-5, 1e-8)) << what;
+  }
+}
+
+TEST(CudaKernels, KeptGatesMatchReferenceWithGradient) {
+  REQUIRE_CUDA();
+  torch::manual_seed(53);
+  // k of 1, 2, 3 and 8; tokens that lost some, all or none of their selected assignments,
+  // unselected ones; with and without renormalisation; fp32, 1e-5 relative.
+  for (int64_t k : {1, 2, 3, 8})
+    for (bool renormalize : {true, false}) {
+      const int64_t tokens = 777;
+      torch::Tensor gates = torch::softmax(torch::randn({tokens, k}), -1).to(torch::kCUDA).requires_grad_(true);
+      torch::Tensor selected = (torch::rand({tokens, k}) < 0.9).to(torch::kCUDA);
+      torch::Tensor kept = selected & (torch::rand({tokens, k}) < 0.7).to(torch::kCUDA);
+      torch::Tensor ref_gates = gates.detach().clone().requires_grad_(true);
+      torch::Tensor out = kernels::kept_gates(gates, selected, kept, renormalize);
+      torch::Tensor ref = kernels::reference::kept_gates(ref_gates, selected, kept, renormalize);
+      const std::string what = "k " + std::to_string(k) + (renormalize ? ", renormalised" : "");
+      EXPECT_TRUE(torch::allclose(out, ref, 1e-5, 1e-7)) << what;
+      torch::Tensor upstream = torch::randn({tokens, k}, torch::kCUDA);
+      (out * upstream).sum().backward();
+      (ref * upstream).sum().backward();
+      EXPECT_TRUE(torch::allclose(gates.grad(), ref_gates.grad(), 1e-5, 1e-6)) << what;
+    }
+}
+
 TEST(CudaKernels, ColumnSumMatchesReference) {
   REQUIRE_CUDA();
   torch::manual_seed(31);

@@ -83,8 +83,11 @@ TEST(Capacity, RenormalisationAfterDrop) {
   torch::Tensor gates = torch::tensor({0.6, 0.4, 0.7, 0.3, 0.5, 0.5}).view({3, 2});
   torch::Tensor selected = torch::ones({3, 2}, torch::kBool);
   torch::Tensor kept = torch::tensor({true, false, true, true, false, false}).view({3, 2});
-  torch::Tensor out = renormalize_after_drop(gates, selected, kept) * kept;
+  torch::Tensor out = kernels::kept_gates(gates, selected, kept, /*renormalize=*/true);
   EXPECT_TRUE(torch::allclose(out, torch::tensor({1.0, 0.0, 0.7, 0.3, 0.0, 0.0}).view({3, 2})));
+  // Without renormalisation the dropped gates are zeroed and the rest kept as they are.
+  EXPECT_TRUE(torch::allclose(kernels::kept_gates(gates, selected, kept, false),
+                              torch::tensor({0.6, 0.0, 0.7, 0.3, 0.0, 0.0}).view({3, 2})));
 }
 
 TEST(Strategies, Top1TakesArgmaxWithProbabilityGate) {
