@@ -9,7 +9,8 @@
 //      the lanes holding the same key, so a lane's rank among them is the popcount of those
 //      below it; the warps' per-bucket counts are added in warp order in shared memory. The
 //      entry's sorted position is its chunk's start for the bucket, plus the earlier warps'
-//      and lanes' entries of that bucket.
+//      and lanes' entries of that bucket; the same pass writes the inverse permutation and
+//      the entry's rank within its key (its position less the bucket's start).
 // Traffic: the keys read twice (8 bytes each), positions written once, 4 * buckets * chunks
 // bytes of counts. The one-hot running count it replaces on CUDA (kernels/expert_positions.cpp,
 // still the CPU reference) ran about 11 kernels over buckets x N counts.
@@ -38,7 +39,8 @@ __global__ void chunk_histogram_kernel(const int64_t* __restrict__ keys, int64_t
 
 __global__ void chunk_rank_kernel(const int64_t* __restrict__ keys, int64_t n, int buckets, int chunks,
                                   const int* __restrict__ chunk_counts, const int* __restrict__ scanned,
-                                  int64_t* __restrict__ position, int64_t* __restrict__ counts) {
+                                  int64_t* __restrict__ position, int64_t* __restrict__ order,
+                                  int64_t* __restrict__ within_key, int64_t* __restrict__ counts) {
   extern __shared__ int warp_counts[];  // [kWarps][buckets]: then each warp's start within the chunk
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int j = threadIdx.x; j < kWarps * buckets; j += blockDim.x) warp_counts[j] = 0;
@@ -60,7 +62,11 @@ __global__ void chunk_rank_kernel(const int64_t* __restrict__ keys, int64_t n, i
   __syncthreads();
   if (key >= 0) {
     const int64_t slot = key * chunks + blockIdx.x;
-    position[i] = static_cast<int64_t>(scanned[slot] - chunk_counts[slot]) + warp_counts[warp * buckets + key] + lane_rank;
+    const int64_t place = static_cast<int64_t>(scanned[slot] - chunk_counts[slot]) + warp_counts[warp * buckets + key] + lane_rank;
+    const int64_t key_start = key > 0 ? scanned[(key - 1) * chunks + chunks - 1] : 0;
+    position[i] = place;
+    order[place] = i;
+    within_key[i] = place - key_start;
   }
   if (blockIdx.x == 0)
     for (int b = threadIdx.x; b < buckets; b += blockDim.x) {
@@ -78,7 +84,8 @@ bool counting_sort_supported(int64_t n, int64_t buckets) {
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
   const int64_t n = keys.size(0);
   torch::Tensor input = keys.contiguous();
-  KeySort out{torch::empty_like(input), torch::empty({buckets}, input.options())};
+  KeySort out{torch::empty_like(input), torch::empty({buckets}, input.options()), torch::empty_like(input),
+              torch::empty_like(input)};
   if (n == 0) {
     out.counts.zero_();
     return out;
@@ -93,7 +100,8 @@ KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
   torch::Tensor scanned = chunk_counts.cumsum(0, torch::kInt32);
   chunk_rank_kernel<<<chunks, kChunk, kWarps * b * sizeof(int), stream>>>(
       input.data_ptr<int64_t>(), n, b, chunks, chunk_counts.data_ptr<int>(), scanned.data_ptr<int>(),
-      out.position.data_ptr<int64_t>(), out.counts.data_ptr<int64_t>());
+      out.position.data_ptr<int64_t>(), out.order.data_ptr<int64_t>(), out.within_key.data_ptr<int64_t>(),
+      out.counts.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -1,6 +1,5 @@
-// Autograd for the CUDA routing kernels. The gate's backward recomputes the reference
-// formula for the chosen experts (cheap next to the forward's selection); combine's backward
-// is its own kernel; permute's backward is a combine with unit gates (no atomics).
+// Autograd for the CUDA kernels: each backward is its own kernel (the gate's, combine's, ...);
+// permute's backward is a combine with unit gates (no atomics).
 #include <torch/torch.h>
 
 #include "kernels/cuda_ops.h"
@@ -16,7 +15,7 @@ struct SoftmaxTopK : public torch::autograd::Function<SoftmaxTopK> {
     torch::Tensor gates = torch::empty({input.size(0), k}, input.options().dtype(torch::kFloat32));
     torch::Tensor ids = torch::empty({input.size(0), k}, input.options().dtype(torch::kLong));
     launch_softmax_topk(input, k, temperature, renormalize, gates, ids);
-    ctx->save_for_backward({logits, ids});
+    ctx->save_for_backward({input, ids, gates});
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["renormalize"] = renormalize;
     ctx->mark_non_differentiable({ids});
@@ -24,16 +23,10 @@ struct SoftmaxTopK : public torch::autograd::Function<SoftmaxTopK> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    torch::Tensor logits = saved[0].detach().requires_grad_(true), ids = saved[1];
-    const double temperature = ctx->saved_data["temperature"].toDouble();
-    const bool renormalize = ctx->saved_data["renormalize"].toBool();
-    torch::Tensor grad_logits;
-    {
-      torch::AutoGradMode enable(true);
-      torch::Tensor gates = torch::softmax(logits.to(torch::kFloat32) / temperature, -1).gather(1, ids);
-      if (renormalize) gates = gates / gates.sum(-1, true);
-      grad_logits = torch::autograd::grad({gates}, {logits}, {grads[0]})[0];
-    }
+    torch::Tensor grad_logits = torch::empty_like(saved[0]);
+    launch_softmax_topk_backward(saved[0], saved[1], saved[2], grads[0].to(torch::kFloat32).contiguous(),
+                                 ctx->saved_data["temperature"].toDouble(), ctx->saved_data["renormalize"].toBool(),
+                                 grad_logits);
     return {grad_logits, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

@@ -29,6 +29,10 @@ bool kept_gates_supported(int64_t k);
 // Raw launchers (no autograd), on the current CUDA stream.
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
                          torch::Tensor& ids);
+// grad_logits: like logits; gates: the forward's output; grad_gates: fp32 [T, k].
+void launch_softmax_topk_backward(const torch::Tensor& logits, const torch::Tensor& ids, const torch::Tensor& gates,
+                                  const torch::Tensor& grad_gates, double temperature, bool renormalize,
+                                  torch::Tensor& grad_logits);
 void launch_gather_rows(const torch::Tensor& src, const torch::Tensor& index, torch::Tensor& dst);
 void launch_combine(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates, torch::Tensor& out);
 void launch_expert_bias_act(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets, int activation,

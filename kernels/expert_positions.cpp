@@ -21,20 +21,20 @@ KeySort reference::stable_sort_by_key(const torch::Tensor& keys, int64_t buckets
   if (n == 0) {
     out.position = torch::zeros_like(keys);
     out.counts = torch::zeros({buckets}, keys.options());
-    return out;
-  }
-  if (n * buckets <= kOneHotLimit) {
+  } else if (n * buckets <= kOneHotLimit) {
     torch::Tensor one_hot = (torch::arange(buckets, keys.options()).unsqueeze(1) == keys.unsqueeze(0)).to(torch::kInt32);
     torch::Tensor running = one_hot.reshape(-1).cumsum(0, torch::kInt32).view({buckets, n});
     out.position = running.gather(0, keys.unsqueeze(0)).squeeze(0).to(torch::kLong) - 1;
     torch::Tensor through = running.select(1, n - 1).to(torch::kLong);  // entries with key <= k
     out.counts = torch::diff(through, 1, 0, torch::zeros({1}, through.options()));
-    return out;
+  } else {
+    torch::Tensor sorted = std::get<1>(keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+    out.position = torch::empty_like(keys).index_put_({sorted}, torch::arange(n, keys.options()));
+    // index_add rather than bincount: bincount reads the maximum back to the host.
+    out.counts = torch::zeros({buckets}, keys.options()).index_add_(0, keys, torch::ones_like(keys));
   }
-  torch::Tensor sorted = std::get<1>(keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  out.position = torch::empty_like(keys).index_put_({sorted}, torch::arange(n, keys.options()));
-  // index_add rather than bincount: bincount reads the maximum back to the host.
-  out.counts = torch::zeros({buckets}, keys.options()).index_add_(0, keys, torch::ones_like(keys));
+  out.order = torch::empty_like(out.position).index_put_({out.position}, torch::arange(n, keys.options()));
+  out.within_key = out.position - (out.counts.cumsum(0) - out.counts).index_select(0, keys);
   return out;
 }
 
@@ -45,9 +45,7 @@ torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Ten
   torch::Tensor ok = order.defined() ? valid.index_select(0, order) : valid;
   // Entries that take no place queue behind every expert, in an extra bucket.
   torch::Tensor key = torch::where(ok, ids, torch::full_like(ids, num_experts));
-  KeySort sorted = stable_sort_by_key(key, num_experts + 1);
-  torch::Tensor first_of_key = (sorted.counts.cumsum(0) - sorted.counts).index_select(0, key);
-  torch::Tensor queued = torch::where(ok, sorted.position - first_of_key, torch::full_like(ids, n));
+  torch::Tensor queued = torch::where(ok, stable_sort_by_key(key, num_experts + 1).within_key, torch::full_like(ids, n));
   if (!order.defined()) return queued;
   return torch::empty_like(queued).index_put_({order}, queued);
 }

@@ -18,11 +18,14 @@ struct TopKGate {
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 
 // A stable counting sort by small integer keys (int64 [N] in [0, buckets)): where the sort
-// puts each entry (equal keys keep index order) and the entries per key, both int64. CUDA
+// puts each entry (equal keys keep index order), the entries per key, the inverse
+// permutation and each entry's rank within its key, all int64. CUDA
 // (buckets <= 1024): kernels/counting_sort.cu; the reference is in expert_positions.cpp.
 struct KeySort {
-  torch::Tensor position;  // [N]
-  torch::Tensor counts;    // [buckets]
+  torch::Tensor position;   // [N]: where the sort puts each entry
+  torch::Tensor counts;     // [buckets]
+  torch::Tensor order;      // [N]: the entry the sort puts at each place (position's inverse)
+  torch::Tensor within_key; // [N]: the entry's index among the entries of its key
 };
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
 

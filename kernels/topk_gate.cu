@@ -4,7 +4,10 @@
 // reference's tie rule). With E <= 32 one thread takes a token instead, its logits in its
 // registers and k serial arg-max scans: a warp per token left most lanes idle and spent 13 us
 // on 8192 tokens x 8 experts on an H100. Traffic: T*E logits read once, 2*T*k values
-// written; work: T*E exp.
+// written; work: T*E exp. The backward is one warp per token too: with g the output
+// gradient and S = sum_j g_j gate_j, dlogit[e] = gate_j (g_j - S) / temperature at the
+// chosen e = id_j when renormalised (the gates are a softmax over the k chosen), else
+// p_e ([e = id_j] g_j - S) / temperature over every e (the full softmax recomputed).
 #include <type_traits>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -131,7 +134,59 @@ __global__ void softmax_topk_small_kernel(const T* __restrict__ logits, int64_t 
   }
 }
 
+template <typename T>
+__global__ void softmax_topk_backward_kernel(const T* __restrict__ logits, const int64_t* __restrict__ ids,
+                                             const float* __restrict__ gates, const float* __restrict__ grad_gates,
+                                             int64_t tokens, int experts, int k, float inv_temperature, bool renormalize,
+                                             T* __restrict__ grad_logits) {
+  const int64_t token = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (token >= tokens) return;
+  float mixed = 0.f;
+  for (int j = 0; j < k; ++j) mixed += grad_gates[token * k + j] * gates[token * k + j];
+  const T* row = logits + token * experts;
+  float row_max = -INFINITY, sum = 0.f;
+  if (!renormalize) {
+    for (int e = lane; e < experts; e += 32) row_max = fmaxf(row_max, static_cast<float>(row[e]) * inv_temperature);
+    for (int offset = 16; offset > 0; offset /= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, offset));
+    for (int e = lane; e < experts; e += 32) sum += __expf(static_cast<float>(row[e]) * inv_temperature - row_max);
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+  }
+  for (int e = lane; e < experts; e += 32) {
+    int chosen = -1;
+    for (int j = 0; j < k; ++j)
+      if (ids[token * k + j] == e) chosen = j;
+    float grad = 0.f;
+    if (renormalize) {
+      if (chosen >= 0) grad = gates[token * k + chosen] * (grad_gates[token * k + chosen] - mixed);
+    } else {
+      const float p = __expf(static_cast<float>(row[e]) * inv_temperature - row_max) / sum;
+      grad = p * ((chosen >= 0 ? grad_gates[token * k + chosen] : 0.f) - mixed);
+    }
+    grad_logits[token * experts + e] = static_cast<T>(grad * inv_temperature);
+  }
+}
+
 }  // namespace
+
+void launch_softmax_topk_backward(const torch::Tensor& logits, const torch::Tensor& ids, const torch::Tensor& gates,
+                                  const torch::Tensor& grad_gates, double temperature, bool renormalize,
+                                  torch::Tensor& grad_logits) {
+  const int64_t tokens = logits.size(0);
+  if (tokens == 0) return;
+  const int threads = 256;
+  const int64_t blocks = (tokens * 32 + threads - 1) / threads;
+  const float inv_t = static_cast<float>(1.0 / temperature);
+  auto launch = [&](auto* typed_logits) {
+    using T = std::remove_pointer_t<decltype(typed_logits)>;
+    softmax_topk_backward_kernel<T><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        typed_logits, ids.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_gates.data_ptr<float>(), tokens,
+        static_cast<int>(logits.size(1)), static_cast<int>(ids.size(1)), inv_t, renormalize, grad_logits.data_ptr<T>());
+  };
+  if (logits.scalar_type() == torch::kBFloat16) launch(logits.data_ptr<c10::BFloat16>());
+  else launch(logits.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
                          torch::Tensor& ids) {

@@ -18,11 +18,10 @@ DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const Routing
   torch::Tensor key = torch::where(kept, ids, torch::full_like(ids, plan.num_experts));
   kernels::KeySort sorted = kernels::stable_sort_by_key(key, plan.num_experts + 1);
   const torch::Tensor& rank = sorted.position;  // the packed row of each entry
-  torch::Tensor order = torch::empty_like(rank).index_put_({rank}, torch::arange(entries, rank.options()));
 
   const int64_t rows = plan.capacity > 0 ? std::min(entries, plan.num_experts * plan.capacity) : entries;
   DispatchedTokens out;
-  out.token_index = order.narrow(0, 0, rows).div(columns, "floor");
+  out.token_index = sorted.order.narrow(0, 0, rows).div(columns, "floor");
   out.row_of_entry = torch::where(kept, rank, torch::full_like(rank, -1)).view({tokens, columns});
   out.gates = plan.gates;
   out.packed = kernels::permute(x, out.token_index, out.row_of_entry);

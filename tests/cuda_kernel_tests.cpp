@@ -75,13 +75,25 @@ TEST(CudaKernels, SoftmaxTopKMatchesReference) {
 TEST(CudaKernels, SoftmaxTopKGradient) {
   REQUIRE_CUDA();
   torch::manual_seed(5);
-  torch::Tensor logits = torch::randn({777, 100}, torch::kCUDA).requires_grad_(true);
-  torch::Tensor upstream = torch::randn({777, 4}, torch::kCUDA);
-  (kernels::softmax_topk(logits, 4, 1.0, true).gates * upstream).sum().backward();
-  torch::Tensor fast = logits.grad().clone();
-  logits.grad().zero_();
-  (kernels::reference::softmax_topk(logits, 4, 1.0, true).gates * upstream).sum().backward();
-  EXPECT_TRUE(torch::allclose(fast, logits.grad(), 1e-5, 1e-6));
+  // The backward kernel against autograd through the reference: E of 8, 100 and 512, k of 1,
+  // 2 and 4, temperatures 1 and 0.7, renormalised or the full softmax's probabilities; fp32
+  // 1e-5 relative, bf16 logits (gradients rounded to bf16) 1e-2.
+  for (int64_t experts : {8, 100, 512})
+    for (int64_t k : {1, 2, 4})
+      for (double temperature : {1.0, 0.7})
+        for (bool renormalize : {true, false})
+          for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+            torch::Tensor logits = (torch::randn({777, experts}, torch::kCUDA) * 2).to(dtype).requires_grad_(true);
+            torch::Tensor upstream = torch::randn({777, k}, torch::kCUDA);
+            (kernels::softmax_topk(logits, k, temperature, renormalize).gates * upstream).sum().backward();
+            torch::Tensor fast = logits.grad().clone();
+            logits.grad().zero_();
+            (kernels::reference::softmax_topk(logits, k, temperature, renormalize).gates * upstream).sum().backward();
+            const double tol = dtype == torch::kFloat32 ? 1e-5 : 1e-2;
+            EXPECT_TRUE(torch::allclose(fast.to(torch::kFloat32), logits.grad().to(torch::kFloat32), tol, tol * 0.1))
+                << experts << " experts, k " << k << ", t " << temperature << (renormalize ? ", renormalised" : "") << " "
+                << c10::toString(dtype);
+          }
 }
 
 TEST(CudaKernels, PermuteAndUnpermuteMatchReferenceWithGradients) {
@@ -360,6 +372,8 @@ TEST(CudaKernels, CountingSortMatchesReference) {
     kernels::KeySort ref = kernels::reference::stable_sort_by_key(keys, c.buckets);
     EXPECT_TRUE(torch::equal(fast.position.cpu(), ref.position)) << c.n << " x " << c.buckets;
     EXPECT_TRUE(torch::equal(fast.counts.cpu(), ref.counts)) << c.n << " x " << c.buckets;
+    EXPECT_TRUE(torch::equal(fast.order.cpu(), ref.order)) << c.n << " x " << c.buckets;
+    EXPECT_TRUE(torch::equal(fast.within_key.cpu(), ref.within_key)) << c.n << " x " << c.buckets;
   }
 }
 

@@ -57,6 +57,8 @@ TEST(Kernels, StableSortByKeyCountsAndPositions) {
   kernels::KeySort s = kernels::stable_sort_by_key(torch::tensor({2, 0, 2, 1, 0, 2}, torch::kLong), 3);
   EXPECT_TRUE(torch::equal(s.position, torch::tensor({3, 0, 4, 2, 1, 5}, torch::kLong)));
   EXPECT_TRUE(torch::equal(s.counts, torch::tensor({2, 1, 3}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(s.order, torch::tensor({1, 4, 3, 0, 2, 5}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(s.within_key, torch::tensor({0, 0, 1, 0, 1, 2}, torch::kLong)));
   // Random keys, with empty buckets, against libtorch's stable sort: the one-hot running count
   // (n * buckets <= 2^20) and the sort it falls back to past that.
   torch::manual_seed(4);
