@@ -1,10 +1,14 @@
 #include "bench/kernel_bench.h"
 
-#include <chrono>
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 
 #include <torch/torch.h>
+#ifdef MOELAB_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#endif
 
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
@@ -18,14 +22,34 @@ using nlohmann::json;
 
 namespace {
 
-// Median-free mean of `iters` runs after a warm-up, synchronised around the clock.
+// The median of `iters` runs after a warm-up, each timed between two CUDA events on the
+// stream (host gaps inside a run count, as they do in training). A mean over the wall clock
+// swung by up to 2x between identical invocations of the host-bound eager MoE layer: one
+// stall of the host spoiled the whole mean.
 double time_ms(const std::function<void()>& f, int64_t iters) {
+#ifdef MOELAB_CUDA
   for (int i = 0; i < 3; ++i) f();
+  std::vector<at::cuda::CUDAEvent> starts, ends;
+  for (int64_t i = 0; i < iters; ++i) {
+    starts.emplace_back(cudaEventDefault);
+    ends.emplace_back(cudaEventDefault);
+  }
+  auto stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t i = 0; i < iters; ++i) {
+    starts[i].record(stream);
+    f();
+    ends[i].record(stream);
+  }
   torch::cuda::synchronize();
-  auto start = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < iters; ++i) f();
-  torch::cuda::synchronize();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iters;
+  std::vector<double> ms;
+  for (int64_t i = 0; i < iters; ++i) ms.push_back(starts[i].elapsed_time(ends[i]));
+  std::nth_element(ms.begin(), ms.begin() + static_cast<int64_t>(ms.size()) / 2, ms.end());
+  return ms[ms.size() / 2];
+#else
+  (void)f;
+  (void)iters;
+  throw UserError("moelab bench: kernel timing needs a build with MOELAB_CUDA=ON");
+#endif
 }
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
