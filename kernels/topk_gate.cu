@@ -22,6 +22,19 @@ namespace {
 constexpr int kMaxPerLane = 16;  // 512 experts / 32 lanes
 constexpr int kMaxK = 8;
 
+// A token's k choices, by descending probability: gates (renormalised over the k or not)
+// and expert ids.
+__device__ void write_choices(const float* picked, const int* picked_id, float picked_sum, int64_t token, int k,
+                              bool renormalize, float* gates, int64_t* ids) {
+  const float scale = renormalize ? 1.f / picked_sum : 1.f;
+#pragma unroll
+  for (int j = 0; j < kMaxK; ++j) {
+    if (j >= k) break;
+    gates[token * k + j] = picked[j] * scale;
+    ids[token * k + j] = picked_id[j];
+  }
+}
+
 template <typename T>
 __global__ void softmax_topk_kernel(const T* __restrict__ logits, int64_t tokens, int experts, int k, float inv_temperature,
                                     bool renormalize, float* __restrict__ gates, int64_t* __restrict__ ids) {
@@ -74,15 +87,7 @@ __global__ void softmax_topk_kernel(const T* __restrict__ logits, int64_t tokens
     picked_id[j] = best_id;
     picked_sum += picked[j];
   }
-  if (lane == 0) {
-    const float scale = renormalize ? 1.f / picked_sum : 1.f;
-#pragma unroll
-    for (int j = 0; j < kMaxK; ++j) {
-      if (j >= k) break;
-      gates[token * k + j] = picked[j] * scale;
-      ids[token * k + j] = picked_id[j];
-    }
-  }
+  if (lane == 0) write_choices(picked, picked_id, picked_sum, token, k, renormalize, gates, ids);
 }
 
 constexpr int kSmallExperts = 32;
@@ -125,13 +130,7 @@ __global__ void softmax_topk_small_kernel(const T* __restrict__ logits, int64_t 
     picked_id[j] = best_id;
     picked_sum += picked[j];
   }
-  const float scale = renormalize ? 1.f / picked_sum : 1.f;
-#pragma unroll
-  for (int j = 0; j < kMaxK; ++j) {
-    if (j >= k) break;
-    gates[token * k + j] = picked[j] * scale;
-    ids[token * k + j] = picked_id[j];
-  }
+  write_choices(picked, picked_id, picked_sum, token, k, renormalize, gates, ids);
 }
 
 template <typename T>
