@@ -110,8 +110,7 @@ ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& 
 
 torch::Tensor column_sum(const torch::Tensor& x) {
 #ifdef MOELAB_CUDA
-  if (cuda_enabled && x.is_cuda() && x.dim() == 2 && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
-      x.size(1) % 8 == 0) {
+  if (cuda_enabled && x.is_cuda() && x.dim() == 2 && storable(x.scalar_type()) && x.size(1) % 8 == 0) {
     torch::Tensor out = torch::empty({x.size(1)}, x.options().dtype(torch::kFloat32));
     cuda::launch_column_sum(x.contiguous(), out);
     return out;

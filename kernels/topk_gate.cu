@@ -15,6 +15,7 @@
 #include <torch/types.h>
 
 #include "kernels/cuda_ops.h"
+#include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {
 namespace {
@@ -149,7 +150,7 @@ __global__ void softmax_topk_backward_kernel(const T* __restrict__ logits, const
     for (int e = lane; e < experts; e += 32) row_max = fmaxf(row_max, static_cast<float>(row[e]) * inv_temperature);
     for (int offset = 16; offset > 0; offset /= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffff, row_max, offset));
     for (int e = lane; e < experts; e += 32) sum += __expf(static_cast<float>(row[e]) * inv_temperature - row_max);
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    sum = warp_sum(sum);
   }
   for (int e = lane; e < experts; e += 32) {
     int chosen = -1;

@@ -20,6 +20,12 @@ namespace {
 
 bool have_cuda_kernels() { return torch::cuda::is_available() && kernels::cuda_kernels_built(); }
 
+// The norm of the difference relative to the reference's norm: for sums over many rows,
+// whose elementwise differences scale with the row count.
+double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return ((got - want).norm() / want.norm()).item<double>();
+}
+
 #define REQUIRE_CUDA() \
   if (!have_cuda_kernels()) GTEST_SKIP() << "no CUDA device or a CPU-only build: CUDA kernel test skipped"
 
@@ -257,8 +263,7 @@ TEST(CudaKernels, ExpertBiasActivationMatchesReferenceWithGradients) {
       // A bias gradient sums up to 300 rows whose terms each carry bf16 rounding (the
       // reference's in bf16, the kernel's in fp32), so elementwise bounds scale with the row
       // count: the relative error of the whole gradient, 1e-2.
-      const double error = (bias.grad() - bref.grad()).norm().item<double>() / bref.grad().norm().item<double>();
-      EXPECT_LT(error, 1e-2) << what;
+      EXPECT_LT(relative_error(bias.grad(), bref.grad()), 1e-2) << what;
     }
 }
 
@@ -299,10 +304,8 @@ TEST(CudaKernels, LayerNormMatchesReferenceWithGradients) {
       (ref.to(f32) * upstream).sum().backward();
       EXPECT_EQ(x.grad().scalar_type(), c.in) << what;
       EXPECT_TRUE(torch::allclose(x.grad().to(f32), xr.grad().to(f32), in_tol, in_tol)) << what;
-      for (auto [kernel, reference] : {std::pair{gamma, gr}, std::pair{beta, br}}) {
-        const double error = (kernel.grad() - reference.grad()).norm().item<double>() / reference.grad().norm().item<double>();
-        EXPECT_LT(error, c.in == bf16 ? 1e-2 : 1e-4) << what;
-      }
+      for (auto [kernel, reference] : {std::pair{gamma, gr}, std::pair{beta, br}})
+        EXPECT_LT(relative_error(kernel.grad(), reference.grad()), c.in == bf16 ? 1e-2 : 1e-4) << what;
     }
 }
 
@@ -348,10 +351,8 @@ TEST(CudaKernels, AddLayerNormMatchesReferenceWithGradients) {
     EXPECT_EQ(branch.grad().scalar_type(), c.branch) << what;
     EXPECT_TRUE(torch::allclose(x.grad().to(f32), xr.grad().to(f32), grad_tol, grad_tol)) << what;
     EXPECT_TRUE(torch::allclose(branch.grad().to(f32), branchr.grad().to(f32), grad_tol, grad_tol)) << what;
-    for (auto [kernel, reference] : {std::pair{gamma, gr}, std::pair{beta, br}}) {
-      const double error = (kernel.grad() - reference.grad()).norm().item<double>() / reference.grad().norm().item<double>();
-      EXPECT_LT(error, c.stream == bf16 ? 1e-2 : 1e-4) << what;
-    }
+    for (auto [kernel, reference] : {std::pair{gamma, gr}, std::pair{beta, br}})
+      EXPECT_LT(relative_error(kernel.grad(), reference.grad()), c.stream == bf16 ? 1e-2 : 1e-4) << what;
   }
 }
 
@@ -470,11 +471,10 @@ TEST(CudaKernels, LinearUnderAutocastMatchesAtenLinear) {
     torch::Tensor upstream = torch::randn(y.sizes(), cuda);
     (y.to(torch::kFloat32) * upstream).sum().backward();
     (ref.to(torch::kFloat32) * upstream).sum().backward();
-    auto relative = [](const torch::Tensor& a, const torch::Tensor& r) { return ((a - r).norm() / r.norm()).item<double>(); };
-    EXPECT_LT(relative(x.grad(), xr.grad()), 1e-2);
+    EXPECT_LT(relative_error(x.grad(), xr.grad()), 1e-2);
     EXPECT_EQ(w.grad().scalar_type(), torch::kFloat32);
-    EXPECT_LT(relative(w.grad(), wr.grad()), 1e-2);
-    if (with_bias) EXPECT_LT(relative(b.grad(), br.grad()), 1e-2);
+    EXPECT_LT(relative_error(w.grad(), wr.grad()), 1e-2);
+    if (with_bias) EXPECT_LT(relative_error(b.grad(), br.grad()), 1e-2);
   }
 }
 
