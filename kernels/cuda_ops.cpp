@@ -218,6 +218,15 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
   return {out[0], out[1]};
 }
 
+// Temperature 1 makes the kernel rank by the values themselves (x * 1.0f is exact).
+torch::Tensor topk_ids(const torch::Tensor& values, int64_t k) {
+  torch::Tensor input = values.detach().contiguous();
+  torch::Tensor probs = torch::empty({input.size(0), k}, input.options().dtype(torch::kFloat32));
+  torch::Tensor ids = torch::empty({input.size(0), k}, input.options().dtype(torch::kLong));
+  launch_softmax_topk(input, k, 1.0, /*renormalize=*/false, probs, ids);
+  return ids;
+}
+
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry) {
   return Permute::apply(x, token_index, row_of_entry);
 }

@@ -3,12 +3,18 @@
 // cuda_ops.cpp around the raw launchers of the .cu files.
 #include <torch/types.h>
 
+#include "kernels/adamw.h"
 #include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
 
 namespace moelab::kernels::cuda {
 
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
+torch::Tensor topk_ids(const torch::Tensor& values, int64_t k);  // no gradient
+torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take);  // no gradient
+bool adamw_supported(const AdamWState& state);  // CUDA fp32, contiguous, 16-byte aligned
+void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& grad_scale,
+                double beta1, double beta2, double eps);
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);  // no gradient

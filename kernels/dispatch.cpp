@@ -1,6 +1,7 @@
 // One dispatch point per kernel: CUDA tensors to the kernels, the rest to the references.
 #include <torch/torch.h>
 
+#include "kernels/adamw.h"
 #include "kernels/column_sum.h"
 #include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
@@ -29,6 +30,22 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
   if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512 && k <= 8) return cuda::softmax_topk(logits, k, temperature, renormalize);
 #endif
   return reference::softmax_topk(logits, k, temperature, renormalize);
+}
+
+torch::Tensor topk_ids(const torch::Tensor& values, int64_t k) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && values.is_cuda() && values.dim() == 2 && values.size(1) <= 512 && k <= 8 &&
+      (values.scalar_type() == torch::kFloat32 || values.scalar_type() == torch::kBFloat16))
+    return cuda::topk_ids(values, k);
+#endif
+  return reference::topk_ids(values, k);
+}
+
+torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && scores.is_cuda() && scores.dim() == 2) return cuda::column_topk_mask(scores, take);
+#endif
+  return reference::column_topk_mask(scores, take);
 }
 
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
@@ -124,6 +141,15 @@ torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temper
   if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512) return cuda::sinkhorn(logits, iters, temperature);
 #endif
   return reference::sinkhorn(logits, iters, temperature);
+}
+
+void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& grad_scale,
+                double beta1, double beta2, double eps) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && !state.params.empty() && state.params.front().is_cuda() && cuda::adamw_supported(state))
+    return cuda::adamw_step(state, lr, step, grad_scale, beta1, beta2, eps);
+#endif
+  reference::adamw_step(state, lr, step, grad_scale, beta1, beta2, eps);
 }
 
 }  // namespace moelab::kernels

@@ -17,6 +17,17 @@ struct TopKGate {
 // on CUDA; fp32 or bf16 logits.
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 
+// The indices of each row's k largest values ([T, E] -> int64 [T, k]), by descending value;
+// equal values: the lower index first (a stable descending sort's order). No gradient. On
+// CUDA (fp32 or bf16, E <= 512, k <= 8) the gate kernel's selection, its softmax unused:
+// libtorch's sort of [8192, 8] is a 25 us radix sort on an H100.
+torch::Tensor topk_ids(const torch::Tensor& values, int64_t k);
+
+// Expert choice's selection: a bool [T, E] mask of the `take` largest entries of each column
+// of scores [T, E] (equal values: the lower row first), 0 <= take <= T. No gradient. CUDA:
+// a radix select per column (kernels/column_topk.cu).
+torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take);
+
 // A stable counting sort by small integer keys (int64 [N] in [0, buckets)): where the sort
 // puts each entry (equal keys keep index order), the entries per key, the inverse
 // permutation and each entry's rank within its key, all int64. CUDA
@@ -78,6 +89,8 @@ torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& select
 torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids,
                                   const torch::Tensor& selected, int64_t experts);
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
+torch::Tensor topk_ids(const torch::Tensor& values, int64_t k);
+torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take);
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);

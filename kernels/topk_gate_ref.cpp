@@ -15,4 +15,8 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
   return {gates, ids};
 }
 
+torch::Tensor topk_ids(const torch::Tensor& values, int64_t k) {
+  return std::get<1>(values.detach().sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true)).narrow(-1, 0, k);
+}
+
 }  // namespace moelab::kernels::reference

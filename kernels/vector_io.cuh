@@ -7,12 +7,15 @@ namespace moelab::kernels::cuda {
 
 constexpr int kVec = 8;  // values per vector
 
-__device__ inline void load8(const c10::BFloat16* p, float* out) {
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
+// A bf16 vector kept packed (4 registers instead of 8) until its values are needed: kernels
+// that hold several rows' loads in flight unpack each row just before its arithmetic.
+__device__ inline uint4 load_packed8(const c10::BFloat16* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ inline void unpack8(const uint4& raw, float* out) {
   const c10::BFloat16* b = reinterpret_cast<const c10::BFloat16*>(&raw);
 #pragma unroll
   for (int i = 0; i < kVec; ++i) out[i] = static_cast<float>(b[i]);
 }
+__device__ inline void load8(const c10::BFloat16* p, float* out) { unpack8(load_packed8(p), out); }
 __device__ inline void load8(const float* p, float* out) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
   out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;

@@ -22,12 +22,8 @@ class ExpertChoiceStrategy : public RoutingStrategy {
     const int64_t tokens = in.logits.size(0), experts = in.num_experts;
     const int64_t per_expert = std::min(in.capacity, tokens);
     torch::Tensor scores = torch::softmax(in.logits, -1);  // [T, E]
-    // Each expert's top tokens; stable sort so equal scores keep the earlier token.
-    torch::Tensor picked_tokens =
-        std::get<1>(scores.detach().t().sort(/*stable=*/true, -1, true)).narrow(1, 0, per_expert);  // [E, C]
-    torch::Tensor selected = torch::zeros({experts, tokens}, in.token_ids.options().dtype(torch::kBool));
-    selected.scatter_(1, picked_tokens, true);
-    selected = selected.t().contiguous();  // [T, E]
+    // Each expert's top tokens; equal scores keep the earlier token.
+    torch::Tensor selected = kernels::column_topk_mask(scores, per_expert);  // [T, E]
     torch::Tensor ids = torch::arange(experts, in.token_ids.options()).expand({tokens, experts}).contiguous();
     torch::Tensor gates = scores * selected;
     if (fallback_) {

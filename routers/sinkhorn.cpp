@@ -15,7 +15,7 @@ class SinkhornStrategy : public RoutingStrategy {
 
   StrategyChoice route(const StrategyInputs& in) const override {
     torch::Tensor balanced = kernels::sinkhorn(in.selection_logits, iters_, temperature_);
-    torch::Tensor ids = std::get<1>(balanced.sort(/*stable=*/true, -1, true)).narrow(1, 0, in.top_k);
+    torch::Tensor ids = kernels::topk_ids(balanced, in.top_k);
     torch::Tensor chosen = in.logits.gather(1, ids);
     torch::Tensor gates = in.top_k == 1 ? torch::sigmoid(chosen) : torch::softmax(chosen, -1);
     return {ids, gates, torch::ones_like(ids, torch::kBool), gates.detach()};

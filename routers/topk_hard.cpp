@@ -3,6 +3,7 @@
 // balancing terms; under drop_policy "probs" the softmax probability decides who stays.
 #include <torch/torch.h>
 
+#include "kernels/routing_kernels.h"
 #include "routers/strategy.h"
 
 namespace moelab {
@@ -13,7 +14,7 @@ class TopkHardStrategy : public RoutingStrategy {
   explicit TopkHardStrategy(bool mean) : mean_(mean) {}
 
   StrategyChoice route(const StrategyInputs& in) const override {
-    torch::Tensor ids = std::get<1>(in.selection_logits.detach().sort(/*stable=*/true, -1, true)).narrow(1, 0, in.top_k);
+    torch::Tensor ids = kernels::topk_ids(in.selection_logits, in.top_k);
     torch::Tensor gates = torch::full(ids.sizes(), mean_ ? 1.0 / static_cast<double>(in.top_k) : 1.0,
                                       in.logits.options());
     torch::Tensor priority = torch::softmax(in.logits.detach(), -1).gather(1, ids);

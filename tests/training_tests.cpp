@@ -8,6 +8,7 @@
 #include "config/run_config.h"
 #include "data/batch_sampler.h"
 #include "data/token_file.h"
+#include "kernels/adamw.h"
 #include "test_support.h"
 #include "train/checkpoint.h"
 #include "train/generate.h"
@@ -370,6 +371,40 @@ TEST(TrainingOnGpu, ResumeWithCapturedSteps) {
         << "step " << i + 1;
 }
 
+TEST(Optimizer, AdamWReferenceMatchesLibtorchAdamW) {
+  // kernels::reference::adamw_step, the CUDA kernel's reference, against libtorch's AdamW over
+  // three steps with weight decay on one tensor and not the other; gradients pre-scaled for
+  // libtorch, scaled inside for the reference. fp32: 1e-6.
+  torch::manual_seed(13);
+  std::vector<torch::Tensor> ours = {torch::randn({9, 5}), torch::randn({7})};
+  std::vector<torch::Tensor> theirs;
+  for (const auto& p : ours) theirs.push_back(p.clone().requires_grad_());
+  torch::optim::AdamW adamw({torch::optim::OptimizerParamGroup({theirs[0]}, std::make_unique<torch::optim::AdamWOptions>(
+                                                                                torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1))),
+                             torch::optim::OptimizerParamGroup({theirs[1]}, std::make_unique<torch::optim::AdamWOptions>(
+                                                                                torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.0)))});
+  kernels::AdamWState state;
+  state.params = ours;
+  for (const auto& p : ours) {
+    state.exp_avgs.push_back(torch::zeros_like(p));
+    state.exp_avg_sqs.push_back(torch::zeros_like(p));
+  }
+  state.weight_decays = {0.1, 0.0};
+  const torch::Tensor scale = torch::full({}, 0.5);
+  for (int step = 1; step <= 3; ++step) {
+    state.grads.clear();
+    for (size_t i = 0; i < ours.size(); ++i) {
+      torch::Tensor g = torch::randn(ours[i].sizes());
+      state.grads.push_back(g);
+      theirs[i].mutable_grad() = g * 0.5;
+    }
+    kernels::reference::adamw_step(state, torch::full({}, 0.01), torch::full({}, static_cast<double>(step)), scale, 0.9, 0.95, 1e-8);
+    adamw.step();
+    for (size_t i = 0; i < ours.size(); ++i)
+      EXPECT_TRUE(torch::allclose(ours[i], theirs[i].detach(), 1e-6, 1e-7)) << "step " << step << " tensor " << i;
+  }
+}
+
 TEST(TrainingOnGpu, FusedAdamWMatchesLibtorchAdamW) {
   REQUIRE_CUDA_GRAPHS();
   torch::manual_seed(5);
@@ -392,8 +427,10 @@ TEST(TrainingOnGpu, FusedAdamWMatchesLibtorchAdamW) {
       cpu[i].mutable_grad() = g;
       gpu[i].mutable_grad() = g.to(torch::kCUDA);
     }
-    fused.step();
-    reference.step();
+    // Clipping's scale, which the optimizer applies as it reads the gradients.
+    const double scale = step % 2 ? 0.5 : 1.0;
+    fused.step(torch::full({}, scale, torch::kCUDA));
+    reference.step(torch::full({}, scale));
     for (size_t i = 0; i < cpu.size(); ++i)
       EXPECT_TRUE(torch::allclose(gpu[i].detach().cpu(), cpu[i].detach(), 1e-5, 1e-6)) << "step " << step << " tensor " << i;
   }

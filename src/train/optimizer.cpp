@@ -7,14 +7,11 @@
 #include <torch/torch.h>
 
 #include "config/run_config.h"
+#include "kernels/adamw.h"
+#include "kernels/routing_kernels.h"
 
 namespace moelab {
 namespace {
-
-// at::_fused_adamw_ with a tensor learning rate: PyTorch 2.2+, CUDA.
-#if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 2))
-#define MOELAB_FUSED_ADAMW 1
-#endif
 
 std::vector<torch::optim::OptimizerParamGroup> decay_groups(const std::vector<torch::Tensor>& parameters,
                                                             const torch::optim::AdamWOptions& options) {
@@ -57,13 +54,7 @@ TrainingOptimizer::TrainingOptimizer(const std::vector<torch::Tensor>& parameter
   if (fused_) lr_ = torch::full({}, train.lr, parameters.front().options().dtype(torch::kFloat32));
 }
 
-bool TrainingOptimizer::fused_available() {
-#ifdef MOELAB_FUSED_ADAMW
-  return true;
-#else
-  return false;
-#endif
-}
+bool TrainingOptimizer::fused_available() { return kernels::cuda_kernels_built(); }
 
 void TrainingOptimizer::set_learning_rate(double lr) {
   for (auto& group : adamw_.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -73,57 +64,57 @@ void TrainingOptimizer::set_learning_rate(double lr) {
 void TrainingOptimizer::zero_grad() { adamw_.zero_grad(); }
 
 // The fused path keeps its tensors in libtorch's state objects (created here on the first
-// step, or taken from a loaded checkpoint), with a device copy of each step count.
+// step, or taken from a loaded checkpoint), with one device copy of the step count: every
+// parameter steps together.
 void TrainingOptimizer::prepare_fused() {
+  int64_t step = -1;
   for (auto& group : adamw_.param_groups()) {
-    Group g;
-    g.weight_decay = static_cast<torch::optim::AdamWOptions&>(group.options()).weight_decay();
+    const double weight_decay = static_cast<torch::optim::AdamWOptions&>(group.options()).weight_decay();
     for (auto& p : group.params()) {
       auto& slot = adamw_.state()[state_key(adamw_.state(), p)];
       if (!slot) {
         auto fresh = std::make_unique<torch::optim::AdamWParamState>();
         fresh->step(0);
-        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
         slot = std::move(fresh);
       }
       auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
-      g.params.push_back(p);
-      g.exp_avgs.push_back(s.exp_avg());
-      g.exp_avg_sqs.push_back(s.exp_avg_sq());
-      g.steps.push_back(torch::full({}, static_cast<double>(s.step()), p.options().dtype(torch::kFloat32)));
+      TORCH_CHECK(step < 0 || s.step() == step, "fused AdamW: the parameters' step counts differ");
+      step = s.step();
+      fused_state_.params.push_back(p);
+      fused_state_.exp_avgs.push_back(s.exp_avg());
+      fused_state_.exp_avg_sqs.push_back(s.exp_avg_sq());
+      fused_state_.weight_decays.push_back(weight_decay);
     }
-    if (!g.params.empty()) groups_.push_back(std::move(g));
   }
+  step_ = torch::full({}, static_cast<double>(std::max<int64_t>(step, 0)), lr_.options());
 }
 
-void TrainingOptimizer::step() {
+void TrainingOptimizer::step(const torch::Tensor& grad_scale) {
+  torch::NoGradGuard no_grad;
   if (!fused_) {
+    if (grad_scale.defined())
+      for (auto& group : adamw_.param_groups())
+        for (auto& p : group.params())
+          if (p.grad().defined()) p.grad().mul_(grad_scale.to(p.grad().scalar_type()));
     adamw_.step();
     return;
   }
-#ifdef MOELAB_FUSED_ADAMW
-  if (groups_.empty()) prepare_fused();  // the fused path has parameters, so this runs once
-  torch::NoGradGuard no_grad;
-  for (auto& g : groups_) {
-    std::vector<torch::Tensor> grads;
-    grads.reserve(g.params.size());
-    for (const auto& p : g.params) {
-      TORCH_CHECK(p.grad().defined(), "fused AdamW: a parameter has no gradient");
-      grads.push_back(p.grad());
-    }
-    torch::_foreach_add_(g.steps, 1.0);
-    at::_fused_adamw_(g.params, grads, g.exp_avgs, g.exp_avg_sqs, /*max_exp_avg_sqs=*/{}, g.steps, lr_, beta1_, beta2_,
-                      g.weight_decay, eps_, /*amsgrad=*/false, /*maximize=*/false);
+  if (fused_state_.params.empty()) prepare_fused();  // the fused path has parameters, so this runs once
+  fused_state_.grads.clear();
+  for (const auto& p : fused_state_.params) {
+    TORCH_CHECK(p.grad().defined(), "fused AdamW: a parameter has no gradient");
+    fused_state_.grads.push_back(p.grad());
   }
-#endif
+  step_.add_(1.0);
+  kernels::adamw_step(fused_state_, lr_, step_, grad_scale, beta1_, beta2_, eps_);
 }
 
 torch::optim::AdamW& TrainingOptimizer::state() {
-  for (auto& g : groups_) {
-    torch::Tensor steps = torch::stack(g.steps).cpu();
-    for (size_t i = 0; i < g.params.size(); ++i)
-      adamw_state(adamw_, g.params[i]).step(static_cast<int64_t>(steps[static_cast<int64_t>(i)].item<float>()));
+  if (step_.defined()) {
+    const auto step = static_cast<int64_t>(step_.item<float>());
+    for (const auto& p : fused_state_.params) adamw_state(adamw_, p).step(step);
   }
   return adamw_;
 }

@@ -1,13 +1,15 @@
 #pragma once
 // AdamW with nanoGPT's decay groups (matrices decayed; biases, LayerNorm gains and expert
-// bias vectors not). On CUDA with libtorch 2.x a step is PyTorch's fused multi-tensor AdamW
-// kernel, with the step counts and the learning rate held on the device: two launches per
-// decay group instead of ~10 per parameter, and nothing baked into a captured CUDA graph that
-// must change between steps. Elsewhere libtorch's AdamW takes the step. Either way the state
-// (exp_avg, exp_avg_sq, step) lives in libtorch's AdamW, which is what checkpoints hold.
+// bias vectors not). On CUDA a step is moelab's multi-tensor AdamW kernel (kernels/adamw.h),
+// with the step count and the learning rate held on the device: one launch per 48
+// parameters, and nothing baked into a captured CUDA graph that must change between steps.
+// Elsewhere libtorch's AdamW takes the step. Either way the state (exp_avg, exp_avg_sq,
+// step) lives in libtorch's AdamW, which is what checkpoints hold.
 #include <vector>
 
 #include <torch/optim/adamw.h>
+
+#include "kernels/adamw.h"
 
 namespace moelab {
 
@@ -21,23 +23,21 @@ class TrainingOptimizer {
   bool fused() const { return fused_; }
   void set_learning_rate(double lr);
   void zero_grad();  // drops the gradients (set to none), as libtorch's zero_grad does
-  void step();       // every parameter must have a gradient on the fused path
+  // One step with every gradient multiplied by grad_scale (global-norm clipping; undefined:
+  // 1). Every parameter must have a gradient on the fused path.
+  void step(const torch::Tensor& grad_scale);
   // For checkpoints: libtorch's AdamW holding the state, its step counts brought up to the
   // device's (reads them back: call at checkpoints, not every step).
   torch::optim::AdamW& state();
 
  private:
-  struct Group {
-    std::vector<torch::Tensor> params, exp_avgs, exp_avg_sqs, steps;
-    double weight_decay = 0;
-  };
   void prepare_fused();
 
   torch::optim::AdamW adamw_;
   bool fused_ = false;
   double beta1_ = 0.9, beta2_ = 0.95, eps_ = 1e-8;
-  std::vector<Group> groups_;
-  torch::Tensor lr_;  // [] float32 on the device
+  kernels::AdamWState fused_state_;
+  torch::Tensor lr_, step_;  // [] float32 on the device
 };
 
 }  // namespace moelab

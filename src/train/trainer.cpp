@@ -59,31 +59,25 @@ torch::Tensor squared_norm(const std::vector<torch::Tensor>& grads) {
   return torch::stack(norms).to(torch::kFloat32).square().sum().reshape({1});
 }
 
-// Gradient clipping by the global norm without reading the norm back to the host (libtorch's
-// clip_grad_norm_ returns a double). With expert parallelism the norm adds up the shards of
-// the whole expert group. max_norm <= 0 only measures.
-torch::Tensor clip_gradients(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& shards,
-                             const DistributedContext& dist, double max_norm) {
-  const std::vector<torch::Tensor> replicated_grads = gradients(replicated), shard_grads = gradients(shards);
-  torch::Tensor squared = squared_norm(replicated_grads);
+// The global gradient norm and clipping's scale, min(1, max_norm / norm), both on the device:
+// nothing is read back to the host (libtorch's clip_grad_norm_ returns a double), and the
+// optimizer applies the scale as it reads the gradients. With expert parallelism the norm
+// adds up the shards of the whole expert group. max_norm <= 0 only measures (no scale).
+struct GradientNorm {
+  torch::Tensor norm, clip_scale;
+};
+GradientNorm gradient_norm(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& shards,
+                           const DistributedContext& dist, double max_norm) {
+  torch::Tensor squared = squared_norm(gradients(replicated));
   if (!shards.empty()) {
-    torch::Tensor shard_squared = squared_norm(shard_grads).to(squared.device());
+    torch::Tensor shard_squared = squared_norm(gradients(shards)).to(squared.device());
     dist.expert_group->all_reduce_sum(shard_squared);
     squared = squared + shard_squared;
   }
-  torch::Tensor total = squared.sqrt().squeeze(0);
-  if (max_norm > 0) {
-    torch::Tensor scale = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (const auto* grads : {&replicated_grads, &shard_grads}) {
-      if (grads->empty()) continue;
-#if TORCH_VERSION_MAJOR >= 2
-      torch::_foreach_mul_(*grads, scale.to(grads->front().scalar_type()));
-#else
-      for (const auto& g : *grads) g.mul_(scale.to(g.scalar_type()));
-#endif
-    }
-  }
-  return total;
+  GradientNorm out;
+  out.norm = squared.sqrt().squeeze(0);
+  if (max_norm > 0) out.clip_scale = (max_norm / (out.norm + 1e-6)).clamp_max(1.0);
+  return out;
 }
 
 // Data parallelism must keep the replicas identical: a per-tensor checksum gathered from every
@@ -299,8 +293,9 @@ json train(RunConfig config, const TrainOptions& options) {
     if (gradient_sync) gradient_sync->begin_backward();
     loss.backward();
     if (gradient_sync) gradient_sync->finish();
-    o.grad_norm = clip_gradients(replicated, expert_shards, dist, tc.grad_clip);
-    optimizer.step();
+    GradientNorm norm = gradient_norm(replicated, expert_shards, dist, tc.grad_clip);
+    o.grad_norm = norm.norm;
+    optimizer.step(norm.clip_scale);
     if (dist.world_group && config.router.bias_rate > 0)
       for (const auto& layer : model.moe_layers()) dist.world_group->all_reduce_sum(layer->router().pending_load());
     model.update_expert_biases();
