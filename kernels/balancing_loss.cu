@@ -19,7 +19,7 @@ namespace moelab::kernels::cuda {
 namespace {
 
 constexpr int kMaxExperts = 32;
-constexpr int kThreads = 256;
+constexpr int kThreads = 64;  // a token per thread: 256-thread blocks put 8192 tokens on 32 SMs (7 us, now ~2)
 
 __device__ void row_softmax(const float* __restrict__ row, int experts, float* p) {
   float row_max = -INFINITY;
@@ -31,11 +31,12 @@ __device__ void row_softmax(const float* __restrict__ row, int experts, float* p
   float sum = 0.f;
 #pragma unroll
   for (int e = 0; e < kMaxExperts; ++e) {
-    p[e] = e < experts ? expf(p[e] - row_max) : 0.f;
+    p[e] = e < experts ? __expf(p[e] - row_max) : 0.f;
     sum += p[e];
   }
+  const float inv_sum = 1.f / sum;
 #pragma unroll
-  for (int e = 0; e < kMaxExperts; ++e) p[e] /= sum;
+  for (int e = 0; e < kMaxExperts; ++e) p[e] *= inv_sum;
 }
 
 __global__ void balancing_partials_kernel(const float* __restrict__ logits, const int64_t* __restrict__ ids,

@@ -12,6 +12,9 @@ namespace moelab::kernels::cuda {
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize);
 torch::Tensor topk_ids(const torch::Tensor& values, int64_t k);  // no gradient
 torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take);  // no gradient
+// Contiguous bf16 (numel a multiple of 8, 16-byte aligned) -> a new fp32 tensor.
+bool bf16_to_fp32_supported(const torch::Tensor& in);
+torch::Tensor bf16_to_fp32(const torch::Tensor& in);
 bool adamw_supported(const AdamWState& state);  // CUDA fp32, contiguous, 16-byte aligned
 void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& grad_scale,
                 double beta1, double beta2, double eps);

@@ -34,7 +34,11 @@ constexpr int kThreads = 256;     // forward: a thread per 8-column vector of a 
 constexpr int kColVectors = 32;   // backward: a warp spans 32 vectors (256 columns) of one row
 constexpr int kRowWarps = 8;      // backward: warps per block, each over every 8th row of the tile
 constexpr int kTileRows = 64;     // backward rows per block
-constexpr int kBatch = 2;         // backward rows per warp whose loads are in flight together
+// Backward rows per warp whose loads are in flight together: 2 keeps the activations' registers
+// low enough for full occupancy; without an activation a row is one load, and a warp takes
+// all 8 of its rows at once.
+template <int Act>
+constexpr int kBatch = Act == kNoActivation ? kTileRows / kRowWarps : 2;
 
 __device__ int expert_of_row(const int* offsets, int experts, int64_t row) {
   int lo = 0, hi = experts - 1;  // first e with offsets[e] > row
@@ -129,10 +133,11 @@ __global__ void __launch_bounds__(kColVectors * kRowWarps)
   if (active) {
 #pragma unroll
     for (int p = 0; p < kParts; ++p) load8(bias + e * cols_in + p * cols_out + c, b[p]);
-    for (int64_t row0 = first + warp; row0 < last; row0 += kRowWarps * kBatch) {
-      uint4 g[kBatch], x[kBatch], v[kBatch];
+    constexpr int kRows = kBatch<Act>;
+    for (int64_t row0 = first + warp; row0 < last; row0 += kRowWarps * kRows) {
+      uint4 g[kRows], x[kRows], v[kRows];
 #pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
+      for (int j = 0; j < kRows; ++j) {
         const int64_t row = row0 + j * kRowWarps;
         if (row >= last) break;
         g[j] = load_packed8(grad_out + row * cols_out + c);
@@ -140,7 +145,7 @@ __global__ void __launch_bounds__(kColVectors * kRowWarps)
         if (Act == kSwiGLU) v[j] = load_packed8(h + row * cols_in + cols_out + c);
       }
 #pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
+      for (int j = 0; j < kRows; ++j) {
         const int64_t row = row0 + j * kRowWarps;
         if (row >= last) break;
         if (row >= offsets[e]) {  // the next expert's rows begin (skipping empty experts)

@@ -4,6 +4,9 @@
 #include <torch/torch.h>
 
 #include "kernels/column_sum.h"
+#ifdef MOELAB_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 // at::mm with an fp32 output from bf16 inputs (PyTorch 2.8+, CUDA).
 #if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
@@ -40,6 +43,28 @@ struct Bf16Linear : public torch::autograd::Function<Bf16Linear> {
 };
 }  // namespace
 #endif
+
+#ifdef MOELAB_CUDA
+namespace {
+struct Bf16Operand : public torch::autograd::Function<Bf16Operand> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& weight) {
+    return weight.to(torch::kBFloat16);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list grads) {
+    torch::Tensor g = grads[0].to(torch::kBFloat16).contiguous();
+    return {cuda::bf16_to_fp32_supported(g) ? cuda::bf16_to_fp32(g) : g.to(torch::kFloat32)};
+  }
+};
+}  // namespace
+#endif
+
+torch::Tensor bf16_operand(const torch::Tensor& weight) {
+#ifdef MOELAB_CUDA
+  if (weight.is_cuda() && weight.scalar_type() == torch::kFloat32 && weight.requires_grad() && torch::GradMode::is_enabled())
+    return Bf16Operand::apply(weight);
+#endif
+  return weight.to(torch::kBFloat16);
+}
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
 #ifdef MOELAB_FP32_GRAD_LINEAR

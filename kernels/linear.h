@@ -11,4 +11,9 @@ namespace moelab::kernels {
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
+// weight.to(bf16) as a GEMM operand (the experts' grouped GEMMs), its gradient brought back
+// to the fp32 parameter by a vectorized kernel on CUDA (kernels/cast.cu) instead of
+// libtorch's element-by-element conversion; elsewhere plain Tensor::to.
+torch::Tensor bf16_operand(const torch::Tensor& weight);
+
 }  // namespace moelab::kernels

@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include "kernels/linear.h"
 #include "kernels/routing_kernels.h"
 
 // at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
@@ -69,9 +70,10 @@ torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor&
     // activation after each GEMM.
     const auto bf16 = torch::kBFloat16;
     torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
-    torch::Tensor h = at::_grouped_mm(packed.to(bf16), w1.to(bf16), offsets);
+    torch::Tensor h = at::_grouped_mm(packed.to(bf16), kernels::bf16_operand(w1), offsets);
     h = kernels::expert_bias_activation(h, b1, offsets, swiglu_ ? kernels::kSwiGLU : kernels::kGelu);
-    return kernels::expert_bias_activation(at::_grouped_mm(h, w2.to(bf16), offsets), b2, offsets, kernels::kNoActivation);
+    return kernels::expert_bias_activation(at::_grouped_mm(h, kernels::bf16_operand(w2), offsets), b2, offsets,
+                                           kernels::kNoActivation);
   }
 #endif
   torch::Tensor counts = expert_rows.cpu();

@@ -556,6 +556,23 @@ TEST(CudaKernels, LinearUnderAutocastMatchesAtenLinear) {
   }
 }
 
+TEST(CudaKernels, Bf16OperandGradientIsTheExactFp32Widening) {
+  REQUIRE_CUDA();
+  torch::manual_seed(41);
+  // The gradient reaching the fp32 weight is the bf16 gradient widened, exactly (fp32 holds
+  // every bf16 value): the vectorized kernel (numel a multiple of 8) and the fallback (not).
+  for (int64_t cols : {1024, 13}) {
+    torch::Tensor w = torch::randn({3, 7, cols}, torch::kCUDA).requires_grad_(true);
+    torch::Tensor y = kernels::bf16_operand(w);
+    ASSERT_EQ(y.scalar_type(), torch::kBFloat16);
+    ASSERT_TRUE(torch::equal(y, w.detach().to(torch::kBFloat16)));
+    torch::Tensor upstream = torch::randn(y.sizes(), torch::kCUDA).to(torch::kBFloat16);
+    (y * upstream).sum().backward();
+    ASSERT_EQ(w.grad().scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::equal(w.grad(), upstream.to(torch::kFloat32))) << cols << " columns";
+  }
+}
+
 TEST(CudaKernels, SinkhornMatchesReference) {
   REQUIRE_CUDA();
   torch::manual_seed(17);
