@@ -5,7 +5,7 @@
 //                     atomics: deterministic), fp32 accumulation, a warp per token. Traffic:
 //                     (K + 1) * T * d * bytes.
 //   combine_backward: per kept (t, j): grad_y[row] = gates[t, j] * grad_out[t] and
-//                     grad_gates[t, j] = <y[row], grad_out[t]>, a warp each. Traffic:
+//                     grad_gates[t, j] = <y[row], grad_out[t]>, a warp per token. Traffic:
 //                     3 * kept * d * bytes.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/util/BFloat16.h>
@@ -88,37 +88,39 @@ __global__ void combine_kernel(const T* __restrict__ y, const int64_t* __restric
   }
 }
 
-// A warp per entry, kRowsPerBlock entries per block: with a block per entry, the 8 * T
-// mostly-unkept entries of expert choice at d 256 cost 41 us a layer in block launches alone.
-
+// A warp per token, kRowsPerBlock tokens per block, over the token's entries in turn (its
+// grad_out row is re-read from L1): with a block per entry, the 8 * T mostly-unkept entries
+// of expert choice at d 256 cost 41 us a layer in block launches alone.
 template <typename T>
 __global__ void combine_backward_kernel(const T* __restrict__ y, const int64_t* __restrict__ rows, const float* __restrict__ gates,
                                         const T* __restrict__ grad_out, T* __restrict__ grad_y, float* __restrict__ grad_gates,
-                                        int64_t entries, int columns, int64_t dim) {
+                                        int64_t tokens, int columns, int64_t dim) {
   constexpr int N = Vec<T>::N;
-  const int64_t entry = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (entry >= entries) return;
-  const int64_t row = rows[entry], token = entry / columns;
-  if (row < 0) {
-    if (lane == 0) grad_gates[entry] = 0.f;
-    return;
-  }
-  const float g = gates[entry];
-  float dot = 0.f;
-  for (int64_t c = lane * N; c < dim; c += 32 * N) {
-    float go[N], v[N], gy[N];
-    Vec<T>::load(grad_out + token * dim + c, go);
-    Vec<T>::load(y + row * dim + c, v);
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      gy[i] = g * go[i];
-      dot += v[i] * go[i];
+  if (token >= tokens) return;
+  for (int j = 0; j < columns; ++j) {
+    const int64_t entry = token * columns + j, row = rows[entry];
+    if (row < 0) {
+      if (lane == 0) grad_gates[entry] = 0.f;
+      continue;
     }
-    Vec<T>::store(grad_y + row * dim + c, gy);
+    const float g = gates[entry];
+    float dot = 0.f;
+    for (int64_t c = lane * N; c < dim; c += 32 * N) {
+      float go[N], v[N], gy[N];
+      Vec<T>::load(grad_out + token * dim + c, go);
+      Vec<T>::load(y + row * dim + c, v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        gy[i] = g * go[i];
+        dot += v[i] * go[i];
+      }
+      Vec<T>::store(grad_y + row * dim + c, gy);
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) grad_gates[entry] = dot;
   }
-  dot = warp_sum(dot);
-  if (lane == 0) grad_gates[entry] = dot;
 }
 
 unsigned blocks_for(int64_t rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
@@ -163,19 +165,19 @@ void launch_combine(const torch::Tensor& y, const torch::Tensor& rows, const tor
 
 void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& rows, const torch::Tensor& gates,
                              const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates) {
-  const int64_t entries = rows.numel(), dim = y.size(1);
-  if (entries == 0) return;
+  const int64_t tokens = rows.size(0), dim = y.size(1);
+  if (rows.numel() == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   const int columns = static_cast<int>(rows.size(1));
-  const unsigned blocks = blocks_for(entries);
+  const unsigned blocks = blocks_for(tokens);
   if (y.scalar_type() == torch::kBFloat16) {
     combine_backward_kernel<c10::BFloat16><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(
         y.data_ptr<c10::BFloat16>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<c10::BFloat16>(),
-        grad_y.data_ptr<c10::BFloat16>(), grad_gates.data_ptr<float>(), entries, columns, dim);
+        grad_y.data_ptr<c10::BFloat16>(), grad_gates.data_ptr<float>(), tokens, columns, dim);
   } else {
     combine_backward_kernel<float><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(
         y.data_ptr<float>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<float>(),
-        grad_y.data_ptr<float>(), grad_gates.data_ptr<float>(), entries, columns, dim);
+        grad_y.data_ptr<float>(), grad_gates.data_ptr<float>(), tokens, columns, dim);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

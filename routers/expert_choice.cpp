@@ -25,7 +25,8 @@ class ExpertChoiceStrategy : public RoutingStrategy {
     // Each expert's top tokens; equal scores keep the earlier token.
     torch::Tensor selected = kernels::column_topk_mask(scores, per_expert);  // [T, E]
     torch::Tensor ids = torch::arange(experts, in.token_ids.options()).expand({tokens, experts}).contiguous();
-    torch::Tensor gates = scores * selected;
+    // where, not scores * selected: a float-by-bool product casts element by element.
+    torch::Tensor gates = torch::where(selected, scores, torch::zeros({}, scores.options()));
     if (fallback_) {
       torch::Tensor orphan = ~selected.any(1);  // [T]
       kernels::TopKGate g = kernels::softmax_topk(in.logits, in.top_k, temperature_, /*renormalize=*/true);
