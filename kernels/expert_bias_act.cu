@@ -78,7 +78,10 @@ __global__ void expert_bias_act_kernel(const c10::BFloat16* __restrict__ h, cons
                                        c10::BFloat16* __restrict__ out) {
   const int64_t vectors_per_row = cols_out / kVec;
   const int64_t vector = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t row = vector / vectors_per_row;
+  // A 32-bit division where the index fits: the 64-bit one is a long software routine.
+  const int64_t row = vector < (int64_t{1} << 32) && vectors_per_row < (int64_t{1} << 32)
+                          ? static_cast<uint32_t>(vector) / static_cast<uint32_t>(vectors_per_row)
+                          : vector / vectors_per_row;
   if (row >= offsets[experts - 1]) return;
   const int e = expert_of_row(offsets, experts, row);
   const int64_t c = (vector - row * vectors_per_row) * kVec;

@@ -19,7 +19,7 @@ class SoftkStrategy : public RoutingStrategy {
       ids = g.ids;
       gates = g.gates;
     } else {  // an expert bias steers the choice but not the weights
-      ids = std::get<1>(in.selection_logits.detach().sort(/*stable=*/true, -1, true)).narrow(1, 0, in.top_k);
+      ids = kernels::topk_ids(in.selection_logits, in.top_k);
       gates = torch::softmax(in.logits.gather(1, ids) / temperature_, -1);
     }
     return {ids, gates, torch::ones_like(ids, torch::kBool), gates.detach()};

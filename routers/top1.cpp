@@ -3,6 +3,7 @@
 // gives the seed's constant 1 (no router gradient).
 #include <torch/torch.h>
 
+#include "kernels/routing_kernels.h"
 #include "routers/strategy.h"
 
 namespace moelab {
@@ -15,9 +16,15 @@ class Top1Strategy : public RoutingStrategy {
   int64_t experts_per_token(int64_t) const override { return 1; }
 
   StrategyChoice route(const StrategyInputs& in) const override {
-    torch::Tensor probs = torch::softmax(in.logits, -1);
-    torch::Tensor ids = std::get<1>(in.selection_logits.detach().sort(/*stable=*/true, -1, true)).narrow(1, 0, 1);
-    torch::Tensor prob = probs.gather(1, ids);
+    torch::Tensor ids, prob;
+    if (in.selection_logits.is_same(in.logits)) {  // the fused gate: softmax, arg-max and its probability
+      kernels::TopKGate g = kernels::softmax_topk(in.logits, 1, 1.0, /*renormalize=*/false);
+      ids = g.ids;
+      prob = g.gates;
+    } else {  // an expert bias steers the choice but not the weights
+      ids = kernels::topk_ids(in.selection_logits, 1);
+      prob = torch::softmax(in.logits, -1).gather(1, ids);
+    }
     torch::Tensor gates = prob_gate_ ? prob : torch::ones_like(prob);
     return {ids, gates, torch::ones_like(ids, torch::kBool), prob.detach()};
   }
