@@ -1,5 +1,8 @@
 #include "models/tiny_moe.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "models/layer_norm.h"
@@ -9,7 +12,8 @@ namespace moelab {
 
 int64_t expert_hidden(const ModelConfig& model) { return model.ffn_mult * model.dim; }
 int64_t dense_hidden(const ModelConfig& model, const RouterConfig& router) {
-  return router.top_k * model.ffn_mult * model.dim;
+  const double width = model.dense_width > 0 ? model.dense_width : static_cast<double>(router.top_k);
+  return std::max<int64_t>(1, std::llround(width * static_cast<double>(model.ffn_mult * model.dim)));
 }
 
 DenseFfn::DenseFfn(int64_t dim, int64_t hidden, bool swiglu) : swiglu_(swiglu) {

@@ -83,7 +83,7 @@ class TinyMoE : public torch::nn::Module {
 };
 
 // The FFN hidden width of one expert (m*d) and of the dense baseline (k*m*d: equal active
-// parameters).
+// parameters; model.dense_width experts' widths instead of k when set).
 int64_t expert_hidden(const ModelConfig& model);
 int64_t dense_hidden(const ModelConfig& model, const RouterConfig& router);
 

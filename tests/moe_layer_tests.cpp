@@ -176,10 +176,16 @@ TEST(TinyMoE, ShapesParameterCountsAndDenseBaseline) {
   TinyMoE dense(m, r);
   EXPECT_TRUE(dense.moe_layers().empty());
   // Equal active parameters: k experts of width m*d against one FFN of width k*m*d, apart from
-  // the router's gate.
   // the router's gate and the k - 1 extra output biases, in each of the 2 layers.
   const int64_t gate = 32 * 4 + 4, extra_bias = (2 - 1) * 32;
   EXPECT_EQ(moe.active_parameter_count() - 2 * (gate + extra_bias), dense.active_parameter_count());
+  // model.dense_width: 2.5 experts' widths (expert choice's c * k at c = 1.25) instead of k = 2:
+  // half an expert more per layer, each hidden unit with 32 + 1 up and 32 down parameters.
+  m.dense_width = 2.5;
+  TinyMoE wider(m, r);
+  const int64_t half_expert = m.ffn_mult * 32 / 2;
+  EXPECT_EQ(wider.active_parameter_count() - dense.active_parameter_count(), 2 * half_expert * (32 + 1 + 32));
+  m.dense_width = 0;
   m.dense = false;
   m.moe_every = 2;
   m.position = "rope";

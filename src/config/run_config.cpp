@@ -27,7 +27,7 @@ json run_config_to_json(const RunConfig& c) {
                 {"position", c.model.position}, {"activation", c.model.activation},
                 {"tie_embeddings", c.model.tie_embeddings},
                 {"moe_every", c.model.moe_every}, {"dense", c.model.dense},
-                {"dispatcher", c.model.dispatcher}};
+                {"dense_width", c.model.dense_width}, {"dispatcher", c.model.dispatcher}};
   const RouterConfig& r = c.router;
   j["router"] = {{"strategy", r.strategy},
                  {"gate", r.gate},
@@ -224,6 +224,7 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   m.tie_embeddings = r.flag("model", "tie_embeddings");
   m.moe_every = r.integer("model", "moe_every", 1);
   m.dense = r.flag("model", "dense");
+  m.dense_width = r.number("model", "dense_width", 0.0, 1e6);
   m.dispatcher = r.choice("model", "dispatcher", {"sparse", "masked_matmul"});
 
   RouterConfig& ro = c.router;

@@ -26,6 +26,8 @@ struct ModelConfig {
   bool tie_embeddings = false;
   int64_t moe_every = 1;             // every n-th block has a MoE FFN, the others dense
   bool dense = false;                // dense baseline with the MoE's active parameters
+  double dense_width = 0;            // its FFN width in experts' widths (0: router.top_k); expert
+                                     // choice at capacity factor c activates c * k per token
   std::string dispatcher = "sparse";  // sparse (pack by expert) | masked_matmul (every expert on every token)
   int64_t vocab_size = 0;            // set from the tokenizer, not by the user
 };
