@@ -29,6 +29,9 @@ ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& 
                             const torch::Tensor& beta, double eps, torch::ScalarType out_dtype);
 bool layer_norm_supported(int64_t cols);
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
+CapacitySlots capacity_slots(const torch::Tensor& expert_ids, const torch::Tensor& selected, int64_t experts, int64_t capacity);
+PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
+                       int64_t columns);
 bool counting_sort_supported(int64_t n, int64_t buckets);
 torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids, const torch::Tensor& selected);
 bool balancing_loss_supported(int64_t experts);

@@ -56,6 +56,25 @@ KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
   return reference::stable_sort_by_key(keys, buckets);
 }
 
+CapacitySlots capacity_slots(const torch::Tensor& expert_ids, const torch::Tensor& selected, const torch::Tensor& order,
+                             int64_t num_experts, int64_t capacity) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && expert_ids.is_cuda() && !order.defined() && expert_ids.scalar_type() == torch::kLong &&
+      selected.scalar_type() == torch::kBool && cuda::counting_sort_supported(expert_ids.size(0), num_experts + 1))
+    return cuda::capacity_slots(expert_ids, selected, num_experts, capacity);
+#endif
+  return reference::capacity_slots(expert_ids, selected, order, num_experts, capacity);
+}
+
+PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
+                       int64_t columns) {
+#ifdef MOELAB_CUDA
+  if (cuda_enabled && slot.is_cuda() && kept_counts.size(0) <= 1024)
+    return cuda::packed_rows(expert_ids, slot, kept_counts, rows, columns);
+#endif
+  return reference::packed_rows(expert_ids, slot, kept_counts, rows, columns);
+}
+
 torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize) {
 #ifdef MOELAB_CUDA
   if (cuda_enabled && gates.is_cuda() && gates.scalar_type() == torch::kFloat32 && gates.dim() == 2 &&

@@ -50,4 +50,14 @@ torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Ten
   return torch::empty_like(queued).index_put_({order}, queued);
 }
 
+CapacitySlots reference::capacity_slots(const torch::Tensor& expert_ids, const torch::Tensor& selected, const torch::Tensor& order,
+                                        int64_t num_experts, int64_t capacity) {
+  torch::Tensor place = expert_positions(expert_ids, selected, order, num_experts);
+  CapacitySlots out;
+  out.kept = selected & (place < capacity);
+  out.slot = torch::where(out.kept, place, torch::full_like(place, -1));
+  out.kept_counts = torch::zeros({num_experts}, expert_ids.options()).index_add_(0, expert_ids, out.kept.to(torch::kLong));
+  return out;
+}
+
 }  // namespace moelab::kernels

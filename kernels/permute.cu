@@ -7,6 +7,8 @@
 //   combine_backward: per kept (t, j): grad_y[row] = gates[t, j] * grad_out[t] and
 //                     grad_gates[t, j] = <y[row], grad_out[t]>, a warp per token. Traffic:
 //                     3 * kept * d * bytes.
+#include <algorithm>
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/util/BFloat16.h>
 #include <torch/types.h>
@@ -123,6 +125,46 @@ __global__ void combine_backward_kernel(const T* __restrict__ y, const int64_t* 
   }
 }
 
+// The packed layout from capacity slots: each block's first warp scans the kept counts
+// (E <= 1024) into shared memory, then a thread per entry writes its row and, when
+// kept, the token of that row; threads past the kept rows write token 0 there (those rows
+// are gathered but never computed on). Traffic: 17 bytes read and 16 written per entry.
+constexpr int kPackThreads = 256;
+constexpr int kMaxPackExperts = 1024;
+
+__global__ void packed_rows_kernel(const int64_t* __restrict__ expert_ids, const int64_t* __restrict__ slot,
+                                   const int64_t* __restrict__ kept_counts, int experts, int64_t entries, int64_t rows,
+                                   int columns, int64_t* __restrict__ row_of_entry, int64_t* __restrict__ token_index) {
+  __shared__ int64_t start[kMaxPackExperts + 1];
+  if (threadIdx.x < 32) {  // lane l sums its run of E / 32 experts; a warp scan places the runs
+    const int lane = threadIdx.x, per_lane = (experts + 31) / 32;
+    const int first = min(lane * per_lane, experts), last = min(first + per_lane, experts);
+    int64_t local = 0;
+    for (int e = first; e < last; ++e) local += kept_counts[e];
+    int64_t inclusive = local;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const int64_t before = __shfl_up_sync(0xffffffffu, inclusive, offset);
+      if (lane >= offset) inclusive += before;
+    }
+    int64_t run = inclusive - local;
+    for (int e = first; e < last; ++e) {
+      start[e] = run;
+      run += kept_counts[e];
+    }
+    if (lane == 31) start[experts] = inclusive;
+  }
+  __syncthreads();
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kPackThreads + threadIdx.x;
+  if (i < entries) {
+    const int64_t s = slot[i];
+    const int64_t row = s >= 0 ? start[expert_ids[i]] + s : -1;
+    row_of_entry[i] = row;
+    if (row >= 0) token_index[row] = i / columns;
+  }
+  if (i >= start[experts] && i < rows) token_index[i] = 0;
+}
+
 unsigned blocks_for(int64_t rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 }  // namespace
@@ -180,6 +222,22 @@ void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& rows, 
         grad_y.data_ptr<float>(), grad_gates.data_ptr<float>(), tokens, columns, dim);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
+                       int64_t columns) {
+  const int64_t entries = slot.numel();
+  PackedRows out{torch::empty_like(slot), torch::empty({rows}, slot.options())};
+  const int64_t threads = std::max(entries, rows);
+  if (threads == 0) return out;
+  TORCH_CHECK(kept_counts.size(0) <= kMaxPackExperts, "packed_rows: E <= 1024");
+  packed_rows_kernel<<<static_cast<unsigned>((threads + kPackThreads - 1) / kPackThreads), kPackThreads, 0,
+                       at::cuda::getCurrentCUDAStream()>>>(
+      expert_ids.contiguous().data_ptr<int64_t>(), slot.contiguous().data_ptr<int64_t>(), kept_counts.contiguous().data_ptr<int64_t>(),
+      static_cast<int>(kept_counts.size(0)), entries, rows, static_cast<int>(columns), out.row_of_entry.data_ptr<int64_t>(),
+      out.token_index.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 }  // namespace moelab::kernels::cuda

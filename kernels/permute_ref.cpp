@@ -9,6 +9,18 @@ namespace moelab::kernels::reference {
 
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index) { return x.index_select(0, token_index); }
 
+PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
+                       int64_t columns) {
+  torch::Tensor start = kept_counts.cumsum(0) - kept_counts;
+  PackedRows out;
+  out.row_of_entry = torch::where(slot >= 0, start.index_select(0, expert_ids) + slot, torch::full_like(slot, -1));
+  // Entries not kept write into one extra row, cut off after.
+  torch::Tensor target = torch::where(slot >= 0, out.row_of_entry, torch::full_like(slot, rows));
+  torch::Tensor token = torch::arange(slot.size(0), slot.options()).div(columns, "floor");
+  out.token_index = torch::zeros({rows + 1}, slot.options()).scatter_(0, target, token).narrow(0, 0, rows);
+  return out;
+}
+
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates) {
   const int64_t tokens = row_of_entry.size(0), columns = row_of_entry.size(1), rows = y.size(0);
   // Dropped entries read an appended zero row.

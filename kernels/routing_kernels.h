@@ -46,6 +46,30 @@ KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
 torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Tensor& valid,
                                const torch::Tensor& order, int64_t num_experts);
 
+// Capacity in one pass: the selected flat assignments (expert_ids, selected: [N]) queue per
+// expert in `order` (a permutation of 0..N-1; undefined = flat order, the seed's "position"
+// policy) and the first `capacity` of each queue keep a slot. Returns whether each entry is
+// kept, its slot (its place in its expert's queue, -1 when not kept) and the kept entries
+// per expert. CUDA with flat order: the counting sort's kernels writing these directly.
+struct CapacitySlots {
+  torch::Tensor kept;         // [N] bool
+  torch::Tensor slot;         // [N] int64
+  torch::Tensor kept_counts;  // [E] int64
+};
+CapacitySlots capacity_slots(const torch::Tensor& expert_ids, const torch::Tensor& selected, const torch::Tensor& order,
+                             int64_t num_experts, int64_t capacity);
+
+// The packed layout from capacity slots: expert e's kept entries take rows start_e + slot,
+// start_e = the kept entries of the experts before e. Returns row_of_entry ([N] int64, -1 when
+// not kept) and token_index ([rows] int64: the token, entry / columns, of each packed row;
+// 0 past the kept rows). CUDA: one kernel.
+struct PackedRows {
+  torch::Tensor row_of_entry;
+  torch::Tensor token_index;
+};
+PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
+                       int64_t columns);
+
 // Dispatch: packed[i] = x[token_index[i]]. row_of_entry [T, K] (the packed row of each of a
 // token's K assignments, -1 when not kept) is the inverse map the backward pass uses.
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry);
@@ -85,6 +109,8 @@ torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temper
 // The CPU references, callable on any device (the tests compare against them).
 namespace reference {
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
+CapacitySlots capacity_slots(const torch::Tensor& expert_ids, const torch::Tensor& selected, const torch::Tensor& order,
+                             int64_t num_experts, int64_t capacity);
 torch::Tensor kept_gates(const torch::Tensor& gates, const torch::Tensor& selected, const torch::Tensor& kept, bool renormalize);
 torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_ids,
                                   const torch::Tensor& selected, int64_t experts);
@@ -92,6 +118,8 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
 torch::Tensor topk_ids(const torch::Tensor& values, int64_t k);
 torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take);
 torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
+PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
+                       int64_t columns);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,

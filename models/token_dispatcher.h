@@ -9,8 +9,9 @@ namespace moelab {
 
 struct DispatchedTokens {
   torch::Tensor packed;        // [R, d], R = min(T*K, E*capacity) (T*K when dropless): the kept
-                               //   assignments first, expert-major, flat order within an expert;
-                               //   then dropped ones (never computed on or read)
+                               //   assignments first, expert-major, in capacity-queue order within
+                               //   an expert (flat order, but priority order under drop_policy
+                               //   "probs"); then rows never computed on or read
   torch::Tensor token_index;   // [R] int64: the token each packed row came from
   torch::Tensor row_of_entry;  // [T, K] int64: the packed row of each assignment, -1 if not kept
   torch::Tensor gates;         // [T, K] float32: the plan's gates (differentiable)

@@ -16,16 +16,24 @@ int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t experts, double c
   return static_cast<int64_t>(std::ceil(slots * (1.0 - 1e-12)));
 }
 
+kernels::CapacitySlots assign_capacity(const torch::Tensor& expert_ids, const torch::Tensor& selected,
+                                       const torch::Tensor& priority, int64_t experts, int64_t capacity,
+                                       const std::string& policy) {
+  torch::Tensor order;
+  if (policy == "probs")
+    order = std::get<1>(priority.detach().reshape(-1).sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  kernels::CapacitySlots slots =
+      kernels::capacity_slots(expert_ids.reshape(-1), selected.reshape(-1), order, experts, capacity);
+  slots.kept = slots.kept.view(expert_ids.sizes());
+  slots.slot = slots.slot.view(expert_ids.sizes());
+  return slots;
+}
+
 torch::Tensor apply_capacity(const torch::Tensor& expert_ids, const torch::Tensor& selected,
                              const torch::Tensor& priority, int64_t experts, int64_t capacity,
                              const std::string& policy) {
   if (capacity <= 0) return selected;
-  torch::Tensor order;
-  if (policy == "probs")
-    order = std::get<1>(priority.detach().reshape(-1).sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  torch::Tensor position =
-      kernels::expert_positions(expert_ids.reshape(-1), selected.reshape(-1), order, experts).view(expert_ids.sizes());
-  return selected & (position < capacity);
+  return assign_capacity(expert_ids, selected, priority, experts, capacity, policy).kept;
 }
 
 }  // namespace moelab

@@ -42,10 +42,14 @@ RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_i
   StrategyChoice choice = strategy_->route(in);
   plan.expert_ids = choice.expert_ids;
   plan.selected = choice.selected;
-  plan.kept = strategy_->applies_capacity()
-                  ? choice.selected
-                  : apply_capacity(choice.expert_ids, choice.selected, choice.priority, experts, plan.capacity,
-                                   config_.drop_policy);
+  plan.kept = choice.selected;
+  if (!strategy_->applies_capacity() && plan.capacity > 0) {
+    kernels::CapacitySlots slots = assign_capacity(choice.expert_ids, choice.selected, choice.priority, experts,
+                                                   plan.capacity, config_.drop_policy);
+    plan.kept = slots.kept;
+    plan.slot = slots.slot;
+    plan.kept_counts = slots.kept_counts;
+  }
   plan.gates = kernels::kept_gates(choice.gates, choice.selected, plan.kept,
                                    config_.renorm_after_drop && !strategy_->applies_capacity());
 

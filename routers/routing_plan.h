@@ -13,6 +13,11 @@ struct RoutingPlan {
   torch::Tensor gates;       // [T, K] float32, zero where not kept; carries the router's gradient
   torch::Tensor selected;    // [T, K] bool: an assignment the strategy made
   torch::Tensor kept;        // [T, K] bool: selected and within its expert's capacity
+  // With a capacity the router applied: each kept assignment's slot in its expert's buffer
+  // (its place in the capacity queue, -1 when not kept) and the kept assignments per expert,
+  // so that the dispatcher packs without sorting again. Undefined otherwise.
+  torch::Tensor slot;         // [T, K] int64
+  torch::Tensor kept_counts;  // [E] int64
   torch::Tensor logits;      // [T, E] float32 gate-network output (undefined for hash)
   int64_t num_experts = 0;
   int64_t top_k = 0;

@@ -456,6 +456,33 @@ TEST(CudaKernels, CountingSortMatchesReference) {
   }
 }
 
+TEST(CudaKernels, CapacitySlotsAndPackedRowsMatchReference) {
+  REQUIRE_CUDA();
+  torch::manual_seed(43);
+  // Random routings, some entries not selected, E not a power of two, all on one expert,
+  // capacities that drop most, some or none; N not a multiple of the 256-entry chunk.
+  for (int64_t experts : {1, 7, 64, 1000})
+    for (int64_t n : {1, 1000, 20001})
+      for (int64_t capacity : {int64_t{1}, n / experts + 1, n}) {
+        torch::Tensor ids = torch::randint(0, experts, {n}, torch::kCUDA).to(torch::kLong);
+        torch::Tensor selected = torch::rand({n}, torch::kCUDA) < 0.8;
+        auto fast = kernels::capacity_slots(ids, selected, torch::Tensor(), experts, capacity);
+        auto ref = kernels::reference::capacity_slots(ids, selected, torch::Tensor(), experts, capacity);
+        const std::string what = std::to_string(experts) + " experts, " + std::to_string(n) + " entries, capacity " + std::to_string(capacity);
+        ASSERT_TRUE(torch::equal(fast.kept, ref.kept)) << what;
+        ASSERT_TRUE(torch::equal(fast.slot, ref.slot)) << what;
+        ASSERT_TRUE(torch::equal(fast.kept_counts, ref.kept_counts)) << what;
+        for (int64_t columns : {1, 4}) {
+          if (n % columns) continue;
+          const int64_t rows = std::min(n, experts * capacity);
+          auto packed = kernels::packed_rows(ids, fast.slot, fast.kept_counts, rows, columns);
+          auto packed_ref = kernels::reference::packed_rows(ids, ref.slot, ref.kept_counts, rows, columns);
+          ASSERT_TRUE(torch::equal(packed.row_of_entry, packed_ref.row_of_entry)) << what;
+          ASSERT_TRUE(torch::equal(packed.token_index, packed_ref.token_index)) << what;
+        }
+      }
+}
+
 TEST(CudaKernels, BalancingLossMatchesReferenceWithGradient) {
   REQUIRE_CUDA();
   torch::manual_seed(47);

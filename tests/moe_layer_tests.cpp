@@ -5,6 +5,7 @@
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
 #include "models/tiny_moe.h"
+#include "routers/capacity.h"
 #include "test_support.h"
 
 using namespace moelab;
@@ -50,6 +51,38 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   torch::Tensor out = dispatcher.combine(y, d);
   // t0: 0.25*1 + 0.5*3 = 1.75; t1: 1.0*10 = 10; t2: 3*100 + 2*300 = 900
   EXPECT_TRUE(torch::allclose(out.squeeze(1), torch::tensor({1.75, 10.0, 900.0})));
+}
+
+TEST(Dispatcher, PacksByCapacitySlotsAsBySorting) {
+  // Capacity 2 over the plan above's selections (all selected): expert 0 queues entries 1, 2,
+  // 5 and keeps 1 and 2; expert 2 keeps 0 and 4; expert 1 keeps 3. Slots are queue places.
+  torch::Tensor ids = torch::tensor({2, 0, 0, 1, 2, 0}, torch::kLong).view({3, 2});
+  kernels::CapacitySlots slots = assign_capacity(ids, torch::ones({3, 2}, torch::kBool), torch::Tensor(), 3, 2, "position");
+  EXPECT_TRUE(torch::equal(slots.kept, torch::tensor({true, true, true, true, true, false}).view({3, 2})));
+  EXPECT_TRUE(torch::equal(slots.slot, torch::tensor({0, 0, 1, 0, 1, -1}, torch::kLong).view({3, 2})));
+  EXPECT_TRUE(torch::equal(slots.kept_counts, torch::tensor({2, 1, 2}, torch::kLong)));
+  // The dispatcher packs by the slots (no sort) exactly as it packs by sorting the kept.
+  RoutingPlan plan;
+  plan.num_experts = 3;
+  plan.top_k = 2;
+  plan.capacity = 2;
+  plan.expert_ids = ids;
+  plan.kept = slots.kept;
+  plan.gates = torch::rand({3, 2}) * slots.kept;
+  torch::Tensor x = torch::randn({3, 4});
+  TokenDispatcher dispatcher;
+  DispatchedTokens sorted = dispatcher.dispatch(x, plan);
+  plan.slot = slots.slot;
+  plan.kept_counts = slots.kept_counts;
+  DispatchedTokens by_slots = dispatcher.dispatch(x, plan);
+  EXPECT_TRUE(torch::equal(by_slots.row_of_entry, sorted.row_of_entry));
+  EXPECT_TRUE(torch::equal(by_slots.row_of_entry, torch::tensor({3, 0, 1, 2, 4, -1}, torch::kLong).view({3, 2})));
+  EXPECT_TRUE(torch::equal(by_slots.expert_rows, sorted.expert_rows));
+  EXPECT_TRUE(torch::equal(by_slots.token_index.narrow(0, 0, 5), sorted.token_index.narrow(0, 0, 5)));
+  EXPECT_EQ(by_slots.token_index.size(0), 6);
+  EXPECT_EQ(by_slots.token_index[5].item<int64_t>(), 0);  // past the kept rows: token 0, never computed on
+  torch::Tensor y = torch::randn({6, 4});
+  EXPECT_TRUE(torch::allclose(dispatcher.combine(y, by_slots), dispatcher.combine(y, sorted)));
 }
 
 TEST(Kernels, StableSortByKeyCountsAndPositions) {
