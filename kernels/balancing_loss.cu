@@ -45,7 +45,6 @@ __global__ void balancing_partials_kernel(const float* __restrict__ logits, cons
                                           float* __restrict__ prob_partials, int* __restrict__ count_partials) {
   __shared__ float warp_sums[kThreads / 32][kMaxExperts];
   __shared__ int counts[kMaxExperts];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x < kMaxExperts) counts[threadIdx.x] = 0;
   __syncthreads();
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -55,17 +54,9 @@ __global__ void balancing_partials_kernel(const float* __restrict__ logits, cons
     for (int j = 0; j < k; ++j)
       if (selected[t * k + j]) atomicAdd(&counts[ids[t * k + j]], 1);
   }
-#pragma unroll
-  for (int e = 0; e < kMaxExperts; ++e) {
-    if (e >= experts) break;
-    const float s = warp_sum(p[e]);
-    if (lane == 0) warp_sums[warp][e] = s;
-  }
-  __syncthreads();
+  const float prob = block_column_sum(p, experts, warp_sums);  // its barrier also publishes the counts
   if (threadIdx.x < experts) {
-    float s = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w) s += warp_sums[w][threadIdx.x];
-    prob_partials[static_cast<int64_t>(blockIdx.x) * experts + threadIdx.x] = s;
+    prob_partials[static_cast<int64_t>(blockIdx.x) * experts + threadIdx.x] = prob;
     count_partials[static_cast<int64_t>(blockIdx.x) * experts + threadIdx.x] = counts[threadIdx.x];
   }
 }

@@ -13,6 +13,20 @@
 namespace moelab::kernels {
 namespace {
 constexpr int64_t kOneHotLimit = int64_t{1} << 20;  // past ~1M counts (E 128 at 8K tokens) the sort is faster on an H100
+
+// Each flat assignment's place in its expert's queue: assignments queue in `order` (undefined:
+// flat order); those not valid take no place and get N.
+torch::Tensor queue_places(const torch::Tensor& expert_ids, const torch::Tensor& valid, const torch::Tensor& order,
+                           int64_t num_experts) {
+  const int64_t n = expert_ids.size(0);
+  torch::Tensor ids = order.defined() ? expert_ids.index_select(0, order) : expert_ids;
+  torch::Tensor ok = order.defined() ? valid.index_select(0, order) : valid;
+  // Entries that take no place queue behind every expert, in an extra bucket.
+  torch::Tensor key = torch::where(ok, ids, torch::full_like(ids, num_experts));
+  torch::Tensor queued = torch::where(ok, stable_sort_by_key(key, num_experts + 1).within_key, torch::full_like(ids, n));
+  if (!order.defined()) return queued;
+  return torch::empty_like(queued).index_put_({order}, queued);
+}
 }
 
 KeySort reference::stable_sort_by_key(const torch::Tensor& keys, int64_t buckets) {
@@ -38,21 +52,9 @@ KeySort reference::stable_sort_by_key(const torch::Tensor& keys, int64_t buckets
   return out;
 }
 
-torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Tensor& valid,
-                               const torch::Tensor& order, int64_t num_experts) {
-  const int64_t n = expert_ids.size(0);
-  torch::Tensor ids = order.defined() ? expert_ids.index_select(0, order) : expert_ids;
-  torch::Tensor ok = order.defined() ? valid.index_select(0, order) : valid;
-  // Entries that take no place queue behind every expert, in an extra bucket.
-  torch::Tensor key = torch::where(ok, ids, torch::full_like(ids, num_experts));
-  torch::Tensor queued = torch::where(ok, stable_sort_by_key(key, num_experts + 1).within_key, torch::full_like(ids, n));
-  if (!order.defined()) return queued;
-  return torch::empty_like(queued).index_put_({order}, queued);
-}
-
 CapacitySlots reference::capacity_slots(const torch::Tensor& expert_ids, const torch::Tensor& selected, const torch::Tensor& order,
                                         int64_t num_experts, int64_t capacity) {
-  torch::Tensor place = expert_positions(expert_ids, selected, order, num_experts);
+  torch::Tensor place = queue_places(expert_ids, selected, order, num_experts);
   CapacitySlots out;
   out.kept = selected & (place < capacity);
   out.slot = torch::where(out.kept, place, torch::full_like(place, -1));

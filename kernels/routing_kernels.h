@@ -40,12 +40,6 @@ struct KeySort {
 };
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
 
-// Position of each flat assignment within its expert's queue. Assignments queue in `order`
-// (a permutation of 0..N-1; undefined = flat order t*k+j, the seed's "position" policy);
-// entries with valid = false take no place. Returns int64 [N]; invalid entries get N.
-torch::Tensor expert_positions(const torch::Tensor& expert_ids, const torch::Tensor& valid,
-                               const torch::Tensor& order, int64_t num_experts);
-
 // Capacity in one pass: the selected flat assignments (expert_ids, selected: [N]) queue per
 // expert in `order` (a permutation of 0..N-1; undefined = flat order, the seed's "position"
 // policy) and the first `capacity` of each queue keep a slot. Returns whether each entry is

@@ -75,7 +75,6 @@ __global__ void row_pass_small(const float* __restrict__ logits, int64_t tokens,
                                const float* __restrict__ c, float* __restrict__ r, float* __restrict__ partial) {
   __shared__ float warp_columns[kSmallThreads / 32][kSmallExperts];
   const int64_t token = static_cast<int64_t>(blockIdx.x) * kSmallThreads + threadIdx.x;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float v[kSmallExperts];
   float row_max = -INFINITY, sum = 0.f;
 #pragma unroll
@@ -91,17 +90,9 @@ __global__ void row_pass_small(const float* __restrict__ logits, int64_t tokens,
   const float scale = token < tokens ? 1.f / sum : 0.f;
   if (token < tokens) r[token] = scale;
 #pragma unroll
-  for (int e = 0; e < kSmallExperts; ++e) {
-    if (e >= experts) break;
-    const float column = warp_sum(v[e] * scale);
-    if (lane == 0) warp_columns[warp][e] = column;
-  }
-  __syncthreads();
-  if (threadIdx.x < experts) {
-    float total = 0.f;
-    for (int w = 0; w < kSmallThreads / 32; ++w) total += warp_columns[w][threadIdx.x];
-    partial[static_cast<int64_t>(blockIdx.x) * experts + threadIdx.x] = total;
-  }
+  for (int e = 0; e < kSmallExperts; ++e) v[e] *= scale;
+  const float column = block_column_sum(v, experts, warp_columns);
+  if (threadIdx.x < experts) partial[static_cast<int64_t>(blockIdx.x) * experts + threadIdx.x] = column;
 }
 
 __global__ void write_q_small(const float* __restrict__ logits, int64_t tokens, int experts, float inv_t,

@@ -56,7 +56,7 @@ __global__ void softmax_topk_kernel(const T* __restrict__ logits, int64_t tokens
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i)
     if (lane + 32 * i < experts) sum += __expf(v[i] - row_max);
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+  sum = warp_sum(sum);
 
   unsigned taken = 0;
   float picked[kMaxK];

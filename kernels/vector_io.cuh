@@ -1,6 +1,7 @@
 #pragma once
 // 16-byte vector loads and stores of 8 values, bf16 or fp32 in memory, fp32 in registers:
-// the kernels' element-wise loops move whole vectors (callers keep columns a multiple of 8).
+// the kernels' element-wise loops move whole vectors (callers keep columns a multiple of 8);
+// and the warp and block sums the kernels share.
 #include <c10/util/BFloat16.h>
 
 namespace moelab::kernels::cuda {
@@ -36,6 +37,26 @@ __device__ inline float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
   return v;
+}
+
+// A block's sums by column of per-thread values v[c], c < columns <= kColumns (a thread per
+// token, its experts' values in registers), added in a fixed order: each warp's lanes, then
+// the warps in turn (deterministic). Thread c < columns gets column c's sum, the others 0.
+// It holds a barrier: every thread of the block must call it.
+template <int kWarps, int kColumns>
+__device__ float block_column_sum(const float* v, int columns, float (&warp_sums)[kWarps][kColumns]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    if (c >= columns) break;
+    const float s = warp_sum(v[c]);
+    if (lane == 0) warp_sums[warp][c] = s;
+  }
+  __syncthreads();
+  float total = 0.f;
+  if (static_cast<int>(threadIdx.x) < columns)
+    for (int w = 0; w < kWarps; ++w) total += warp_sums[w][threadIdx.x];
+  return total;
 }
 
 }  // namespace moelab::kernels::cuda
