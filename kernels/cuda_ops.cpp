@@ -1,8 +1,15 @@
 // Autograd for the CUDA kernels: each backward is its own kernel (the gate's, combine's, ...);
 // permute's backward is a combine with unit gates (no atomics).
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/torch.h>
 
 #include "kernels/cuda_ops.h"
+#include "kernels/grouped_gemm.h"
+
+// at::_grouped_mm (PyTorch 2.8+), which the fused expert FFN uses for its other GEMMs.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#define MOELAB_GROUPED_MM 1
+#endif
 
 namespace moelab::kernels::cuda {
 namespace {
@@ -90,6 +97,68 @@ struct ExpertBiasAct : public torch::autograd::Function<ExpertBiasAct> {
     return {grad_h, grad_bias.to(bias_dtype), torch::Tensor(), torch::Tensor()};
   }
 };
+
+#ifdef MOELAB_GROUPED_MM
+GroupedGemmArgs grouped_gemm_args(const torch::Tensor& a, const torch::Tensor& b, bool b_transposed, const torch::Tensor& ends,
+                                  int64_t n, torch::Tensor& out, torch::Tensor& pre) {
+  GroupedGemmArgs args;
+  args.a = reinterpret_cast<const __nv_bfloat16*>(a.data_ptr());
+  args.b = reinterpret_cast<const __nv_bfloat16*>(b.data_ptr());
+  args.b_transposed = b_transposed;
+  args.ends = ends.data_ptr<int>();
+  args.experts = static_cast<int>(ends.size(0));
+  args.rows = a.size(0);
+  args.k = static_cast<int>(a.size(1));
+  args.n = static_cast<int>(n);
+  args.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
+  args.pre = reinterpret_cast<__nv_bfloat16*>(pre.data_ptr());
+  return args;
+}
+
+// y = gelu(x W1_e + b1_e) W2_e + b2_e. Saved for the backward: x, the weights, pre (the
+// first layer's output before the GELU) and h (after it).
+struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
+                               const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& offsets) {
+    const auto bf16 = torch::kBFloat16;
+    torch::Tensor input = x.to(bf16).contiguous(), first = w1.to(bf16).contiguous(), second = w2.to(bf16).contiguous();
+    torch::Tensor ends = offsets.to(torch::kInt32).contiguous(), bias1 = b1.to(torch::kFloat32).contiguous();
+    const int64_t hidden = first.size(2);
+    torch::Tensor pre = torch::empty({input.size(0), hidden}, input.options()), h = torch::empty_like(pre);
+    GroupedGemmArgs args = grouped_gemm_args(input, first, false, ends, hidden, h, pre);
+    args.bias = bias1.data_ptr<float>();
+    grouped_gemm(args, GroupedGemmEpilogue::kBiasGelu, at::cuda::getCurrentCUDAStream());
+    torch::Tensor y = at::_grouped_mm(h, second, ends);
+    torch::Tensor out = torch::empty_like(y), bias2 = b2.to(torch::kFloat32).contiguous();
+    launch_expert_bias_act(y, bias2, ends, kNoActivation, out);
+    ctx->save_for_backward({input, first, second, ends, pre, h, bias2});
+    ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(x.scalar_type()), static_cast<int64_t>(w1.scalar_type()),
+                                                     static_cast<int64_t>(b1.scalar_type()), static_cast<int64_t>(w2.scalar_type()),
+                                                     static_cast<int64_t>(b2.scalar_type())};
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor x = saved[0], w1 = saved[1], w2 = saved[2], ends = saved[3], pre = saved[4], h = saved[5], bias2 = saved[6];
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    auto as = [&](const torch::Tensor& t, int i) { return t.to(static_cast<torch::ScalarType>(dtypes[i])); };
+    torch::Tensor dy = grads[0].to(torch::kBFloat16).contiguous();
+    // b2's gradient: the per-expert column sums of dy (the bias kernel without an activation).
+    torch::Tensor db2 = torch::zeros_like(bias2);
+    launch_expert_bias_act_backward(dy, dy, bias2, ends, kNoActivation, dy, db2);
+    torch::Tensor dw2 = at::_grouped_mm(h.t(), dy, ends);
+    // dy W2_e^T with the GELU's gradient and b1's gradient in the epilogue.
+    torch::Tensor dpre = torch::empty_like(pre), db1 = torch::zeros({w1.size(0), w1.size(2)}, dy.options().dtype(torch::kFloat32));
+    GroupedGemmArgs args = grouped_gemm_args(dy, w2, true, ends, w2.size(1), dpre, pre);
+    args.bias_grad = db1.data_ptr<float>();
+    grouped_gemm(args, GroupedGemmEpilogue::kGeluBackward, at::cuda::getCurrentCUDAStream());
+    torch::Tensor dw1 = at::_grouped_mm(x.t(), dpre, ends);
+    torch::Tensor dx = at::_grouped_mm(dpre, w1.transpose(-2, -1), ends);
+    return {as(dx, 0), as(dw1, 1), as(db1, 2), as(dw2, 3), as(db2, 4), torch::Tensor()};
+  }
+};
+#endif
+
 
 // LayerNorm and the fused residual add + LayerNorm, as two functions (libtorch's C++
 // Function takes no undefined inputs or outputs) sharing their forward and backward.
@@ -211,6 +280,26 @@ ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& 
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation) {
   return ExpertBiasAct::apply(h, bias, offsets, static_cast<int64_t>(activation));
+}
+
+bool expert_ffn_gelu_supported(const torch::Tensor& x, const torch::Tensor& w1) {
+#ifdef MOELAB_GROUPED_MM
+  return x.is_cuda() && x.dim() == 2 && w1.dim() == 3 && x.size(1) == w1.size(1) &&
+         grouped_gemm_supported(w1.size(1), w1.size(2), static_cast<int>(w1.size(0)), x.get_device());
+#else
+  (void)x, (void)w1;
+  return false;
+#endif
+}
+
+torch::Tensor expert_ffn_gelu(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                              const torch::Tensor& b2, const torch::Tensor& offsets) {
+#ifdef MOELAB_GROUPED_MM
+  return ExpertFfnGelu::apply(x, w1, b1, w2, b2, offsets);
+#else
+  (void)x, (void)w1, (void)b1, (void)w2, (void)b2, (void)offsets;
+  TORCH_CHECK(false, "expert_ffn_gelu needs at::_grouped_mm (libtorch 2.8+)");
+#endif
 }
 
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {

@@ -23,6 +23,9 @@ torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entr
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);  // no gradient
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation);
+bool expert_ffn_gelu_supported(const torch::Tensor& x, const torch::Tensor& w1);
+torch::Tensor expert_ffn_gelu(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                              const torch::Tensor& b2, const torch::Tensor& offsets);
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                          torch::ScalarType out_dtype);
 ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& branch, const torch::Tensor& gamma,

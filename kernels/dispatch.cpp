@@ -119,6 +119,26 @@ torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor
   return reference::expert_bias_activation(h, bias, offsets, activation);
 }
 
+bool fused_expert_ffn_available(const torch::Tensor& x, const torch::Tensor& w1) {
+#ifdef MOELAB_CUDA
+  return cuda_enabled && cuda::expert_ffn_gelu_supported(x, w1);
+#else
+  (void)x, (void)w1;
+  return false;
+#endif
+}
+
+torch::Tensor fused_expert_ffn(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                               const torch::Tensor& b2, const torch::Tensor& offsets) {
+  TORCH_CHECK(fused_expert_ffn_available(x, w1), "fused_expert_ffn: no fused kernel serves these tensors");
+#ifdef MOELAB_CUDA
+  return cuda::expert_ffn_gelu(x, w1, b1, w2, b2, offsets);
+#else
+  (void)b1, (void)w2, (void)b2, (void)offsets;
+  return torch::Tensor();
+#endif
+}
+
 #ifdef MOELAB_CUDA
 namespace {
 bool storable(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }

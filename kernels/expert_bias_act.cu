@@ -25,6 +25,7 @@
 #include <torch/types.h>
 
 #include "kernels/cuda_ops.h"
+#include "kernels/gelu.cuh"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {
@@ -50,26 +51,6 @@ __device__ int expert_of_row(const int* offsets, int experts, int64_t row) {
   return lo;
 }
 
-// erf(x / sqrt(2)) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, some 10^4 times
-// below a bf16 ulp at 1), sharing exp(-x^2 / 2) with the normal density the gradient needs:
-// one exp and one reciprocal, no branch. CUDA's erff branches on |x|, so warps diverge, and
-// with it the GELU backward was compute-bound (56 us for 16384 x 1024 on an H100).
-__device__ void erf_and_gauss(float x, float& erf_z, float& gauss) {
-  const float t = __fdividef(1.0f, 1.0f + 0.3275911f * 0.70710678118654752f * fabsf(x));
-  gauss = __expf(-0.5f * x * x);
-  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  erf_z = copysignf(1.0f - poly * gauss, x);
-}
-__device__ float gelu(float x) {
-  float erf_z, gauss;
-  erf_and_gauss(x, erf_z, gauss);
-  return 0.5f * x * (1.0f + erf_z);
-}
-__device__ float gelu_grad(float x) {
-  float erf_z, gauss;
-  erf_and_gauss(x, erf_z, gauss);
-  return 0.5f * (1.0f + erf_z) + x * 0.39894228040143268f * gauss;
-}
 __device__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <int Act>

@@ -82,6 +82,18 @@ enum ExpertActivation { kNoActivation = 0, kGelu = 1, kSwiGLU = 2 };
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation);
 
+// The whole GELU expert FFN as one differentiable op, y = gelu(x W1_e + b1_e) W2_e + b2_e over
+// packed rows grouped by offsets (as above; w1 [E, D, H], w2 [E, H, D]), where a fused kernel
+// serves it: on an H100 with the CUDA kernels on, D % 64 == 0, H % 256 == 0, E <= 512. The
+// first GEMM then applies b1 and the GELU in its epilogue, and the backward's dy W2_e^T
+// applies the GELU's gradient and sums b1's (kernels/grouped_gemm.cu); the other GEMMs are
+// at::_grouped_mm, everything in bf16 with fp32 accumulation. Elsewhere
+// fused_expert_ffn_available() is false and the caller composes the GEMMs with
+// expert_bias_activation.
+bool fused_expert_ffn_available(const torch::Tensor& x, const torch::Tensor& w1);
+torch::Tensor fused_expert_ffn(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                               const torch::Tensor& b2, const torch::Tensor& offsets);
+
 // The gates of the kept assignments ([T, k] fp32; selected, kept bool [T, k]): zero where not
 // kept; with `renormalize`, a token that lost some but not all of its selected assignments
 // has its kept gates scaled to the mass all its selected gates had (for gates summing to 1,

@@ -70,6 +70,8 @@ torch::Tensor Experts::forward(const torch::Tensor& packed, const torch::Tensor&
     // activation after each GEMM.
     const auto bf16 = torch::kBFloat16;
     torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
+    if (!swiglu_ && kernels::fused_expert_ffn_available(packed, w1))
+      return kernels::fused_expert_ffn(packed.to(bf16), kernels::bf16_operand(w1), b1, kernels::bf16_operand(w2), b2, offsets);
     torch::Tensor h = at::_grouped_mm(packed.to(bf16), kernels::bf16_operand(w1), offsets);
     h = kernels::expert_bias_activation(h, b1, offsets, swiglu_ ? kernels::kSwiGLU : kernels::kGelu);
     return kernels::expert_bias_activation(at::_grouped_mm(h, kernels::bf16_operand(w2), offsets), b2, offsets,

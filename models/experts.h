@@ -3,8 +3,9 @@
 // w2 [E, h, d], with biases; Xavier-initialised. forward() runs each expert on its rows of
 // the packed buffer, a grouped GEMM with no padding to capacity: on CUDA with a libtorch
 // that has it (2.8+), one at::_grouped_mm per projection (CUTLASS on Hopper, bf16, row
-// offsets stay on the device), each followed by the fused bias + activation kernel;
-// elsewhere one addmm per expert.
+// offsets stay on the device), each followed by the fused bias + activation kernel; for
+// GELU on an H100, kernels::fused_expert_ffn (the first GEMM and the GELU's backward GEMM
+// with their elementwise work in the epilogue); elsewhere one addmm per expert.
 #include <memory>
 #include <vector>
 

@@ -16,7 +16,7 @@ mkdir -p "$work/include/c10/cuda/impl"
 printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$work/include/c10/cuda/impl/cuda_cmake_macros.h"
 status=0
 for source in kernels/*.cu; do
-  if "$nvcc" -std=c++17 -arch=sm_90 -I. -I"$work/include" -I/usr/include/torch/csrc/api/include -DMOELAB_CUDA \
+  if "$nvcc" -std=c++17 -arch=sm_90a -I. -I"$work/include" -I/usr/include/torch/csrc/api/include -DMOELAB_CUDA \
        -c "$source" -o "$work/$(basename "$source").o" >"$work/log" 2>&1; then
     echo "ok      $source"
   else

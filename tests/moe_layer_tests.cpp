@@ -116,6 +116,16 @@ TEST(Kernels, ExpertBiasActivationReference) {
   // SwiGLU over the halves: silu(h0 + b0) * (h1 + b1).
   torch::Tensor swiglu = kernels::reference::expert_bias_activation(h, bias, offsets, kernels::kSwiGLU);
   EXPECT_NEAR(swiglu[2][0].item<double>(), (torch::silu(torch::tensor(-1.0)) * 2.0).item<double>(), 1e-6);
+  // The padding row, even holding NaN (a grouped GEMM leaves it unwritten), adds nothing to
+  // the last expert's bias gradient: that is the sum over rows 2-3 only.
+  torch::Tensor padded = h.clone();
+  padded[4][0] = NAN;
+  torch::Tensor b = bias.clone().requires_grad_(true);
+  torch::Tensor y = kernels::reference::expert_bias_activation(padded, b, offsets, kernels::kGelu);
+  y.sum().backward();
+  torch::Tensor routed = out.narrow(0, 2, 2).clone().requires_grad_(true);
+  torch::gelu(routed).sum().backward();
+  EXPECT_TRUE(torch::allclose(b.grad()[2], routed.grad().sum(0)));
 }
 
 TEST(Kernels, UnpermuteValuesAndGradients) {

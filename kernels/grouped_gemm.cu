@@ -1,0 +1,443 @@
+// The kernel of grouped_gemm.h; see there for what it computes and how it is laid out.
+#include "kernels/grouped_gemm.h"
+
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/gelu.cuh"
+
+namespace moelab::kernels::cuda {
+namespace {
+
+constexpr int kBlockM = 128, kBlockN = 256, kBlockK = 64, kStages = 3;
+constexpr int kConsumerWarps = 8;  // two warpgroups of 64 rows each
+constexpr int kThreads = 128 + 32 * kConsumerWarps;
+constexpr int kMaxExperts = 512;
+constexpr uint32_t kStageBytes = (kBlockM + kBlockN) * kBlockK * 2;
+
+// 128-byte swizzled tiles must start at 1024-byte boundaries.
+struct alignas(1024) SharedStorage {
+  __nv_bfloat16 a[kStages][kBlockM * kBlockK];  // rows of 64 k (128 bytes), TMA-swizzled
+  __nv_bfloat16 b[kStages][kBlockK * kBlockN];  // transposed: 256 rows of 64 k; else four 64 k x 64 n boxes
+  __nv_bfloat16 staged[2][64 * kBlockN];        // each consumer warpgroup's 64 x 256 results: four
+                                                // 64 x 64 boxes, 128-byte swizzled like TMA's
+  float column_sums[kConsumerWarps][kBlockN];   // kGeluBackward: each warp's bias-gradient partials
+  uint64_t full[kStages], empty[kStages];
+  int first_tile[kMaxExperts + 1];              // tiles of experts before e
+};
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(count));
+}
+__device__ __forceinline__ void barrier_expect_bytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_address(bar)) : "memory");
+}
+// Returns once the barrier's phase of this parity has completed.
+__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(shared_address(bar)), "r"(parity)
+        : "memory");
+  }
+}
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, int inner, int outer, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          shared_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(inner), "r"(outer), "r"(shared_address(bar))
+      : "memory");
+}
+// A wgmma shared-memory descriptor of a 128-byte-swizzled tile: start address, the byte
+// offset between 64-element chunks along M/N (used by MN-major B) and between 8-row groups.
+__device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t chunk_stride, uint32_t group_stride) {
+  return static_cast<uint64_t>((shared_address(p) & 0x3FFFF) >> 4) |
+         static_cast<uint64_t>((chunk_stride & 0x3FFFF) >> 4) << 16 |
+         static_cast<uint64_t>((group_stride & 0x3FFFF) >> 4) << 32 | 1ull << 62;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory"); }
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma.
+__device__ __forceinline__ void fence_registers(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D (+)= A * B for one warpgroup: A 64 x 16 and B 16 x 256 bf16 in shared memory (descriptors),
+// D 64 x 256 fp32 in the registers of the warpgroup's 128 threads (128 each). TransB = 1 reads
+// B stored N-contiguous (MN-major), 0 K-contiguous. accumulate = 0 overwrites D.
+template <int TransB>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, %131;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TransB));
+}
+
+__device__ __forceinline__ void warpgroup_sync(int half) {
+  asm volatile("bar.sync %0, 128;" ::"r"(2 + half) : "memory");
+}
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(32 * kConsumerWarps) : "memory"); }
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Byte offset of (row, col) in a staged 64 x 256 result: box col / 64, 128 bytes a row, the
+// 16-byte chunk index XORed with row % 8 (TMA's 128-byte swizzle). The 8 rows a warp's
+// fragment touches at once then fall in different banks, and so do a row's 32 chunks.
+__device__ __forceinline__ int staged_offset(int row, int col) {
+  return (col / 64) * 8192 + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16) + (col % 8) * 2;
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* staged, int row, int col, float v0, float v1) {
+  *reinterpret_cast<__nv_bfloat162*>(reinterpret_cast<char*>(staged) + staged_offset(row, col)) = __floats2bfloat162_rn(v0, v1);
+}
+__device__ __forceinline__ float2 load_pair(const __nv_bfloat16* staged, int row, int col) {
+  return __bfloat1622float2(
+      *reinterpret_cast<const __nv_bfloat162*>(reinterpret_cast<const char*>(staged) + staged_offset(row, col)));
+}
+// Rows [0, live_rows) of a warpgroup's staged result and dst's rows from first_row, column
+// col on: a warp a row at a time, 16 bytes a lane. ToShared reads dst into staged (cp.async).
+template <bool ToShared>
+__device__ __forceinline__ void copy_rows(__nv_bfloat16* staged, __nv_bfloat16* dst, int64_t first_row, int live_rows, int n,
+                                          int col, int warp, int lane) {
+  for (int r = warp; r < live_rows; r += 4) {
+    char* shared = reinterpret_cast<char*>(staged) + staged_offset(r, 8 * lane);
+    __nv_bfloat16* global = dst + (first_row + r) * n + col + 8 * lane;
+    if (ToShared) copy_async_16(shared, global);
+    else *reinterpret_cast<uint4*>(global) = *reinterpret_cast<const uint4*>(shared);
+  }
+}
+// TMA stores of a warpgroup's whole staged 64 x 256 result, issued by one thread after every
+// thread's fence_async_shared and a warpgroup_sync; store_wait_read lets staged be reused.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void tma_store_rows(const CUtensorMap* map, const __nv_bfloat16* staged, int64_t first_row, int col) {
+  for (int box = 0; box < 4; ++box)
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(
+                     reinterpret_cast<uint64_t>(map)),
+                 "r"(col + 64 * box), "r"(static_cast<int>(first_row)), "r"(shared_address(staged + box * 64 * 64))
+                 : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void store_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+
+struct Tile {
+  int expert;
+  int64_t row, row_end;  // the tile's first row and its expert's end
+  int col;
+};
+
+__device__ __forceinline__ Tile tile_at(const SharedStorage& s, const int* ends, int experts, int n, int t) {
+  int lo = 0, hi = experts - 1;  // the expert e with first_tile[e] <= t < first_tile[e + 1]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (s.first_tile[mid] <= t) lo = mid;
+    else hi = mid - 1;
+  }
+  const int begin = lo == 0 ? 0 : ends[lo - 1];
+  const int row_tiles = (ends[lo] - begin + kBlockM - 1) / kBlockM;
+  const int local = t - s.first_tile[lo];
+  return {lo, begin + static_cast<int64_t>(local % row_tiles) * kBlockM, ends[lo], (local / row_tiles) * kBlockN};
+}
+
+template <GroupedGemmEpilogue Epilogue, bool TransposedB>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                        const __grid_constant__ CUtensorMap out_map, const __grid_constant__ CUtensorMap pre_map,
+                        const GroupedGemmArgs args) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char shared_raw[];
+  SharedStorage& s = *reinterpret_cast<SharedStorage*>(
+      shared_raw + ((1024 - shared_address(shared_raw) % 1024) % 1024));
+  const int experts = args.experts, n = args.n, k_blocks = args.k / kBlockK;
+  const int col_tiles = n / kBlockN;
+
+  // Tiles per expert, prefix-summed by warp 0 in chunks of 32 experts.
+  if (threadIdx.x < 32) {
+    int carry = 0;
+    if (threadIdx.x == 0) s.first_tile[0] = 0;
+    for (int base = 0; base < experts; base += 32) {
+      const int e = base + threadIdx.x;
+      int tiles = 0;
+      if (e < experts) tiles = (args.ends[e] - (e == 0 ? 0 : args.ends[e - 1]) + kBlockM - 1) / kBlockM * col_tiles;
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const int other = __shfl_up_sync(0xffffffffu, tiles, offset);
+        if (static_cast<int>(threadIdx.x) >= offset) tiles += other;
+      }
+      if (e < experts) s.first_tile[e + 1] = carry + tiles;
+      carry += __shfl_sync(0xffffffffu, tiles, 31);
+    }
+  }
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      barrier_init(&s.full[i], 1);
+      barrier_init(&s.empty[i], kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  const int total_tiles = s.first_tile[experts];
+  const int warpgroup = threadIdx.x / 128;
+
+  if (warpgroup == 0) {
+    // Producer: one thread issues every load; the others give their registers to the consumers.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x != 0) return;
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+      const Tile tile = tile_at(s, args.ends, experts, n, t);
+      for (int kb = 0; kb < k_blocks; ++kb) {
+        barrier_wait(&s.empty[stage], phase ^ 1);  // a fresh barrier counts as released
+        barrier_expect_bytes(&s.full[stage], kStageBytes);
+        tma_load(s.a[stage], &a_map, kb * kBlockK, static_cast<int>(tile.row), &s.full[stage]);
+        if (TransposedB) {
+          tma_load(s.b[stage], &b_map, kb * kBlockK, tile.expert * n + tile.col, &s.full[stage]);
+        } else {
+          for (int chunk = 0; chunk < kBlockN / 64; ++chunk)
+            tma_load(s.b[stage] + chunk * 64 * kBlockK, &b_map, tile.col + chunk * 64,
+                     tile.expert * args.k + kb * kBlockK, &s.full[stage]);
+        }
+        if (++stage == kStages) stage = 0, phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  // Consumers: warpgroup 1 takes the tile's rows 0-63, warpgroup 2 rows 64-127.
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int half = warpgroup - 1;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const bool leader = threadIdx.x % 128 == 0;
+  __nv_bfloat16* staged = s.staged[half];
+  int stage = 0;
+  uint32_t phase = 0;
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+  for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+    const Tile tile = tile_at(s, args.ends, experts, n, t);
+    const int64_t first_row = tile.row + half * 64;
+    const int live_rows = static_cast<int>(tile.row_end - first_row < 64 ? (tile.row_end > first_row ? tile.row_end - first_row : 0) : 64);
+    // `staged` is free once the last tile's stores have read it.
+    auto reclaim_staged = [&] {
+      if (leader) store_wait_read();
+      warpgroup_sync(half);
+    };
+    // The staged result to dst: a whole 64-row half by TMA, which drains while the next tile
+    // computes; a partial one (an expert's last rows) by plain stores, so that no row of the
+    // next expert is touched.
+    auto write_staged = [&](const CUtensorMap* map, __nv_bfloat16* dst) {
+      fence_async_shared();
+      warpgroup_sync(half);
+      if (live_rows == 64) {
+        if (leader) tma_store_rows(map, staged, first_row, tile.col);
+      } else {
+        copy_rows<false>(staged, dst, first_row, live_rows, n, tile.col, warp, lane);
+      }
+    };
+    reclaim_staged();
+    if constexpr (Epilogue == GroupedGemmEpilogue::kGeluBackward) {
+      // Start reading the tile's pre-activations now; they are needed after the mainloop.
+      copy_rows<true>(staged, args.pre, first_row, live_rows, n, tile.col, warp, lane);
+      copy_async_commit();
+    }
+
+    for (int kb = 0; kb < k_blocks; ++kb) {
+      barrier_wait(&s.full[stage], phase);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockK / 16; ++kk) {
+        // A: 64 rows of 128 bytes from row 64*half; a k-step of 16 is 32 bytes inside the swizzle.
+        const uint64_t a_desc = smem_descriptor(s.a[stage] + half * 64 * kBlockK + kk * 16, 16, 1024);
+        const uint64_t b_desc = TransposedB ? smem_descriptor(s.b[stage] + kk * 16, 16, 1024)
+                                            : smem_descriptor(s.b[stage] + kk * 16 * 64, 64 * kBlockK * 2, 1024);
+        wgmma_m64n256k16<TransposedB ? 0 : 1>(acc, a_desc, b_desc, kb > 0 || kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(acc);
+      if (lane == 0) barrier_arrive(&s.empty[stage]);
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+
+    // Epilogue, through `staged` so that global memory sees whole rows. Thread (warp, lane)
+    // holds rows r and r + 8 (r = 16*warp + lane/4) of the warpgroup's 64, and columns
+    // 8j + 2*(lane%4) + {0, 1} for j < 32: acc[4j + {0,1}] on row r, acc[4j + {2,3}] on r + 8.
+    const int r = warp * 16 + lane / 4;
+    const int64_t expert_col = static_cast<int64_t>(tile.expert) * n + tile.col;
+    if constexpr (Epilogue == GroupedGemmEpilogue::kBiasGelu) {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        const float2 bias = *reinterpret_cast<const float2*>(args.bias + expert_col + col);
+        acc[4 * j] += bias.x, acc[4 * j + 1] += bias.y, acc[4 * j + 2] += bias.x, acc[4 * j + 3] += bias.y;
+        store_pair(staged, r, col, acc[4 * j], acc[4 * j + 1]);
+        store_pair(staged, r + 8, col, acc[4 * j + 2], acc[4 * j + 3]);
+      }
+      write_staged(&pre_map, args.pre);
+#pragma unroll
+      for (int i = 0; i < 128; ++i) acc[i] = gelu(acc[i]);
+      reclaim_staged();
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        store_pair(staged, r, col, acc[4 * j], acc[4 * j + 1]);
+        store_pair(staged, r + 8, col, acc[4 * j + 2], acc[4 * j + 3]);
+      }
+      write_staged(&out_map, args.out);
+    } else {
+      copy_async_wait_all();
+      warpgroup_sync(half);
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (r + 8 * h >= live_rows) continue;
+          const float2 pre = load_pair(staged, r + 8 * h, col);
+          const float g0 = acc[4 * j + 2 * h] * gelu_grad(pre.x), g1 = acc[4 * j + 2 * h + 1] * gelu_grad(pre.y);
+          store_pair(staged, r + 8 * h, col, g0, g1);
+          sum0 += g0;
+          sum1 += g1;
+        }
+        // The warp's 16 rows: lanes with the same lane % 4 hold the same columns.
+#pragma unroll
+        for (int offset = 4; offset < 32; offset *= 2) {
+          sum0 += __shfl_xor_sync(0xffffffffu, sum0, offset);
+          sum1 += __shfl_xor_sync(0xffffffffu, sum1, offset);
+        }
+        if (lane < 4) {
+          s.column_sums[half * 4 + warp][col] = sum0;
+          s.column_sums[half * 4 + warp][col + 1] = sum1;
+        }
+      }
+      write_staged(&out_map, args.out);
+      // Both warpgroups' partials meet here: one atomic per column per tile.
+      consumers_sync();
+      const int column = threadIdx.x - 128;
+      float sum = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kConsumerWarps; ++w) sum += s.column_sums[w][column];
+      atomicAdd(args.bias_grad + expert_col + column, sum);
+      consumers_sync();  // column_sums is free again
+    }
+  }
+  if (leader) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // staged must outlive the stores
+#else
+  __trap();  // built without sm_90a: grouped_gemm_supported() keeps other devices away
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      throw std::runtime_error("grouped_gemm: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// A row-major bf16 matrix [outer, inner] moved in boxes of box_outer x 64 (128-byte swizzle).
+CUtensorMap tensor_map(const __nv_bfloat16* data, int64_t outer, int64_t inner, int box_outer) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_outer)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult status = tensor_map_encoder()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<__nv_bfloat16*>(data), dims, strides, box, element_strides,
+      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (status != CUDA_SUCCESS) throw std::runtime_error("grouped_gemm: cuTensorMapEncodeTiled failed (" + std::to_string(status) + ")");
+  return map;
+}
+
+template <GroupedGemmEpilogue Epilogue, bool TransposedB>
+void launch(const GroupedGemmArgs& args, cudaStream_t stream) {
+  static int sms = 0;
+  static std::once_flag configured;
+  std::call_once(configured, [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    cudaFuncSetAttribute(grouped_gemm_kernel<Epilogue, TransposedB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         sizeof(SharedStorage) + 1024);
+  });
+  const CUtensorMap a_map = tensor_map(args.a, args.rows, args.k, kBlockM);
+  const CUtensorMap b_map = TransposedB ? tensor_map(args.b, static_cast<int64_t>(args.experts) * args.n, args.k, kBlockN)
+                                        : tensor_map(args.b, static_cast<int64_t>(args.experts) * args.k, args.n, kBlockK);
+  // The results, stored in 64 x 64 boxes (pre is only stored by kBiasGelu).
+  const CUtensorMap out_map = tensor_map(args.out, args.rows, args.n, 64);
+  const CUtensorMap pre_map = tensor_map(args.pre, args.rows, args.n, 64);
+  grouped_gemm_kernel<Epilogue, TransposedB>
+      <<<sms, kThreads, sizeof(SharedStorage) + 1024, stream>>>(a_map, b_map, out_map, pre_map, args);
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) throw std::runtime_error(std::string("grouped_gemm: launch failed: ") + cudaGetErrorString(status));
+}
+
+}  // namespace
+
+bool grouped_gemm_supported(int64_t k, int64_t n, int experts, int device) {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  return major == 9 && minor == 0 && k > 0 && k % kBlockK == 0 && n > 0 && n % kBlockN == 0 && experts > 0 &&
+         experts <= kMaxExperts && static_cast<int64_t>(experts) * std::max(k, n) < (int64_t{1} << 31);
+}
+
+void grouped_gemm(const GroupedGemmArgs& args, GroupedGemmEpilogue epilogue, cudaStream_t stream) {
+  if (args.rows == 0) return;
+  if (epilogue == GroupedGemmEpilogue::kBiasGelu) {
+    if (args.b_transposed) launch<GroupedGemmEpilogue::kBiasGelu, true>(args, stream);
+    else launch<GroupedGemmEpilogue::kBiasGelu, false>(args, stream);
+  } else {
+    if (args.b_transposed) launch<GroupedGemmEpilogue::kGeluBackward, true>(args, stream);
+    else launch<GroupedGemmEpilogue::kGeluBackward, false>(args, stream);
+  }
+}
+
+}  // namespace moelab::kernels::cuda

@@ -1,0 +1,52 @@
+#pragma once
+// Grouped GEMM for Hopper (sm_90a) with the expert FFN's elementwise work in its epilogue.
+// Rows of A are packed expert-major (expert e owns rows [ends[e-1], ends[e])); every expert
+// multiplies its rows by its own weight matrix B_e:
+//   kBiasGelu      pre = A_e B_e + bias_e,  out = gelu(pre)       (the FFN's first layer)
+//   kGeluBackward  out = (A_e B_e) * gelu'(pre),  bias_grad_e += column sums of out
+//                  (A = the gradient of the FFN's hidden activations' consumer, B_e = W2_e^T:
+//                  the second layer's input gradient and the first layer's GELU backward)
+// at::_grouped_mm (CUTLASS) computes the same products but has no epilogue: the GELU and its
+// gradient then cost a separate pass over the [rows, N] activations each way (256 and 384
+// MB at the bench shape, a fifth of the layer's time); here they happen on the accumulators.
+//
+// The kernel is persistent (a CTA per SM) and warp-specialised: warpgroup 0 is the producer,
+// whose one thread loads 128 x 64 tiles of A and 64 x 256 tiles of B into a 4-stage ring of
+// shared memory with TMA; warpgroups 1 and 2 are the consumers, each multiplying 64 of the
+// tile's 128 rows with wgmma (64 x 256 x 16 per instruction, fp32 accumulators in registers)
+// and writing the epilogue straight from the registers. Tiles are 128 x 256 of one expert
+// (an expert's last row tile is partial: its extra rows are loaded, computed and not stored),
+// taken in order expert, column tile, row tile so that neighbouring CTAs share B in L2.
+// Per tile: 2*128*256*K flops; reads (128 + 256)*K*2 bytes (mostly L2 hits: A is reused
+// N/256 times, B by an expert's row tiles), writes 128*256*2 bytes (x2 for kBiasGelu), and
+// kGeluBackward reads 128*256*2 bytes of pre. Requirements: K % 64 == 0, N % 256 == 0,
+// 16-byte aligned row-major operands, a device of compute capability 9.0.
+#include <cstdint>
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace moelab::kernels::cuda {
+
+enum class GroupedGemmEpilogue { kBiasGelu, kGeluBackward };
+
+struct GroupedGemmArgs {
+  const __nv_bfloat16* a = nullptr;  // [rows, k]
+  const __nv_bfloat16* b = nullptr;  // [experts, k, n] if !b_transposed, else [experts, n, k] (B_e = b[e]^T)
+  bool b_transposed = false;
+  const int* ends = nullptr;         // [experts] int32, the cumulative row counts (on the device)
+  int experts = 0;
+  int64_t rows = 0;
+  int k = 0, n = 0;
+  const float* bias = nullptr;       // kBiasGelu: [experts, n]
+  __nv_bfloat16* out = nullptr;      // [rows, n]
+  __nv_bfloat16* pre = nullptr;      // [rows, n]: written by kBiasGelu, read by kGeluBackward
+  float* bias_grad = nullptr;        // kGeluBackward: [experts, n], added into
+};
+
+// Whether grouped_gemm can run these sizes on `device`.
+bool grouped_gemm_supported(int64_t k, int64_t n, int experts, int device);
+void grouped_gemm(const GroupedGemmArgs& args, GroupedGemmEpilogue epilogue, cudaStream_t stream);
+
+}  // namespace moelab::kernels::cuda
