@@ -115,6 +115,13 @@ GroupedGemmArgs grouped_gemm_args(const torch::Tensor& a, const torch::Tensor& b
   return args;
 }
 
+// The GEMMs with D outputs (the second layer, the input gradient) run on grouped_gemm too
+// when D allows (D % 256 == 0): its mainloop beats at::_grouped_mm's, and the second
+// layer's bias rides in its epilogue.
+bool second_layer_on_grouped_gemm(const torch::Tensor& w1, const torch::Tensor& x) {
+  return grouped_gemm_supported(w1.size(2), w1.size(1), static_cast<int>(w1.size(0)), x.get_device());
+}
+
 // y = gelu(x W1_e + b1_e) W2_e + b2_e. Saved for the backward: x, the weights, pre (the
 // first layer's output before the GELU) and h (after it).
 struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
@@ -128,9 +135,17 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     GroupedGemmArgs args = grouped_gemm_args(input, first, false, ends, hidden, h, pre);
     args.bias = bias1.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kBiasGelu, at::cuda::getCurrentCUDAStream());
-    torch::Tensor y = at::_grouped_mm(h, second, ends);
-    torch::Tensor out = torch::empty_like(y), bias2 = b2.to(torch::kFloat32).contiguous();
-    launch_expert_bias_act(y, bias2, ends, kNoActivation, out);
+    torch::Tensor bias2 = b2.to(torch::kFloat32).contiguous(), out;
+    if (second_layer_on_grouped_gemm(first, input)) {
+      out = torch::empty({input.size(0), first.size(1)}, input.options());
+      GroupedGemmArgs second_args = grouped_gemm_args(h, second, false, ends, first.size(1), out, out);
+      second_args.bias = bias2.data_ptr<float>();
+      grouped_gemm(second_args, GroupedGemmEpilogue::kBias, at::cuda::getCurrentCUDAStream());
+    } else {
+      torch::Tensor y = at::_grouped_mm(h, second, ends);
+      out = torch::empty_like(y);
+      launch_expert_bias_act(y, bias2, ends, kNoActivation, out);
+    }
     ctx->save_for_backward({input, first, second, ends, pre, h, bias2});
     ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(x.scalar_type()), static_cast<int64_t>(w1.scalar_type()),
                                                      static_cast<int64_t>(b1.scalar_type()), static_cast<int64_t>(w2.scalar_type()),
@@ -153,7 +168,14 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     args.bias_grad = db1.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kGeluBackward, at::cuda::getCurrentCUDAStream());
     torch::Tensor dw1 = at::_grouped_mm(x.t(), dpre, ends);
-    torch::Tensor dx = at::_grouped_mm(dpre, w1.transpose(-2, -1), ends);
+    torch::Tensor dx;
+    if (second_layer_on_grouped_gemm(w1, x)) {
+      dx = torch::empty_like(x);
+      GroupedGemmArgs dx_args = grouped_gemm_args(dpre, w1, true, ends, w1.size(1), dx, dx);
+      grouped_gemm(dx_args, GroupedGemmEpilogue::kBias, at::cuda::getCurrentCUDAStream());
+    } else {
+      dx = at::_grouped_mm(dpre, w1.transpose(-2, -1), ends);
+    }
     return {as(dx, 0), as(dw1, 1), as(db1, 2), as(dw2, 3), as(db2, 4), torch::Tensor()};
   }
 };

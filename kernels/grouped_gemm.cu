@@ -305,7 +305,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 8j + 2*(lane%4) + {0, 1} for j < 32: acc[4j + {0,1}] on row r, acc[4j + {2,3}] on r + 8.
     const int r = warp * 16 + lane / 4;
     const int64_t expert_col = static_cast<int64_t>(tile.expert) * n + tile.col;
-    if constexpr (Epilogue == GroupedGemmEpilogue::kBiasGelu) {
+    if constexpr (Epilogue == GroupedGemmEpilogue::kBias) {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        const float2 bias = args.bias ? *reinterpret_cast<const float2*>(args.bias + expert_col + col) : make_float2(0.0f, 0.0f);
+        store_pair(staged, r, col, acc[4 * j] + bias.x, acc[4 * j + 1] + bias.y);
+        store_pair(staged, r + 8, col, acc[4 * j + 2] + bias.x, acc[4 * j + 3] + bias.y);
+      }
+      write_staged(&out_map, args.out);
+    } else if constexpr (Epilogue == GroupedGemmEpilogue::kBiasGelu) {
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         const int col = 8 * j + 2 * (lane % 4);
@@ -434,6 +443,9 @@ void grouped_gemm(const GroupedGemmArgs& args, GroupedGemmEpilogue epilogue, cud
   if (epilogue == GroupedGemmEpilogue::kBiasGelu) {
     if (args.b_transposed) launch<GroupedGemmEpilogue::kBiasGelu, true>(args, stream);
     else launch<GroupedGemmEpilogue::kBiasGelu, false>(args, stream);
+  } else if (epilogue == GroupedGemmEpilogue::kBias) {
+    if (args.b_transposed) launch<GroupedGemmEpilogue::kBias, true>(args, stream);
+    else launch<GroupedGemmEpilogue::kBias, false>(args, stream);
   } else {
     if (args.b_transposed) launch<GroupedGemmEpilogue::kGeluBackward, true>(args, stream);
     else launch<GroupedGemmEpilogue::kGeluBackward, false>(args, stream);

@@ -4,11 +4,15 @@
 // multiplies its rows by its own weight matrix B_e:
 //   kBiasGelu      pre = A_e B_e + bias_e,  out = gelu(pre)       (the FFN's first layer)
 //   kGeluBackward  out = (A_e B_e) * gelu'(pre),  bias_grad_e += column sums of out
-//                  (A = the gradient of the FFN's hidden activations' consumer, B_e = W2_e^T:
-//                  the second layer's input gradient and the first layer's GELU backward)
+//                  (A = the gradient of the FFN's output, B_e = W2_e^T: the second layer's
+//                  input gradient and the first layer's GELU backward)
+//   kBias          out = A_e B_e (+ bias_e if bias is given)   (the second layer; the first
+//                  layer's input gradient, B_e = W1_e^T)
 // at::_grouped_mm (CUTLASS) computes the same products but has no epilogue: the GELU and its
 // gradient then cost a separate pass over the [rows, N] activations each way (256 and 384
 // MB at the bench shape, a fifth of the layer's time); here they happen on the accumulators.
+// Its mainloop is also faster than at::_grouped_mm's at the bench shape (tiles of 128 x 256
+// against CUTLASS's smaller ones), which is why kBias exists.
 //
 // The kernel is persistent (a CTA per SM) and warp-specialised: warpgroup 0 is the producer,
 // whose one thread loads 128 x 64 tiles of A and 64 x 256 tiles of B into a 4-stage ring of
@@ -29,7 +33,7 @@
 
 namespace moelab::kernels::cuda {
 
-enum class GroupedGemmEpilogue { kBiasGelu, kGeluBackward };
+enum class GroupedGemmEpilogue { kBiasGelu, kGeluBackward, kBias };
 
 struct GroupedGemmArgs {
   const __nv_bfloat16* a = nullptr;  // [rows, k]
@@ -39,7 +43,7 @@ struct GroupedGemmArgs {
   int experts = 0;
   int64_t rows = 0;
   int k = 0, n = 0;
-  const float* bias = nullptr;       // kBiasGelu: [experts, n]
+  const float* bias = nullptr;       // kBiasGelu, and optionally kBias: [experts, n]
   __nv_bfloat16* out = nullptr;      // [rows, n]
   __nv_bfloat16* pre = nullptr;      // [rows, n]: written by kBiasGelu, read by kGeluBackward
   float* bias_grad = nullptr;        // kGeluBackward: [experts, n], added into
