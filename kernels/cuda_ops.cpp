@@ -122,6 +122,17 @@ bool second_layer_on_grouped_gemm(const torch::Tensor& w1, const torch::Tensor& 
   return grouped_gemm_supported(w1.size(2), w1.size(1), static_cast<int>(w1.size(0)), x.get_device());
 }
 
+// Each expert's a_e^T b_e ([E, a's columns, b's columns]): the weight gradients.
+torch::Tensor weight_grad(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& ends) {
+  const int experts = static_cast<int>(ends.size(0));
+  if (!grouped_gemm_weight_grad_supported(a.size(1), b.size(1), experts, a.get_device())) return at::_grouped_mm(a.t(), b, ends);
+  torch::Tensor out = torch::empty({experts, a.size(1), b.size(1)}, a.options());
+  GroupedGemmArgs args = grouped_gemm_args(a, b, false, ends, b.size(1), out, out);
+  args.m = static_cast<int>(a.size(1));
+  grouped_gemm_weight_grad(args, at::cuda::getCurrentCUDAStream());
+  return out;
+}
+
 // y = gelu(x W1_e + b1_e) W2_e + b2_e. Saved for the backward: x, the weights, pre (the
 // first layer's output before the GELU) and h (after it).
 struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
@@ -161,13 +172,13 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     // b2's gradient: the per-expert column sums of dy (the bias kernel without an activation).
     torch::Tensor db2 = torch::zeros_like(bias2);
     launch_expert_bias_act_backward(dy, dy, bias2, ends, kNoActivation, dy, db2);
-    torch::Tensor dw2 = at::_grouped_mm(h.t(), dy, ends);
+    torch::Tensor dw2 = weight_grad(h, dy, ends);
     // dy W2_e^T with the GELU's gradient and b1's gradient in the epilogue.
     torch::Tensor dpre = torch::empty_like(pre), db1 = torch::zeros({w1.size(0), w1.size(2)}, dy.options().dtype(torch::kFloat32));
     GroupedGemmArgs args = grouped_gemm_args(dy, w2, true, ends, w2.size(1), dpre, pre);
     args.bias_grad = db1.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kGeluBackward, at::cuda::getCurrentCUDAStream());
-    torch::Tensor dw1 = at::_grouped_mm(x.t(), dpre, ends);
+    torch::Tensor dw1 = weight_grad(x, dpre, ends);
     torch::Tensor dx;
     if (second_layer_on_grouped_gemm(w1, x)) {
       dx = torch::empty_like(x);

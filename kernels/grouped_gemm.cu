@@ -78,9 +78,9 @@ __device__ __forceinline__ void fence_registers(float (&d)[128]) {
 }
 
 // D (+)= A * B for one warpgroup: A 64 x 16 and B 16 x 256 bf16 in shared memory (descriptors),
-// D 64 x 256 fp32 in the registers of the warpgroup's 128 threads (128 each). TransB = 1 reads
-// B stored N-contiguous (MN-major), 0 K-contiguous. accumulate = 0 overwrites D.
-template <int TransB>
+// D 64 x 256 fp32 in the registers of the warpgroup's 128 threads (128 each). TransA/TransB = 1
+// read the operand stored M/N-contiguous (MN-major), 0 K-contiguous. accumulate = 0 overwrites D.
+template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
@@ -93,7 +93,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
       "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, 0, %131;\n}\n"
+      "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -110,7 +110,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TransB));
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TransA), "n"(TransB));
 }
 
 __device__ __forceinline__ void warpgroup_sync(int half) {
@@ -162,11 +162,19 @@ __device__ __forceinline__ void store_wait_read() { asm volatile("cp.async.bulk.
 
 struct Tile {
   int expert;
-  int64_t row, row_end;  // the tile's first row and its expert's end
+  int64_t row, row_end;  // the tile's first output row and its expert's end
   int col;
+  int k_blocks;          // 64-wide steps of the reduction
+  // Weight gradients: the reduction runs over the expert's rows from k_row, the last step
+  // holding k_tail of them; A's columns (the output's rows within the expert) start at a_col.
+  // clear_b: the last step runs into the padding rows after the last expert, which may hold
+  // NaN in B as well (elsewhere the rows past an expert's are the next expert's, finite).
+  int64_t k_row = 0;
+  int k_tail = kBlockK, a_col = 0;
+  bool clear_b = false;
 };
 
-__device__ __forceinline__ Tile tile_at(const SharedStorage& s, const int* ends, int experts, int n, int t) {
+__device__ __forceinline__ Tile tile_at(const SharedStorage& s, const int* ends, int experts, int k, int n, int t) {
   int lo = 0, hi = experts - 1;  // the expert e with first_tile[e] <= t < first_tile[e + 1]
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -176,10 +184,28 @@ __device__ __forceinline__ Tile tile_at(const SharedStorage& s, const int* ends,
   const int begin = lo == 0 ? 0 : ends[lo - 1];
   const int row_tiles = (ends[lo] - begin + kBlockM - 1) / kBlockM;
   const int local = t - s.first_tile[lo];
-  return {lo, begin + static_cast<int64_t>(local % row_tiles) * kBlockM, ends[lo], (local / row_tiles) * kBlockN};
+  return {lo, begin + static_cast<int64_t>(local % row_tiles) * kBlockM, ends[lo], (local / row_tiles) * kBlockN, k / kBlockK};
 }
 
-template <GroupedGemmEpilogue Epilogue, bool TransposedB>
+// Weight gradients: every expert has (m / 128) x (n / 256) output tiles, whatever its rows.
+__device__ __forceinline__ Tile weight_grad_tile_at(const int* ends, int experts, int m, int n, int t) {
+  const int row_tiles = m / kBlockM, per_expert = row_tiles * (n / kBlockN);
+  const int e = t / per_expert, local = t % per_expert;
+  const int begin = e == 0 ? 0 : ends[e - 1], rows = ends[e] - begin;
+  Tile tile;
+  tile.expert = e;
+  tile.a_col = (local % row_tiles) * kBlockM;
+  tile.row = static_cast<int64_t>(e) * m + tile.a_col;
+  tile.row_end = tile.row + kBlockM;
+  tile.col = (local / row_tiles) * kBlockN;
+  tile.k_blocks = (rows + kBlockK - 1) / kBlockK;
+  tile.k_row = begin;
+  tile.k_tail = rows - (tile.k_blocks - 1) * kBlockK;
+  tile.clear_b = ends[e] == ends[experts - 1];
+  return tile;
+}
+
+template <GroupedGemmEpilogue Epilogue, bool TransposedB, bool WeightGrad>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
                         const __grid_constant__ CUtensorMap out_map, const __grid_constant__ CUtensorMap pre_map,
@@ -188,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ unsigned char shared_raw[];
   SharedStorage& s = *reinterpret_cast<SharedStorage*>(
       shared_raw + ((1024 - shared_address(shared_raw) % 1024) % 1024));
-  const int experts = args.experts, n = args.n, k_blocks = args.k / kBlockK;
+  const int experts = args.experts, n = args.n;
   const int col_tiles = n / kBlockN;
 
   // Tiles per expert, prefix-summed by warp 0 in chunks of 32 experts.
@@ -215,7 +241,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
-  const int total_tiles = s.first_tile[experts];
+  const int total_tiles = WeightGrad ? experts * (args.m / kBlockM) * col_tiles : s.first_tile[experts];
+  auto tile_of = [&](int t) {
+    return WeightGrad ? weight_grad_tile_at(args.ends, experts, args.m, n, t) : tile_at(s, args.ends, experts, args.k, n, t);
+  };
   const int warpgroup = threadIdx.x / 128;
 
   if (warpgroup == 0) {
@@ -225,17 +254,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     int stage = 0;
     uint32_t phase = 0;
     for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-      const Tile tile = tile_at(s, args.ends, experts, n, t);
-      for (int kb = 0; kb < k_blocks; ++kb) {
+      const Tile tile = tile_of(t);
+      for (int kb = 0; kb < tile.k_blocks; ++kb) {
         barrier_wait(&s.empty[stage], phase ^ 1);  // a fresh barrier counts as released
         barrier_expect_bytes(&s.full[stage], kStageBytes);
-        tma_load(s.a[stage], &a_map, kb * kBlockK, static_cast<int>(tile.row), &s.full[stage]);
-        if (TransposedB) {
-          tma_load(s.b[stage], &b_map, kb * kBlockK, tile.expert * n + tile.col, &s.full[stage]);
-        } else {
+        if (WeightGrad) {
+          // A^T's 128 columns as two 64 x 64 boxes (one per consumer warpgroup), B's rows as ever.
+          const int k_row = static_cast<int>(tile.k_row) + kb * kBlockK;
+          for (int box = 0; box < 2; ++box)
+            tma_load(s.a[stage] + box * 64 * kBlockK, &a_map, tile.a_col + box * 64, k_row, &s.full[stage]);
           for (int chunk = 0; chunk < kBlockN / 64; ++chunk)
-            tma_load(s.b[stage] + chunk * 64 * kBlockK, &b_map, tile.col + chunk * 64,
-                     tile.expert * args.k + kb * kBlockK, &s.full[stage]);
+            tma_load(s.b[stage] + chunk * 64 * kBlockK, &b_map, tile.col + chunk * 64, k_row, &s.full[stage]);
+        } else {
+          tma_load(s.a[stage], &a_map, kb * kBlockK, static_cast<int>(tile.row), &s.full[stage]);
+          if (TransposedB) {
+            tma_load(s.b[stage], &b_map, kb * kBlockK, tile.expert * n + tile.col, &s.full[stage]);
+          } else {
+            for (int chunk = 0; chunk < kBlockN / 64; ++chunk)
+              tma_load(s.b[stage] + chunk * 64 * kBlockK, &b_map, tile.col + chunk * 64,
+                       tile.expert * args.k + kb * kBlockK, &s.full[stage]);
+          }
         }
         if (++stage == kStages) stage = 0, phase ^= 1;
       }
@@ -255,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
   for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-    const Tile tile = tile_at(s, args.ends, experts, n, t);
+    const Tile tile = tile_of(t);
     const int64_t first_row = tile.row + half * 64;
     const int live_rows = static_cast<int>(tile.row_end - first_row < 64 ? (tile.row_end > first_row ? tile.row_end - first_row : 0) : 64);
     // `staged` is free once the last tile's stores have read it.
@@ -282,16 +320,40 @@ __global__ void __launch_bounds__(kThreads, 1)
       copy_async_commit();
     }
 
-    for (int kb = 0; kb < k_blocks; ++kb) {
+    if (WeightGrad && tile.k_blocks == 0) {  // an expert without rows: a zero gradient
+#pragma unroll
+      for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+    }
+    for (int kb = 0; kb < tile.k_blocks; ++kb) {
       barrier_wait(&s.full[stage], phase);
+      if (WeightGrad && kb == tile.k_blocks - 1 && tile.k_tail < kBlockK) {
+        // The last step's rows past the expert's belong to the next expert: zero them in this
+        // warpgroup's A box (whole 128-byte rows, so the swizzle does not matter). Past the
+        // last expert they are padding, possibly NaN in B too (0 * NaN is NaN): B is shared,
+        // so both warpgroups clear it and wait for each other.
+        const int cut = kBlockK - tile.k_tail;
+        char* a_box = reinterpret_cast<char*>(s.a[stage] + half * 64 * kBlockK) + tile.k_tail * 128;
+        for (int i = threadIdx.x % 128; i < cut * 8; i += 128) *reinterpret_cast<uint4*>(a_box + i * 16) = make_uint4(0, 0, 0, 0);
+        if (tile.clear_b) {
+          for (int i = threadIdx.x - 128; i < 4 * cut * 8; i += 32 * kConsumerWarps) {
+            char* b_box = reinterpret_cast<char*>(s.b[stage] + (i / (cut * 8)) * 64 * kBlockK) + tile.k_tail * 128;
+            *reinterpret_cast<uint4*>(b_box + (i % (cut * 8)) * 16) = make_uint4(0, 0, 0, 0);
+          }
+        }
+        fence_async_shared();
+        if (tile.clear_b) consumers_sync();
+        else warpgroup_sync(half);
+      }
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBlockK / 16; ++kk) {
-        // A: 64 rows of 128 bytes from row 64*half; a k-step of 16 is 32 bytes inside the swizzle.
-        const uint64_t a_desc = smem_descriptor(s.a[stage] + half * 64 * kBlockK + kk * 16, 16, 1024);
+        // A: 64 rows of 128 bytes from row 64*half, a k-step of 16 being 32 bytes inside the
+        // swizzle; for weight gradients (A^T, M-contiguous) 16 of the box's 128-byte rows.
+        const uint64_t a_desc = WeightGrad ? smem_descriptor(s.a[stage] + half * 64 * kBlockK + kk * 16 * 64, 64 * kBlockK * 2, 1024)
+                                           : smem_descriptor(s.a[stage] + half * 64 * kBlockK + kk * 16, 16, 1024);
         const uint64_t b_desc = TransposedB ? smem_descriptor(s.b[stage] + kk * 16, 16, 1024)
                                             : smem_descriptor(s.b[stage] + kk * 16 * 64, 64 * kBlockK * 2, 1024);
-        wgmma_m64n256k16<TransposedB ? 0 : 1>(acc, a_desc, b_desc, kb > 0 || kk > 0);
+        wgmma_m64n256k16<WeightGrad ? 1 : 0, TransposedB ? 0 : 1>(acc, a_desc, b_desc, kb > 0 || kk > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -405,7 +467,7 @@ CUtensorMap tensor_map(const __nv_bfloat16* data, int64_t outer, int64_t inner, 
   return map;
 }
 
-template <GroupedGemmEpilogue Epilogue, bool TransposedB>
+template <GroupedGemmEpilogue Epilogue, bool TransposedB, bool WeightGrad = false>
 void launch(const GroupedGemmArgs& args, cudaStream_t stream) {
   static int sms = 0;
   static std::once_flag configured;
@@ -413,22 +475,33 @@ void launch(const GroupedGemmArgs& args, cudaStream_t stream) {
     int device = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    cudaFuncSetAttribute(grouped_gemm_kernel<Epilogue, TransposedB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(grouped_gemm_kernel<Epilogue, TransposedB, WeightGrad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          sizeof(SharedStorage) + 1024);
   });
-  const CUtensorMap a_map = tensor_map(args.a, args.rows, args.k, kBlockM);
-  const CUtensorMap b_map = TransposedB ? tensor_map(args.b, static_cast<int64_t>(args.experts) * args.n, args.k, kBlockN)
-                                        : tensor_map(args.b, static_cast<int64_t>(args.experts) * args.k, args.n, kBlockK);
+  const int64_t out_rows = WeightGrad ? static_cast<int64_t>(args.experts) * args.m : args.rows;
+  const CUtensorMap a_map = WeightGrad ? tensor_map(args.a, args.rows, args.m, 64) : tensor_map(args.a, args.rows, args.k, kBlockM);
+  const CUtensorMap b_map = WeightGrad    ? tensor_map(args.b, args.rows, args.n, kBlockK)
+                            : TransposedB ? tensor_map(args.b, static_cast<int64_t>(args.experts) * args.n, args.k, kBlockN)
+                                          : tensor_map(args.b, static_cast<int64_t>(args.experts) * args.k, args.n, kBlockK);
   // The results, stored in 64 x 64 boxes (pre is only stored by kBiasGelu).
-  const CUtensorMap out_map = tensor_map(args.out, args.rows, args.n, 64);
-  const CUtensorMap pre_map = tensor_map(args.pre, args.rows, args.n, 64);
-  grouped_gemm_kernel<Epilogue, TransposedB>
+  const CUtensorMap out_map = tensor_map(args.out, out_rows, args.n, 64);
+  const CUtensorMap pre_map = tensor_map(args.pre ? args.pre : args.out, out_rows, args.n, 64);
+  grouped_gemm_kernel<Epilogue, TransposedB, WeightGrad>
       <<<sms, kThreads, sizeof(SharedStorage) + 1024, stream>>>(a_map, b_map, out_map, pre_map, args);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) throw std::runtime_error(std::string("grouped_gemm: launch failed: ") + cudaGetErrorString(status));
 }
 
 }  // namespace
+
+bool grouped_gemm_weight_grad_supported(int64_t m, int64_t n, int experts, int device) {
+  return grouped_gemm_supported(kBlockK, n, experts, device) && m > 0 && m % kBlockM == 0 &&
+         static_cast<int64_t>(experts) * m < (int64_t{1} << 31);
+}
+
+void grouped_gemm_weight_grad(const GroupedGemmArgs& args, cudaStream_t stream) {
+  launch<GroupedGemmEpilogue::kBias, false, true>(args, stream);
+}
 
 bool grouped_gemm_supported(int64_t k, int64_t n, int experts, int device) {
   int major = 0, minor = 0;

@@ -43,6 +43,7 @@ struct GroupedGemmArgs {
   int experts = 0;
   int64_t rows = 0;
   int k = 0, n = 0;
+  int m = 0;                         // grouped_gemm_weight_grad: a's columns
   const float* bias = nullptr;       // kBiasGelu, and optionally kBias: [experts, n]
   __nv_bfloat16* out = nullptr;      // [rows, n]
   __nv_bfloat16* pre = nullptr;      // [rows, n]: written by kBiasGelu, read by kGeluBackward
@@ -52,5 +53,12 @@ struct GroupedGemmArgs {
 // Whether grouped_gemm can run these sizes on `device`.
 bool grouped_gemm_supported(int64_t k, int64_t n, int experts, int device);
 void grouped_gemm(const GroupedGemmArgs& args, GroupedGemmEpilogue epilogue, cudaStream_t stream);
+
+// The weight gradients, grouped along the reduction: out[e] = a_e^T b_e, [experts, m, n], with
+// a [rows, m] and b [rows, n] the expert-major rows (an expert without rows gets zeros). The
+// same kernel with A read M-contiguous; an expert's last 64-row step is cut at its last row
+// by zeroing the following rows of A in shared memory. m % 128 == 0, n % 256 == 0.
+bool grouped_gemm_weight_grad_supported(int64_t m, int64_t n, int experts, int device);
+void grouped_gemm_weight_grad(const GroupedGemmArgs& args, cudaStream_t stream);
 
 }  // namespace moelab::kernels::cuda
