@@ -16,7 +16,7 @@ fi
 if [ "$what" = test ] || [ "$what" = all ]; then
   ./build-gpu/moelab_tests --gtest_filter='CudaKernels*:TrainingOnGpu*:MoeLayer*:Kernels*:Dispatcher*' >"$out/cuda_tests.log" 2>&1 || true
   tail -4 "$out/cuda_tests.log"; grep -A4 Failure "$out/cuda_tests.log" | head -20 || true
-  compute-sanitizer --tool memcheck ./build-gpu/moelab_tests --gtest_filter='CudaKernels.PermuteAndUnpermute*:CudaKernels.SoftmaxTopKGradient:CudaKernels.ExpertBiasActivation*:CudaKernels.LayerNorm*:CudaKernels.AddLayerNorm*:CudaKernels.ColumnSum*:CudaKernels.CountingSort*:CudaKernels.BalancingLoss*:CudaKernels.KeptGates*:CudaKernels.TopKIds*:CudaKernels.ColumnTopk*:CudaKernels.Sinkhorn*:CudaKernels.AdamW*:CudaKernels.Bf16Operand*:CudaKernels.CapacitySlots*' \
+  compute-sanitizer --tool memcheck ./build-gpu/moelab_tests --gtest_filter='CudaKernels.PermuteAndUnpermute*:CudaKernels.SoftmaxTopKGradient:CudaKernels.ExpertBiasActivation*:CudaKernels.LayerNorm*:CudaKernels.AddLayerNorm*:CudaKernels.ColumnSum*:CudaKernels.CountingSort*:CudaKernels.BalancingLoss*:CudaKernels.KeptGates*:CudaKernels.TopKIds*:CudaKernels.ColumnTopk*:CudaKernels.Sinkhorn*:CudaKernels.AdamW*:CudaKernels.Bf16Operand*:CudaKernels.CapacitySlots*:CudaKernels.FusedExpertFfn*' \
     >"$out/sanitizer.log" 2>&1 && echo "compute-sanitizer: clean" || { echo "compute-sanitizer: FAILED"; tail -20 "$out/sanitizer.log"; }
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
