@@ -500,6 +500,11 @@ bool grouped_gemm_weight_grad_supported(int64_t m, int64_t n, int experts, int d
 }
 
 void grouped_gemm_weight_grad(const GroupedGemmArgs& args, cudaStream_t stream) {
+  if (args.rows == 0) {  // no rows at all (an expert-parallel rank sent nothing): zero gradients
+    const cudaError_t status = cudaMemsetAsync(args.out, 0, sizeof(__nv_bfloat16) * args.experts * args.m * args.n, stream);
+    if (status != cudaSuccess) throw std::runtime_error(std::string("grouped_gemm_weight_grad: ") + cudaGetErrorString(status));
+    return;
+  }
   launch<GroupedGemmEpilogue::kBias, false, true>(args, stream);
 }
 
