@@ -69,8 +69,7 @@ __device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t chun
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int Pending>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
 // Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma.
 __device__ __forceinline__ void fence_registers(float (&d)[128]) {
 #pragma unroll
@@ -356,7 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_m64n256k16<WeightGrad ? 1 : 0, TransposedB ? 0 : 1>(acc, a_desc, b_desc, kb > 0 || kk > 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_wait_all();
       fence_registers(acc);
       if (lane == 0) barrier_arrive(&s.empty[stage]);
       if (++stage == kStages) stage = 0, phase ^= 1;
