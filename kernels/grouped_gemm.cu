@@ -166,8 +166,9 @@ struct Tile {
   int k_blocks;          // 64-wide steps of the reduction
   // Weight gradients: the reduction runs over the expert's rows from k_row, the last step
   // holding k_tail of them; A's columns (the output's rows within the expert) start at a_col.
-  // clear_b: the last step runs into the padding rows after the last expert, which may hold
-  // NaN in B as well (elsewhere the rows past an expert's are the next expert's, finite).
+  // clear_b: the last step runs into the padding rows after the last expert (from the last
+  // expert or from one before a few small ones), which may hold NaN in B as well (elsewhere
+  // the rows past an expert's are the next experts', finite).
   int64_t k_row = 0;
   int k_tail = kBlockK, a_col = 0;
   bool clear_b = false;
@@ -200,7 +201,7 @@ __device__ __forceinline__ Tile weight_grad_tile_at(const int* ends, int experts
   tile.k_blocks = (rows + kBlockK - 1) / kBlockK;
   tile.k_row = begin;
   tile.k_tail = rows - (tile.k_blocks - 1) * kBlockK;
-  tile.clear_b = ends[e] == ends[experts - 1];
+  tile.clear_b = begin + static_cast<int64_t>(tile.k_blocks) * kBlockK > ends[experts - 1];
   return tile;
 }
 

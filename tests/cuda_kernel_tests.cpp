@@ -267,19 +267,23 @@ TEST(CudaKernels, GroupedGemmExpertsMatchThePerExpertLoop) {
 TEST(CudaKernels, FusedExpertFfnMatchesTheComposedOps) {
   REQUIRE_CUDA();
   torch::manual_seed(37);
-  Experts experts(7, 128, 512, false);
+  Experts experts(7, 256, 512, false);
   experts.to(torch::kCUDA);
   {
     torch::NoGradGuard no_grad;
     experts.b1.normal_(0.0, 0.5);
     experts.b2.normal_(0.0, 0.5);
   }
-  torch::Tensor rows = torch::tensor({300, 0, 129, 1, 64, 200, 77}, torch::kLong).to(torch::kCUDA);
-  const int64_t routed = 771;
-  torch::Tensor probe = torch::randn({routed + 5, 128}, torch::kCUDA).to(torch::kBFloat16);
+  // An empty and a one-row expert, partial row tiles, and a 3-row last expert, so that expert
+  // 5's last 64-row step of the weight gradients (rows 686-749) runs past the last expert's
+  // end (697) into the padding rows, whose input and upstream gradient are NaN here: none of
+  // it may reach a gradient.
+  torch::Tensor rows = torch::tensor({300, 0, 129, 1, 64, 200, 3}, torch::kLong).to(torch::kCUDA);
+  const int64_t routed = 697;
+  torch::Tensor probe = torch::randn({routed + 5, 256}, torch::kCUDA).to(torch::kBFloat16);
   if (!kernels::fused_expert_ffn_available(probe, experts.w1)) GTEST_SKIP() << "no fused expert FFN on this device (needs an H100)";
-  torch::Tensor packed = torch::cat({probe.narrow(0, 0, routed), torch::full({5, 128}, NAN, probe.options())});
-  torch::Tensor upstream = torch::randn({routed, 128}, torch::kCUDA);
+  torch::Tensor packed = torch::cat({probe.narrow(0, 0, routed), torch::full({5, 256}, NAN, probe.options())});
+  torch::Tensor upstream = torch::cat({torch::randn({routed, 256}, torch::kCUDA), torch::full({5, 256}, NAN, torch::kCUDA)});
   struct Result {
     torch::Tensor y, dx;
     std::vector<torch::Tensor> grads;
@@ -288,10 +292,10 @@ TEST(CudaKernels, FusedExpertFfnMatchesTheComposedOps) {
     kernels::set_cuda_kernels_enabled(fused);
     for (auto& p : experts.parameters()) p.mutable_grad() = torch::Tensor();
     torch::Tensor x = packed.clone().requires_grad_(true);
-    torch::Tensor y = experts.forward(x, rows).narrow(0, 0, routed).to(torch::kFloat32);
+    torch::Tensor y = experts.forward(x, rows).to(torch::kFloat32);
     (y * upstream).sum().backward();
     kernels::set_cuda_kernels_enabled(true);
-    Result r{y.detach(), x.grad().narrow(0, 0, routed).to(torch::kFloat32), {}};
+    Result r{y.detach().narrow(0, 0, routed), x.grad().narrow(0, 0, routed).to(torch::kFloat32), {}};
     for (const auto& p : experts.parameters()) r.grads.push_back(p.grad().to(torch::kFloat32));
     return r;
   };
@@ -303,6 +307,7 @@ TEST(CudaKernels, FusedExpertFfnMatchesTheComposedOps) {
   const char* names[] = {"w1", "b1", "w2", "b2"};
   for (size_t i = 0; i < fused.grads.size(); ++i) {
     EXPECT_TRUE(torch::isfinite(fused.grads[i]).all().item<bool>()) << names[i];
+    EXPECT_TRUE(torch::isfinite(composed.grads[i]).all().item<bool>()) << names[i];
     EXPECT_LT(relative_error(fused.grads[i], composed.grads[i]), 1e-2) << names[i];
   }
   EXPECT_EQ(fused.grads[0][1].abs().sum().item<double>(), 0.0);  // the empty expert's w1
