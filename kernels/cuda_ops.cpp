@@ -100,7 +100,7 @@ struct ExpertBiasAct : public torch::autograd::Function<ExpertBiasAct> {
 
 #ifdef MOELAB_GROUPED_MM
 GroupedGemmArgs grouped_gemm_args(const torch::Tensor& a, const torch::Tensor& b, bool b_transposed, const torch::Tensor& ends,
-                                  int64_t n, torch::Tensor& out, torch::Tensor& pre) {
+                                  int64_t n, torch::Tensor& out, torch::Tensor& gelu_slope) {
   GroupedGemmArgs args;
   args.a = reinterpret_cast<const __nv_bfloat16*>(a.data_ptr());
   args.b = reinterpret_cast<const __nv_bfloat16*>(b.data_ptr());
@@ -111,7 +111,7 @@ GroupedGemmArgs grouped_gemm_args(const torch::Tensor& a, const torch::Tensor& b
   args.k = static_cast<int>(a.size(1));
   args.n = static_cast<int>(n);
   args.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
-  args.pre = reinterpret_cast<__nv_bfloat16*>(pre.data_ptr());
+  args.gelu_slope = reinterpret_cast<__nv_bfloat16*>(gelu_slope.data_ptr());
   return args;
 }
 
@@ -133,8 +133,9 @@ torch::Tensor weight_grad(const torch::Tensor& a, const torch::Tensor& b, const 
   return out;
 }
 
-// y = gelu(x W1_e + b1_e) W2_e + b2_e. Saved for the backward: x, the weights, pre (the
-// first layer's output before the GELU) and h (after it).
+// y = gelu(x W1_e + b1_e) W2_e + b2_e. Saved for the backward: x, the weights, h (the first
+// layer's output after the GELU) and the GELU's slope there (all the backward needs of the
+// output before it).
 struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
                                const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& offsets) {
@@ -142,8 +143,8 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     torch::Tensor input = x.to(bf16).contiguous(), first = w1.to(bf16).contiguous(), second = w2.to(bf16).contiguous();
     torch::Tensor ends = offsets.to(torch::kInt32).contiguous(), bias1 = b1.to(torch::kFloat32).contiguous();
     const int64_t hidden = first.size(2);
-    torch::Tensor pre = torch::empty({input.size(0), hidden}, input.options()), h = torch::empty_like(pre);
-    GroupedGemmArgs args = grouped_gemm_args(input, first, false, ends, hidden, h, pre);
+    torch::Tensor slope = torch::empty({input.size(0), hidden}, input.options()), h = torch::empty_like(slope);
+    GroupedGemmArgs args = grouped_gemm_args(input, first, false, ends, hidden, h, slope);
     args.bias = bias1.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kBiasGelu, at::cuda::getCurrentCUDAStream());
     torch::Tensor bias2 = b2.to(torch::kFloat32).contiguous(), out;
@@ -157,7 +158,7 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
       out = torch::empty_like(y);
       launch_expert_bias_act(y, bias2, ends, kNoActivation, out);
     }
-    ctx->save_for_backward({input, first, second, ends, pre, h, bias2});
+    ctx->save_for_backward({input, first, second, ends, slope, h, bias2});
     ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(x.scalar_type()), static_cast<int64_t>(w1.scalar_type()),
                                                      static_cast<int64_t>(b1.scalar_type()), static_cast<int64_t>(w2.scalar_type()),
                                                      static_cast<int64_t>(b2.scalar_type())};
@@ -165,7 +166,7 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    torch::Tensor x = saved[0], w1 = saved[1], w2 = saved[2], ends = saved[3], pre = saved[4], h = saved[5], bias2 = saved[6];
+    torch::Tensor x = saved[0], w1 = saved[1], w2 = saved[2], ends = saved[3], slope = saved[4], h = saved[5], bias2 = saved[6];
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     auto as = [&](const torch::Tensor& t, int i) { return t.to(static_cast<torch::ScalarType>(dtypes[i])); };
     torch::Tensor dy = grads[0].to(torch::kBFloat16).contiguous();
@@ -174,8 +175,8 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     launch_expert_bias_act_backward(dy, dy, bias2, ends, kNoActivation, dy, db2);
     torch::Tensor dw2 = weight_grad(h, dy, ends);
     // dy W2_e^T with the GELU's gradient and b1's gradient in the epilogue.
-    torch::Tensor dpre = torch::empty_like(pre), db1 = torch::zeros({w1.size(0), w1.size(2)}, dy.options().dtype(torch::kFloat32));
-    GroupedGemmArgs args = grouped_gemm_args(dy, w2, true, ends, w2.size(1), dpre, pre);
+    torch::Tensor dpre = torch::empty_like(slope), db1 = torch::zeros({w1.size(0), w1.size(2)}, dy.options().dtype(torch::kFloat32));
+    GroupedGemmArgs args = grouped_gemm_args(dy, w2, true, ends, w2.size(1), dpre, slope);
     args.bias_grad = db1.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kGeluBackward, at::cuda::getCurrentCUDAStream());
     torch::Tensor dw1 = weight_grad(x, dpre, ends);

@@ -18,6 +18,13 @@ __device__ __forceinline__ float gelu(float x) {
   erf_and_gauss(x, erf_z, gauss);
   return 0.5f * x * (1.0f + erf_z);
 }
+// gelu(x), and its derivative in `slope`, from one erf.
+__device__ __forceinline__ float gelu_and_slope(float x, float& slope) {
+  float erf_z, gauss;
+  erf_and_gauss(x, erf_z, gauss);
+  slope = 0.5f * (1.0f + erf_z) + x * 0.39894228040143268f * gauss;
+  return 0.5f * x * (1.0f + erf_z);
+}
 __device__ __forceinline__ float gelu_grad(float x) {
   float erf_z, gauss;
   erf_and_gauss(x, erf_z, gauss);

@@ -26,6 +26,7 @@ struct alignas(1024) SharedStorage {
   __nv_bfloat16 staged[2][64 * kBlockN];        // each consumer warpgroup's 64 x 256 results: four
                                                 // 64 x 64 boxes, 128-byte swizzled like TMA's
   float column_sums[kConsumerWarps][kBlockN];   // kGeluBackward: each warp's bias-gradient partials
+  float bias[2][kBlockN];                       // each consumer warpgroup's copy of the tile's bias
   uint64_t full[kStages], empty[kStages];
   int first_tile[kMaxExperts + 1];              // tiles of experts before e
 };
@@ -208,7 +209,7 @@ __device__ __forceinline__ Tile weight_grad_tile_at(const int* ends, int experts
 template <GroupedGemmEpilogue Epilogue, bool TransposedB, bool WeightGrad>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
-                        const __grid_constant__ CUtensorMap out_map, const __grid_constant__ CUtensorMap pre_map,
+                        const __grid_constant__ CUtensorMap out_map, const __grid_constant__ CUtensorMap slope_map,
                         const GroupedGemmArgs args) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char shared_raw[];
@@ -313,10 +314,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         copy_rows<false>(staged, dst, first_row, live_rows, n, tile.col, warp, lane);
       }
     };
+    const int64_t expert_col = static_cast<int64_t>(tile.expert) * n + tile.col;
+    const bool has_bias = Epilogue == GroupedGemmEpilogue::kBiasGelu || (Epilogue == GroupedGemmEpilogue::kBias && args.bias);
+    if (has_bias) {
+      // The tile's bias row into shared memory while the mainloop runs: read from there, the
+      // epilogue does not wait on global loads between its arithmetic.
+      if (threadIdx.x % 128 < kBlockN / 4) copy_async_16(&s.bias[half][4 * (threadIdx.x % 128)], args.bias + expert_col + 4 * (threadIdx.x % 128));
+      copy_async_commit();
+    }
     reclaim_staged();
     if constexpr (Epilogue == GroupedGemmEpilogue::kGeluBackward) {
-      // Start reading the tile's pre-activations now; they are needed after the mainloop.
-      copy_rows<true>(staged, args.pre, first_row, live_rows, n, tile.col, warp, lane);
+      // Start reading the tile's GELU slopes now; they are needed after the mainloop.
+      copy_rows<true>(staged, args.gelu_slope, first_row, live_rows, n, tile.col, warp, lane);
       copy_async_commit();
     }
 
@@ -366,28 +375,33 @@ __global__ void __launch_bounds__(kThreads, 1)
     // holds rows r and r + 8 (r = 16*warp + lane/4) of the warpgroup's 64, and columns
     // 8j + 2*(lane%4) + {0, 1} for j < 32: acc[4j + {0,1}] on row r, acc[4j + {2,3}] on r + 8.
     const int r = warp * 16 + lane / 4;
-    const int64_t expert_col = static_cast<int64_t>(tile.expert) * n + tile.col;
+    if (has_bias) {
+      copy_async_wait_all();
+      warpgroup_sync(half);
+    }
     if constexpr (Epilogue == GroupedGemmEpilogue::kBias) {
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         const int col = 8 * j + 2 * (lane % 4);
-        const float2 bias = args.bias ? *reinterpret_cast<const float2*>(args.bias + expert_col + col) : make_float2(0.0f, 0.0f);
+        const float2 bias = has_bias ? *reinterpret_cast<const float2*>(&s.bias[half][col]) : make_float2(0.0f, 0.0f);
         store_pair(staged, r, col, acc[4 * j] + bias.x, acc[4 * j + 1] + bias.y);
         store_pair(staged, r + 8, col, acc[4 * j + 2] + bias.x, acc[4 * j + 3] + bias.y);
       }
       write_staged(&out_map, args.out);
     } else if constexpr (Epilogue == GroupedGemmEpilogue::kBiasGelu) {
+      // The GELU replaces the accumulators; its slope, which the backward needs, goes out first
+      // (computed here from the same erf, it saves the backward a second one).
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         const int col = 8 * j + 2 * (lane % 4);
-        const float2 bias = *reinterpret_cast<const float2*>(args.bias + expert_col + col);
-        acc[4 * j] += bias.x, acc[4 * j + 1] += bias.y, acc[4 * j + 2] += bias.x, acc[4 * j + 3] += bias.y;
-        store_pair(staged, r, col, acc[4 * j], acc[4 * j + 1]);
-        store_pair(staged, r + 8, col, acc[4 * j + 2], acc[4 * j + 3]);
-      }
-      write_staged(&pre_map, args.pre);
+        const float2 bias = *reinterpret_cast<const float2*>(&s.bias[half][col]);
+        float slope[4];
 #pragma unroll
-      for (int i = 0; i < 128; ++i) acc[i] = gelu(acc[i]);
+        for (int q = 0; q < 4; ++q) acc[4 * j + q] = gelu_and_slope(acc[4 * j + q] + (q % 2 ? bias.y : bias.x), slope[q]);
+        store_pair(staged, r, col, slope[0], slope[1]);
+        store_pair(staged, r + 8, col, slope[2], slope[3]);
+      }
+      write_staged(&slope_map, args.gelu_slope);
       reclaim_staged();
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
@@ -406,8 +420,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (r + 8 * h >= live_rows) continue;
-          const float2 pre = load_pair(staged, r + 8 * h, col);
-          const float g0 = acc[4 * j + 2 * h] * gelu_grad(pre.x), g1 = acc[4 * j + 2 * h + 1] * gelu_grad(pre.y);
+          const float2 slope = load_pair(staged, r + 8 * h, col);
+          const float g0 = acc[4 * j + 2 * h] * slope.x, g1 = acc[4 * j + 2 * h + 1] * slope.y;
           store_pair(staged, r + 8 * h, col, g0, g1);
           sum0 += g0;
           sum1 += g1;
@@ -483,11 +497,11 @@ void launch(const GroupedGemmArgs& args, cudaStream_t stream) {
   const CUtensorMap b_map = WeightGrad    ? tensor_map(args.b, args.rows, args.n, kBlockK)
                             : TransposedB ? tensor_map(args.b, static_cast<int64_t>(args.experts) * args.n, args.k, kBlockN)
                                           : tensor_map(args.b, static_cast<int64_t>(args.experts) * args.k, args.n, kBlockK);
-  // The results, stored in 64 x 64 boxes (pre is only stored by kBiasGelu).
+  // The results, stored in 64 x 64 boxes (the slope is only stored by kBiasGelu).
   const CUtensorMap out_map = tensor_map(args.out, out_rows, args.n, 64);
-  const CUtensorMap pre_map = tensor_map(args.pre ? args.pre : args.out, out_rows, args.n, 64);
+  const CUtensorMap slope_map = tensor_map(args.gelu_slope ? args.gelu_slope : args.out, out_rows, args.n, 64);
   grouped_gemm_kernel<Epilogue, TransposedB, WeightGrad>
-      <<<sms, kThreads, sizeof(SharedStorage) + 1024, stream>>>(a_map, b_map, out_map, pre_map, args);
+      <<<sms, kThreads, sizeof(SharedStorage) + 1024, stream>>>(a_map, b_map, out_map, slope_map, args);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) throw std::runtime_error(std::string("grouped_gemm: launch failed: ") + cudaGetErrorString(status));
 }

@@ -2,8 +2,9 @@
 // Grouped GEMM for Hopper (sm_90a) with the expert FFN's elementwise work in its epilogue.
 // Rows of A are packed expert-major (expert e owns rows [ends[e-1], ends[e])); every expert
 // multiplies its rows by its own weight matrix B_e:
-//   kBiasGelu      pre = A_e B_e + bias_e,  out = gelu(pre)       (the FFN's first layer)
-//   kGeluBackward  out = (A_e B_e) * gelu'(pre),  bias_grad_e += column sums of out
+//   kBiasGelu      out = gelu(pre),  gelu_slope = gelu'(pre),  pre = A_e B_e + bias_e
+//                  (the FFN's first layer; the slope is what the backward needs of pre)
+//   kGeluBackward  out = (A_e B_e) * gelu_slope,  bias_grad_e += column sums of out
 //                  (A = the gradient of the FFN's output, B_e = W2_e^T: the second layer's
 //                  input gradient and the first layer's GELU backward)
 //   kBias          out = A_e B_e (+ bias_e if bias is given)   (the second layer; the first
@@ -26,7 +27,7 @@
 // neighbouring CTAs share B in L2.
 // Per tile: 2*128*256*K flops; reads (128 + 256)*K*2 bytes (mostly L2 hits: A is reused
 // N/256 times, B by an expert's row tiles), writes 128*256*2 bytes (x2 for kBiasGelu), and
-// kGeluBackward reads 128*256*2 bytes of pre. Requirements: K % 64 == 0, N % 256 == 0,
+// kGeluBackward reads 128*256*2 bytes of slopes. Requirements: K % 64 == 0, N % 256 == 0,
 // 16-byte aligned row-major operands, a device of compute capability 9.0.
 #include <cstdint>
 
@@ -49,7 +50,7 @@ struct GroupedGemmArgs {
   int m = 0;                         // grouped_gemm_weight_grad: a's columns
   const float* bias = nullptr;       // kBiasGelu, and optionally kBias: [experts, n]
   __nv_bfloat16* out = nullptr;      // [rows, n]
-  __nv_bfloat16* pre = nullptr;      // [rows, n]: written by kBiasGelu, read by kGeluBackward
+  __nv_bfloat16* gelu_slope = nullptr;  // [rows, n]: written by kBiasGelu, read by kGeluBackward
   float* bias_grad = nullptr;        // kGeluBackward: [experts, n], added into
 };
 
