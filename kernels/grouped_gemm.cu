@@ -175,6 +175,20 @@ __device__ __forceinline__ void tma_store_boxes(const CUtensorMap* map, const __
 template <int Pending>
 __device__ __forceinline__ void store_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(Pending) : "memory"); }
 
+// One step of a reduction over lanes by halving: of the first Offset sums, a lane with bit
+// Offset set keeps the upper half and its partner (bit clear) the lower, each adding the
+// partner's copy of the half it keeps; the result, over both lanes, is in sums[0, Offset / 2).
+template <int Offset>
+__device__ __forceinline__ void keep_half(float (&sums)[16], int lane) {
+  constexpr int kCount = Offset / 2;
+  const bool upper = lane & Offset;
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    const float low = sums[i], high = sums[kCount + i];
+    sums[i] = (upper ? high : low) + __shfl_xor_sync(0xffffffffu, upper ? low : high, Offset);
+  }
+}
+
 struct Tile {
   int expert;
   int64_t row, row_end;  // the tile's first output row and its expert's end
@@ -392,30 +406,32 @@ __global__ void __launch_bounds__(kThreads, 1)
       warpgroup_sync(half);
       __nv_bfloat16* staged = s.staged[half][0];
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const int col = 8 * j + 2 * (lane % 4);
-        float sum0 = 0.0f, sum1 = 0.0f;
+      for (int box = 0; box < 4; ++box) {  // each box stored as soon as it is done
+        float sums[16] = {};  // the box's columns 8jj + 2*(lane%4) + c at [2jj + c], this thread's rows
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          if (r + 8 * h >= live_rows) continue;
-          const float2 slope = load_pair(staged, r + 8 * h, col);
-          const float g0 = acc[4 * j + 2 * h] * slope.x, g1 = acc[4 * j + 2 * h + 1] * slope.y;
-          store_pair(staged, r + 8 * h, col, g0, g1);
-          sum0 += g0;
-          sum1 += g1;
-        }
-        // The warp's 16 rows: lanes with the same lane % 4 hold the same columns.
+        for (int jj = 0; jj < 8; ++jj) {
+          const int j = 8 * box + jj, col = 8 * j + 2 * (lane % 4);
 #pragma unroll
-        for (int offset = 4; offset < 32; offset *= 2) {
-          sum0 += __shfl_xor_sync(0xffffffffu, sum0, offset);
-          sum1 += __shfl_xor_sync(0xffffffffu, sum1, offset);
+          for (int h = 0; h < 2; ++h) {
+            if (r + 8 * h >= live_rows) continue;
+            const float2 slope = load_pair(staged, r + 8 * h, col);
+            const float g0 = acc[4 * j + 2 * h] * slope.x, g1 = acc[4 * j + 2 * h + 1] * slope.y;
+            store_pair(staged, r + 8 * h, col, g0, g1);
+            sums[2 * jj] += g0;
+            sums[2 * jj + 1] += g1;
+          }
         }
-        if (lane < 4) {
-          s.scratch[half * 4 + warp][col] = sum0;
-          s.scratch[half * 4 + warp][col + 1] = sum1;
-        }
+        // Over the warp's 16 rows (the 8 lanes with the same lane % 4) by halving: each lane
+        // keeps half of its sums and adds its partner's other half, three times, ending with
+        // the sums of jj = lane / 4: 14 shuffles for 16 columns where a butterfly takes 48.
+        keep_half<16>(sums, lane);
+        keep_half<8>(sums, lane);
+        keep_half<4>(sums, lane);
+        const int col = 8 * (8 * box + lane / 4) + 2 * (lane % 4);
+        s.scratch[half * 4 + warp][col] = sums[0];
+        s.scratch[half * 4 + warp][col + 1] = sums[1];
+        store_staged(&out_map, args.out, staged + box * kBoxElements, 1, 64 * box);
       }
-      store_staged(&out_map, args.out, staged, 4, 0);
       // Both warpgroups' partials meet here: one atomic per column per tile.
       consumers_sync();
       const int column = threadIdx.x - 128;
