@@ -170,14 +170,14 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     auto as = [&](const torch::Tensor& t, int i) { return t.to(static_cast<torch::ScalarType>(dtypes[i])); };
     torch::Tensor dy = grads[0].to(torch::kBFloat16).contiguous();
-    // b2's gradient: the per-expert column sums of dy (the bias kernel without an activation).
-    torch::Tensor db2 = torch::zeros_like(bias2);
-    launch_expert_bias_act_backward(dy, dy, bias2, ends, kNoActivation, dy, db2);
     torch::Tensor dw2 = weight_grad(h, dy, ends);
-    // dy W2_e^T with the GELU's gradient and b1's gradient in the epilogue.
+    // dy W2_e^T with the GELU's gradient and b1's gradient in the epilogue, and b2's gradient
+    // (the per-expert column sums of dy) summed from its tiles on the way.
     torch::Tensor dpre = torch::empty_like(slope), db1 = torch::zeros({w1.size(0), w1.size(2)}, dy.options().dtype(torch::kFloat32));
+    torch::Tensor db2 = torch::zeros_like(bias2);
     GroupedGemmArgs args = grouped_gemm_args(dy, w2, true, ends, w2.size(1), dpre, slope);
     args.bias_grad = db1.data_ptr<float>();
+    args.a_column_sums = db2.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kGeluBackward, at::cuda::getCurrentCUDAStream());
     torch::Tensor dw1 = weight_grad(x, dpre, ends);
     torch::Tensor dx;

@@ -378,6 +378,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_m64n256k16<WeightGrad ? 1 : 0, TransposedB ? 0 : 1>(acc, a_desc, b_desc, kb > 0 || kk > 0);
       }
       wgmma_commit();
+      if (Epilogue == GroupedGemmEpilogue::kGeluBackward && args.a_column_sums && tile.col == 0) {
+        // While the tensor cores run: the column sums of this k-step's A over the tile's rows
+        // of its expert (b2's gradient, A being dy). Warp w takes columns 8w..8w+7, lane l
+        // column 8w + l%8 on rows l/8, l/8 + 4, ...; the four row groups meet by shuffles.
+        const int consumer_warp = half * 4 + warp, c = 8 * consumer_warp + lane % 8;
+        const int tile_rows = static_cast<int>(tile.row_end - tile.row < kBlockM ? tile.row_end - tile.row : kBlockM);
+        const char* a_tile = reinterpret_cast<const char*>(s.a[stage]);
+        float sum = 0.0f;
+        for (int row = lane / 8; row < tile_rows; row += 4)
+          sum += __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(a_tile + row * 128 + (((c / 8) ^ (row % 8)) * 16) + (c % 8) * 2));
+        sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+        if (lane < 8) atomicAdd(args.a_column_sums + static_cast<int64_t>(tile.expert) * args.k + kb * kBlockK + c, sum);
+      }
       wgmma_wait_all();
       fence_registers(acc);
       if (lane == 0) barrier_arrive(&s.empty[stage]);

@@ -4,7 +4,9 @@
 // multiplies its rows by its own weight matrix B_e:
 //   kBiasGelu      out = gelu(pre),  gelu_slope = gelu'(pre),  pre = A_e B_e + bias_e
 //                  (the FFN's first layer; the slope is what the backward needs of pre)
-//   kGeluBackward  out = (A_e B_e) * gelu_slope,  bias_grad_e += column sums of out
+//   kGeluBackward  out = (A_e B_e) * gelu_slope,  bias_grad_e += column sums of out,
+//                  a_column_sums_e += column sums of A_e (summed from shared memory while the
+//                  tensor cores work, so b2's gradient costs no pass of its own)
 //                  (A = the gradient of the FFN's output, B_e = W2_e^T: the second layer's
 //                  input gradient and the first layer's GELU backward)
 //   kBias          out = A_e B_e (+ bias_e if bias is given)   (the second layer; the first
@@ -52,6 +54,8 @@ struct GroupedGemmArgs {
   __nv_bfloat16* out = nullptr;      // [rows, n]
   __nv_bfloat16* gelu_slope = nullptr;  // [rows, n]: written by kBiasGelu, read by kGeluBackward
   float* bias_grad = nullptr;        // kGeluBackward: [experts, n], added into
+  float* a_column_sums = nullptr;    // kGeluBackward, optional: [experts, k], added into: each
+                                     // expert's column sums of A (the second layer's bias gradient)
 };
 
 // Whether grouped_gemm can run these sizes on `device`.
