@@ -52,9 +52,13 @@ struct Unpermute : public torch::autograd::Function<Unpermute> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     torch::Tensor y = saved[0].contiguous(), rows = saved[1].contiguous(), gates = saved[2];
-    torch::Tensor grad_out = grads[0].to(y.scalar_type()).contiguous();
+    torch::Tensor grad_out = grads[0].to(y.scalar_type());
+    // A gradient broadcast over the tokens (a sum's, say) is read as its one row instead of
+    // being materialised.
+    const bool broadcast = grad_out.stride(0) == 0;
+    grad_out = broadcast ? grad_out[0].contiguous() : grad_out.contiguous();
     torch::Tensor grad_y = torch::empty_like(y), grad_gates = torch::empty(rows.sizes(), y.options().dtype(torch::kFloat32));
-    launch_combine_backward(y, rows, gates.to(torch::kFloat32).contiguous(), grad_out, grad_y, grad_gates);
+    launch_combine_backward(y, rows, gates.to(torch::kFloat32).contiguous(), grad_out, broadcast ? 0 : y.size(1), grad_y, grad_gates);
     return {grad_y, torch::Tensor(), grad_gates.to(gates.scalar_type())};
   }
 };

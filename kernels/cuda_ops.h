@@ -81,7 +81,8 @@ void launch_kept_gates_backward(const torch::Tensor& gates, const torch::Tensor&
 void launch_column_sum(const torch::Tensor& x, torch::Tensor& out);
 // out (fp32 [W]) = the column sums of partials (fp32 [G, W]), G small: one kernel.
 void launch_sum_partial_rows(const torch::Tensor& partials, torch::Tensor& out);
+// grad_out: [tokens, dim] rows grad_out_stride apart (0: one row broadcast over the tokens).
 void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates,
-                             const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates);
+                             const torch::Tensor& grad_out, int64_t grad_out_stride, torch::Tensor& grad_y, torch::Tensor& grad_gates);
 
 }  // namespace moelab::kernels::cuda

@@ -95,8 +95,8 @@ __global__ void combine_kernel(const T* __restrict__ y, const int64_t* __restric
 // of expert choice at d 256 cost 41 us a layer in block launches alone.
 template <typename T>
 __global__ void combine_backward_kernel(const T* __restrict__ y, const int64_t* __restrict__ rows, const float* __restrict__ gates,
-                                        const T* __restrict__ grad_out, T* __restrict__ grad_y, float* __restrict__ grad_gates,
-                                        int64_t tokens, int columns, int64_t dim) {
+                                        const T* __restrict__ grad_out, int64_t grad_out_stride, T* __restrict__ grad_y,
+                                        float* __restrict__ grad_gates, int64_t tokens, int columns, int64_t dim) {
   constexpr int N = Vec<T>::N;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -111,7 +111,7 @@ __global__ void combine_backward_kernel(const T* __restrict__ y, const int64_t* 
     float dot = 0.f;
     for (int64_t c = lane * N; c < dim; c += 32 * N) {
       float go[N], v[N], gy[N];
-      Vec<T>::load(grad_out + token * dim + c, go);
+      Vec<T>::load(grad_out + token * grad_out_stride + c, go);
       Vec<T>::load(y + row * dim + c, v);
 #pragma unroll
       for (int i = 0; i < N; ++i) {
@@ -206,7 +206,7 @@ void launch_combine(const torch::Tensor& y, const torch::Tensor& rows, const tor
 }
 
 void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& rows, const torch::Tensor& gates,
-                             const torch::Tensor& grad_out, torch::Tensor& grad_y, torch::Tensor& grad_gates) {
+                             const torch::Tensor& grad_out, int64_t grad_out_stride, torch::Tensor& grad_y, torch::Tensor& grad_gates) {
   const int64_t tokens = rows.size(0), dim = y.size(1);
   if (rows.numel() == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -215,10 +215,10 @@ void launch_combine_backward(const torch::Tensor& y, const torch::Tensor& rows, 
   if (y.scalar_type() == torch::kBFloat16) {
     combine_backward_kernel<c10::BFloat16><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(
         y.data_ptr<c10::BFloat16>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<c10::BFloat16>(),
-        grad_y.data_ptr<c10::BFloat16>(), grad_gates.data_ptr<float>(), tokens, columns, dim);
+        grad_out_stride, grad_y.data_ptr<c10::BFloat16>(), grad_gates.data_ptr<float>(), tokens, columns, dim);
   } else {
     combine_backward_kernel<float><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(
-        y.data_ptr<float>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<float>(),
+        y.data_ptr<float>(), rows.data_ptr<int64_t>(), gates.data_ptr<float>(), grad_out.data_ptr<float>(), grad_out_stride,
         grad_y.data_ptr<float>(), grad_gates.data_ptr<float>(), tokens, columns, dim);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -200,6 +200,11 @@ TEST(CudaKernels, PermuteAndUnpermuteMatchReferenceWithGradients) {
         auto slow = torch::autograd::grad({ref}, {y, gates}, {upstream.to(torch::kFloat32)});
         ASSERT_TRUE(torch::allclose(fast[0].to(torch::kFloat32), slow[0].to(torch::kFloat32), tol, tol));
         ASSERT_TRUE(torch::allclose(fast[1], slow[1].to(torch::kFloat32), tol * 10, tol * 10));
+        // A gradient broadcast over the tokens (a sum's) is read as one row, not materialised.
+        torch::Tensor row = torch::randn({dim}, torch::kCUDA).to(dtype), again = kernels::unpermute(y, r.rows, gates);
+        auto broadcast = torch::autograd::grad({again}, {y, gates}, {row.expand({tokens, dim})}, /*retain_graph=*/true);
+        auto dense = torch::autograd::grad({again}, {y, gates}, {row.expand({tokens, dim}).contiguous()});
+        ASSERT_TRUE(torch::equal(broadcast[0], dense[0]) && torch::equal(broadcast[1], dense[1])) << dim << " " << k;
         torch::Tensor px = torch::autograd::grad({packed}, {x}, {torch::ones_like(packed)})[0];
         torch::Tensor counts = (r.rows >= 0).sum(1).to(dtype).unsqueeze(1).expand({tokens, dim});
         ASSERT_TRUE(torch::equal(px, counts));  // each row's gradient: the number of its kept copies
