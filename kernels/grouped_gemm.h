@@ -19,14 +19,16 @@
 // exists.
 //
 // The kernel is persistent (a CTA per SM) and warp-specialised: warpgroup 0 is the producer,
-// whose one thread loads 128 x 64 tiles of A and 64 x 256 tiles of B into a 3-stage ring of
-// shared memory with TMA; warpgroups 1 and 2 are the consumers, each multiplying 64 of the
-// tile's 128 rows with wgmma (64 x 256 x 16 per instruction, fp32 accumulators in registers).
-// Each consumer applies the epilogue on its registers, stages the result in shared memory in
-// TMA's swizzled layout and has it stored by TMA, which drains while the next tile computes.
-// Tiles are 128 x 256 of one expert (an expert's last row tile is partial: its extra rows are
-// loaded, computed and not stored), taken in order expert, column tile, row tile so that
-// neighbouring CTAs share B in L2.
+// whose one thread loads 128 x 64 tiles of A and 64 x 256 tiles of B into a ring of shared
+// memory with TMA (4 stages; 3 for kGeluBackward, which also reads each tile's slopes into
+// shared memory while the mainloop runs); warpgroups 1 and 2 are the consumers, each
+// multiplying 64 of the tile's 128 rows with wgmma (64 x 256 x 16 per instruction, fp32
+// accumulators in registers). Each consumer applies the epilogue on its registers a 64-column
+// box at a time, staging the box in shared memory in TMA's swizzled layout and having it stored
+// by TMA while it works on the next box (two buffers used in turn), so stores and arithmetic
+// overlap. Tiles are 128 x 256 of one expert (an expert's last row tile is partial: its extra
+// rows are loaded, computed and not stored), taken in order expert, column tile, row tile so
+// that neighbouring CTAs share B in L2.
 // Per tile: 2*128*256*K flops; reads (128 + 256)*K*2 bytes (mostly L2 hits: A is reused
 // N/256 times, B by an expert's row tiles), writes 128*256*2 bytes (x2 for kBiasGelu), and
 // kGeluBackward reads 128*256*2 bytes of slopes. Requirements: K % 64 == 0, N % 256 == 0,
