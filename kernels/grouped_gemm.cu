@@ -22,9 +22,10 @@ constexpr int kBoxElements = 64 * 64;  // a staged 64 x 64 box of results
 // Shared memory, 227 KB at most. kGeluBackward reads each tile's slopes into `staged` while
 // the mainloop runs, so it stages a warpgroup's whole 64 x 256 result (four boxes) and has
 // room for three stages; the other epilogues stage 64 x 64 boxes in two buffers used in turn
-// (a box is written while the one before it is stored) and get four stages, which keep the
-// tensor cores fed better (the mainloop alone: 670 -> 717 TFLOP/s). 128-byte swizzled tiles
-// start at 1024-byte boundaries, and so does the dynamic shared memory itself.
+// (a box is written while the one before it is stored) and get four stages (the mainloop
+// alone: 670 TFLOP/s with three, 717 with four; with the epilogues, the forward and the weight
+// gradients gain a little and the bias-only product nothing). 128-byte swizzled tiles start
+// at 1024-byte boundaries, and so does the dynamic shared memory itself.
 template <GroupedGemmEpilogue Epilogue>
 struct alignas(1024) SharedStorage {
   static constexpr bool kWholeTile = Epilogue == GroupedGemmEpilogue::kGeluBackward;
