@@ -5,11 +5,7 @@
 
 #include "kernels/cuda_ops.h"
 #include "kernels/grouped_gemm.h"
-
-// at::_grouped_mm (PyTorch 2.8+), which the fused expert FFN uses for its other GEMMs.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
-#define MOELAB_GROUPED_MM 1
-#endif
+#include "kernels/grouped_mm_available.h"
 
 namespace moelab::kernels::cuda {
 namespace {

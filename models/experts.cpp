@@ -3,13 +3,9 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include "kernels/grouped_mm_available.h"
 #include "kernels/linear.h"
 #include "kernels/routing_kernels.h"
-
-// at::_grouped_mm (PyTorch 2.8+): a grouped GEMM over row groups given by device offsets.
-#if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
-#define MOELAB_GROUPED_MM 1
-#endif
 
 namespace moelab {
 
