@@ -5,8 +5,9 @@
 //                     atomics: deterministic), fp32 accumulation, a warp per token. Traffic:
 //                     (K + 1) * T * d * bytes.
 //   combine_backward: per kept (t, j): grad_y[row] = gates[t, j] * grad_out[t] and
-//                     grad_gates[t, j] = <y[row], grad_out[t]>, a warp per token. Traffic:
-//                     3 * kept * d * bytes.
+//                     grad_gates[t, j] = <y[row], grad_out[t]>, a warp per token; grad_out's
+//                     rows lie grad_out_stride apart (0: one row broadcast over the tokens,
+//                     a sum's gradient). Traffic: 3 * kept * d * bytes (2 when broadcast).
 #include <algorithm>
 
 #include <ATen/cuda/CUDAContext.h>
