@@ -326,6 +326,22 @@ TEST(CudaKernels, FusedExpertFfnMatchesTheComposedOps) {
   EXPECT_LT(relative_error(fused.y, torch::cat(parts, 0)), 1e-2);
 }
 
+// An expert-parallel rank can receive no rows at all: an empty output, zero weight gradients.
+TEST(CudaKernels, FusedExpertFfnWithNoRows) {
+  REQUIRE_CUDA();
+  Experts experts(4, 256, 512, false);
+  experts.to(torch::kCUDA);
+  torch::Tensor x = torch::randn({0, 256}, torch::kCUDA).to(torch::kBFloat16).requires_grad_(true);
+  if (!kernels::fused_expert_ffn_available(x, experts.w1)) GTEST_SKIP() << "no fused expert FFN on this device (needs an H100)";
+  torch::Tensor y = experts.forward(x, torch::zeros({4}, torch::kLong).to(torch::kCUDA));
+  ASSERT_EQ(y.sizes(), torch::IntArrayRef({0, 256}));
+  y.to(torch::kFloat32).sum().backward();
+  for (const auto& p : experts.parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
 #include "models/tiny_moe.h"
 
 TEST(CudaKernels, TrainingOnGpuFollowsTheCpuReferenceLossCurve) {
