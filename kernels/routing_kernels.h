@@ -84,9 +84,9 @@ torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor
 
 // The whole GELU expert FFN as one differentiable op, y = gelu(x W1_e + b1_e) W2_e + b2_e over
 // packed rows grouped by offsets (as above; w1 [E, D, H], w2 [E, H, D]), where a fused kernel
-// serves it: on an H100 with the CUDA kernels on, D % 64 == 0, H % 256 == 0, E <= 512. The
-// first GEMM then applies b1 and the GELU in its epilogue, and the backward's dy W2_e^T
-// applies the GELU's gradient and sums b1's (kernels/grouped_gemm.cu); the other GEMMs run
+// serves it: on an H100 with the CUDA kernels on, D % 64 == 0, H % 256 == 0. The first GEMM
+// then applies b1 and the GELU in its epilogue, and the backward's dy W2_e^T applies the
+// GELU's gradient and sums b1's and b2's (kernels/grouped_gemm.cu); the other GEMMs run
 // on the same kernel where D % 256 == 0 (else at::_grouped_mm), all in bf16 with fp32
 // accumulation. Elsewhere
 // fused_expert_ffn_available() is false and the caller composes the GEMMs with

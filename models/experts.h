@@ -4,8 +4,8 @@
 // the packed buffer, a grouped GEMM with no padding to capacity: on CUDA with a libtorch
 // that has it (2.8+), one at::_grouped_mm per projection (CUTLASS on Hopper, bf16, row
 // offsets stay on the device), each followed by the fused bias + activation kernel; for
-// GELU on an H100, kernels::fused_expert_ffn (the first GEMM and the GELU's backward GEMM
-// with their elementwise work in the epilogue); elsewhere one addmm per expert.
+// GELU on an H100, kernels::fused_expert_ffn (kernels/grouped_gemm.cu for the GEMMs, with
+// the bias, GELU and bias-gradient work in their epilogues); elsewhere one addmm per expert.
 #include <memory>
 #include <vector>
 
