@@ -42,6 +42,7 @@ RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_i
   StrategyChoice choice = strategy_->route(in);
   plan.expert_ids = choice.expert_ids;
   plan.selected = choice.selected;
+  plan.chosen_gates = choice.gates;
   plan.kept = choice.selected;
   if (!strategy_->applies_capacity() && plan.capacity > 0) {
     kernels::CapacitySlots slots = assign_capacity(choice.expert_ids, choice.selected, choice.priority, experts,

@@ -11,6 +11,7 @@ struct RoutingPlan {
   // (column e is expert e, `selected` where the expert picked the token).
   torch::Tensor expert_ids;  // [T, K] int64
   torch::Tensor gates;       // [T, K] float32, zero where not kept; carries the router's gradient
+  torch::Tensor chosen_gates;  // [T, K] float32: the strategy's gates before capacity dropped any
   torch::Tensor selected;    // [T, K] bool: an assignment the strategy made
   torch::Tensor kept;        // [T, K] bool: selected and within its expert's capacity
   // With a capacity the router applied: each kept assignment's slot in its expert's buffer

@@ -1,11 +1,14 @@
 // Trace formats, co-activation and the placement simulator (no libtorch).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "placement/cost_model.h"
 #include "placement/evaluator.h"
@@ -17,6 +20,7 @@
 #include "trace/synthetic_trace.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/strings.h"
 
 using namespace moelab;
 using namespace moelab::placement;
@@ -255,8 +259,7 @@ TEST(Search, NeverWorseAndReproducible) {
   generate_synthetic_trace(o, [&](const TraceRecord& r) { records.push_back(r); });
   std::vector<int64_t> freq = count_expert_frequency(s, records);
   Replication rep = replicate(s, freq);
-  CoactivationMatrix coact(s.experts);
-  for (const auto& r : records) coact.add(r);
+  CoactivationMatrix coact = coactivation_with_shared(s, records);
   PreparedTrace trace = prepare_trace(s, records, rep, 0);
   Evaluator ev(s, trace, 2);
   for (const char* strategy : {"balance", "balance_load_coactivation", "hot-tier", "eplb", "random"}) {
@@ -287,18 +290,18 @@ TEST(InitialPlacement, EplbRespectsSlotsAndSpreadsReplicas) {
   s.cols = 4;
   s.experts = 10;
   s.num_shared_experts = 1;
-  s.slots = 16;  // max_per_device = 2
+  s.slots = 32;  // max_per_device = 4
   std::vector<int64_t> freq = {100, 90, 80, 5, 5, 5, 5, 5, 5, 5, 0};
   Replication rep = replicate(s, freq);
-  // 10 + 2 shared (one per row) = 12 instances; 4 extra slots go to the 4 most frequent
-  // experts (of the tied ones, the lowest id).
-  EXPECT_EQ(rep.replicas, (std::vector<int64_t>{2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 2}));
+  // 10 + 16 shared (the reference's count, whatever the mesh) = 26 instances; 6 extra slots
+  // go to the 6 most frequent gated experts (of the tied ones, the lowest id).
+  EXPECT_EQ(rep.replicas, (std::vector<int64_t>{2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 16}));
   InitialPlacementConfig init;
   init.placement_strategy = "eplb";
-  Placement p = initial_placement(s, init, rep, freq, CoactivationMatrix(10), 0);
+  Placement p = initial_placement(s, init, rep, freq, CoactivationMatrix(11), 0);
   std::vector<int> per_device(8, 0);
   for (int32_t d : p.device) ++per_device[d];
-  for (int n : per_device) EXPECT_LE(n, 2);
+  for (int n : per_device) EXPECT_LE(n, 4);
   for (int e = 0; e < 3; ++e) EXPECT_NE(p.device[rep.instances[e][0]], p.device[rep.instances[e][1]]);
 }
 
@@ -341,7 +344,7 @@ TEST(PlacementFiles, PlacementJsonRoundTripsAndConfigsRefuseBadInput) {
 #include "trace/neupims_csv.h"
 #include "trace/npz_import.h"
 
-TEST(NeupimsCsv, RoundTripsAndWritesTheTrueLayer) {
+TEST(NeupimsCsv, RoundTripsWithLayerZeroOrTheTrueLayer) {
   TempDir dir;
   TraceRecord r;
   r.layer = 5;
@@ -349,11 +352,13 @@ TEST(NeupimsCsv, RoundTripsAndWritesTheTrueLayer) {
   r.experts = {3, 0, 1, 2};
   r.weights = {0.7f, 0.3f, 0.6f, 0.4f};
   write_file_atomic(dir / "t.csv", neupims_csv(r, 4));
-  std::string text = read_text_file(dir / "t.csv");
-  EXPECT_EQ(text,
-            "layer_id,token_id,expert_0,expert_1,expert_2,expert_3\n"
-            "5,0,0.300000,0.000000,0.000000,0.700000\n"
-            "5,1,0.000000,0.600000,0.400000,0.000000\n");
+  // Layer 0 by default: the consumer (DynaNDE's simulator) reads only layer 0 of a file.
+  EXPECT_EQ(read_text_file(dir / "t.csv"),
+            "layer_id,token_id,expert_0,expert_1,expert_2,expert_3\r\n"
+            "0,0,0.300000,0.000000,0.000000,0.700000\r\n"
+            "0,1,0.000000,0.600000,0.400000,0.000000\r\n");
+  write_file_atomic(dir / "t.csv", neupims_csv(r, 4, /*true_layer_id=*/true));
+  EXPECT_EQ(read_text_file(dir / "t.csv").substr(55, 4), "5,0,");
   TraceRecord back = read_neupims_csv(dir / "t.csv");
   EXPECT_EQ(back.layer, 5);
   EXPECT_EQ(back.k, 2);
@@ -363,18 +368,48 @@ TEST(NeupimsCsv, RoundTripsAndWritesTheTrueLayer) {
   EXPECT_EQ(read_neupims_csv(dir / "t.csv", 1, 9).layer, 9);
 }
 
+TEST(NeupimsCsv, AChosenExpertNeverVanishesAndTiesGoToTheHigherId) {
+  TraceRecord r;
+  r.k = 2;
+  r.experts = {1, 2, 0, 3};
+  r.weights = {0.5f, 1e-9f, 0.25f, 0.25f};  // token 0's second gate prints as 0.000000
+  const std::string csv = neupims_csv(r, 4);
+  EXPECT_NE(csv.find("0,0,0.000000,0.500000,0.000001,0.000000\r\n"), std::string::npos);
+  // Token 1 ties at 0.25: the higher id (3) ranks first, as numpy's argsort(...)[-k:] takes it.
+  TraceRecord ranked = as_written(r);
+  EXPECT_EQ(ranked.experts, (std::vector<int32_t>{1, 2, 3, 0}));
+  EXPECT_EQ(topk_stats_csv(ranked, 1, 4),
+            "Expert_ID,Token_Count,Percentage,Rank\r\n1,1,50.00,1\r\n3,1,50.00,2\r\n0,0,0.00,3\r\n2,0,0.00,4\r\n");
+}
+
 TEST(NeupimsCsv, StatsCountsAndRanksOnAKnownCase) {
   TraceRecord r;
   r.k = 2;
-  // token 0: e2 (0.9) e0; token 1: e2 (0.8) e1; token 2: e1 (0.6) e2
-  r.experts = {2, 0, 1, 2, 1, 2};
-  r.weights = {0.9f, 0.1f, 0.2f, 0.8f, 0.6f, 0.4f};
-  EXPECT_EQ(topk_stats_csv(r, 1, 3), "Expert_ID,Token_Count,Percentage,Rank\n2,2,66.67,1\n1,1,33.33,2\n0,0,0.00,3\n");
-  EXPECT_EQ(topk_stats_csv(r, 2, 3), "Expert_ID,Token_Count,Percentage,Rank\n2,3,50.00,1\n1,2,33.33,2\n0,1,16.67,3\n");
-  EXPECT_NE(topk_stats_txt(r, 2, 3, "x").find("Experts used: 3 of 3"), std::string::npos);
+  // token 0: e2 (0.9) e0; token 1: e2 (0.8) e1; token 2: e1 (0.6) e2 (ranked entries)
+  r.experts = {2, 0, 2, 1, 1, 2};
+  r.weights = {0.9f, 0.1f, 0.8f, 0.2f, 0.6f, 0.4f};
+  // Percentage = count / tokens x 100: the column sums to 100 k. CRLF, as Python's csv.
+  EXPECT_EQ(topk_stats_csv(r, 1, 3), "Expert_ID,Token_Count,Percentage,Rank\r\n2,2,66.67,1\r\n1,1,33.33,2\r\n0,0,0.00,3\r\n");
+  EXPECT_EQ(topk_stats_csv(r, 2, 3), "Expert_ID,Token_Count,Percentage,Rank\r\n2,3,100.00,1\r\n1,2,66.67,2\r\n0,1,33.33,3\r\n");
+  StatsReport prefill;
+  prefill.layer = 7;
+  prefill.seq_len = 3;
+  const std::string rule(60, '='), thin(60, '-');
+  EXPECT_EQ(topk_stats_txt(r, 2, 3, prefill),
+            rule + "\nTOP 2 EXPERT TOKEN DISTRIBUTION (Layer 7 - ALL SEQUENCES)\n" + rule +
+                "\nTotal tokens: 3\nTotal sequences: 1\nSequence length: 3\nExpected total (tokens \u00d7 2): 6\n" + rule +
+                "\nExpert ID    Token Count     Percentage\n" + thin +
+                "\nExpert 2     3               100.00%\nExpert 1     2                66.67%\nExpert 0     1                33.33%\n" +
+                thin + "\n\nGATING MECHANISM OUTPUT\nExpert_Activ: 3\nH (Gating Output): 0\n");
+  StatsReport decode;
+  decode.position = 2;
+  const std::string text = topk_stats_txt(r, 1, 3, decode);
+  EXPECT_EQ(text.substr(61, 46), "TOP 1 EXPERT TOKEN DISTRIBUTION (2Nd token)\n==");
+  EXPECT_NE(text.find("Total assignments: 3\n\n" + rule + "\nGATING MECHANISM OUTPUT\n"), std::string::npos);
+  EXPECT_NE(text.find("  Expert_GPU: 0\n  Expert_MD:  2\n"), std::string::npos);
 }
 
-TEST(NeupimsCsv, RejectsWrongHeadersAndRows) {
+TEST(NeupimsCsv, RejectsWrongHeadersRowsAndNonFiniteScores) {
   TempDir dir;
   write_file_atomic(dir / "a.csv", "layer,token,e0\n0,0,1.0\n");
   EXPECT_NE(error_of([&] { read_neupims_csv(dir / "a.csv"); }).find("a.csv:1: field 'header'"), std::string::npos);
@@ -382,6 +417,32 @@ TEST(NeupimsCsv, RejectsWrongHeadersAndRows) {
   EXPECT_NE(error_of([&] { read_neupims_csv(dir / "b.csv"); }).find("b.csv:3: field 'row'"), std::string::npos);
   write_file_atomic(dir / "c.csv", "layer_id,token_id,expert_0,expert_1\n0,0,0.5,abc\n");
   EXPECT_NE(error_of([&] { read_neupims_csv(dir / "c.csv"); }).find("field 'expert_1'"), std::string::npos);
+  for (const char* bad : {"nan", "inf", "-inf", "NaN"}) {
+    write_file_atomic(dir / "d.csv", std::string("layer_id,token_id,expert_0,expert_1\n0,0,0.5,0.5\n\n0,1,") + bad + ",0.5\n");
+    EXPECT_NE(error_of([&] { read_neupims_csv(dir / "d.csv"); }).find("d.csv:4: field 'expert_0'"), std::string::npos) << bad;
+  }
+  // A short row is blamed on its own line, blank lines counted.
+  write_file_atomic(dir / "e.csv", "layer_id,token_id,expert_0,expert_1\n0,0,0.5,0.5\n\n0,1,0.5,0\n");
+  EXPECT_NE(error_of([&] { read_neupims_csv(dir / "e.csv"); }).find("e.csv:4: field 'row': 1 routed experts, fewer than k = 2"),
+            std::string::npos);
+}
+
+// The producer's own stats files (DynaNDE's generator), byte for byte, from its CSVs.
+TEST(NeupimsCsv, StatsEqualTheProducersFilesByteForByte) {
+  MOELAB_REQUIRE_SHARED("data/routing/flame-moe-290m-prefill/reference-stats/layer2_top6_stats.csv");
+  const std::string folder = moelab::testing::shared_path("data/routing/flame-moe-290m-prefill");
+  for (int layer : {2, 20}) {
+    TraceRecord r = read_neupims_csv(folder + strf("/layer%d.csv", layer));
+    ASSERT_EQ(r.k, 6);
+    StatsReport report;
+    report.layer = layer;
+    report.seq_len = 64;
+    for (int k : stats_ks(r.k)) {
+      const std::string base = folder + strf("/reference-stats/layer%d_top%d_stats", layer, k);
+      EXPECT_EQ(topk_stats_csv(r, k, 64), read_text_file(base + ".csv")) << base;
+      EXPECT_EQ(topk_stats_txt(r, k, 64, report), read_text_file(base + ".txt")) << base;
+    }
+  }
 }
 
 TEST(NeupimsCsv, ReadsRealFlameMoeRouting) {
@@ -391,13 +452,8 @@ TEST(NeupimsCsv, ReadsRealFlameMoeRouting) {
   EXPECT_EQ(r.k, 6);
   EXPECT_EQ(r.tokens(), 2048);
   EXPECT_EQ(neupims_csv_experts(path), 64);
-  // Rewriting what we read reproduces the producer's scores to its 6 decimals.
-  TempDir dir;
-  write_file_atomic(dir / "again.csv", neupims_csv(r, 64));
-  TraceRecord again = read_neupims_csv(dir / "again.csv");
-  EXPECT_EQ(again.experts, r.experts);
-  std::string stats = topk_stats_csv(r, 6, 64);
-  EXPECT_NE(stats.find(",1\n"), std::string::npos);
+  // Rewriting what we read reproduces the producer's file (scores to its 6 decimals, CRLF).
+  EXPECT_TRUE(neupims_csv(r, 64) == read_text_file(path));
 }
 
 namespace {
@@ -458,4 +514,106 @@ TEST(NpzImport, ConvertsRequestsWithTokenSlicesAndLayers) {
   write_file_atomic(dir / "broken.npz", "not a zip at all");
   EXPECT_NE(error_of([&] { import_npz_folder(dir.path(), {}, [](const TraceRecord&) {}); }).find("broken.npz: not a readable .npz"),
             std::string::npos);
+}
+
+// ---- Parity with moe-balance (johanna-rock/moe-balance at 700358b) ----
+
+#include "placement/simulator.h"
+#include "util/python_random.h"
+
+// Values printed by CPython 3.11's random module.
+TEST(PythonRandom, MatchesCPython) {
+  PythonRandom a(0);
+  EXPECT_EQ(a.random(), 0.8444218515250481);
+  EXPECT_EQ(a.random(), 0.7579544029403025);
+  EXPECT_EQ(a.random(), 0.420571580830845);
+  PythonRandom b(0);
+  EXPECT_EQ(b.getrandbits(5), 27u);
+  EXPECT_EQ(b.getrandbits(32), 1654615998u);
+  EXPECT_EQ(b.getrandbits(40), 978212965548u);
+  EXPECT_EQ(b.getrandbits(64), 746805015404516437u);
+  PythonRandom c(42);
+  std::vector<int64_t> rows;
+  for (int i = 0; i < 10; ++i) rows.push_back(c.randrange(16));
+  EXPECT_EQ(rows, (std::vector<int64_t>{3, 0, 8, 7, 7, 4, 3, 2, 13, 1}));
+  // sample(range(1024), 102): the pool method; sample(range(100000), 10): the set method.
+  std::vector<int64_t> pool = PythonRandom(7).sample(1024, 102);
+  EXPECT_EQ(std::vector<int64_t>(pool.begin(), pool.begin() + 8), (std::vector<int64_t>{663, 970, 154, 404, 666, 49, 74, 840}));
+  EXPECT_EQ(std::accumulate(pool.begin(), pool.end(), int64_t{0}), 47621);
+  EXPECT_EQ(PythonRandom(12345).sample(100000, 10),
+            (std::vector<int64_t>{54607, 96034, 1332, 39143, 48288, 25383, 35421, 74187, 57177, 21192}));
+  PythonRandom d((uint64_t{1} << 40) + 5);  // a two-word seed
+  EXPECT_EQ(d.random(), 0.5043802970418443);
+  EXPECT_EQ(d.randrange(1000003), 281652);
+  EXPECT_EQ(PythonRandom(3).uniform(0.9, 1.1), 0.9475929254183784);
+}
+
+namespace {
+const char* kReference = "data/placement-reference";
+std::string reference_path(const std::string& name) { return moelab::testing::shared_path(std::string(kReference) + "/" + name); }
+
+// The reference's system config with the trace path made absolute and fast_test_pct set.
+std::string reference_system(const TempDir& dir, const std::string& fast_test_pct = "0.0") {
+  std::string text = read_text_file(reference_path("system.jsonc"));
+  auto replace = [&](const std::string& from, const std::string& to) { text.replace(text.find(from), from.size(), to); };
+  replace("\"trace\": \"trace.jsonl\"", "\"trace\": \"" + reference_path("trace.jsonl") + "\"");
+  replace("\"fast_test_pct\": 0.0", "\"fast_test_pct\": " + fast_test_pct);
+  write_file_atomic(dir / "system.jsonc", text);
+  return dir / "system.jsonc";
+}
+}  // namespace
+
+TEST(MoeBalance, SynthReproducesGenerateTraceByteForByte) {
+  MOELAB_REQUIRE_SHARED("data/placement-reference/trace.jsonl");
+  SyntheticTraceOptions o;  // generate_trace.py's defaults, except experts and k as SOURCES.md gives them
+  o.experts = 256;
+  o.k = 8;
+  std::ostringstream out;
+  generate_synthetic_trace(o, [&](const TraceRecord& r) { write_placement_jsonl(out, r); });
+  const std::string ours = out.str(), theirs = read_text_file(reference_path("trace.jsonl"));
+  ASSERT_EQ(ours.size(), theirs.size());
+  const size_t first_difference = std::mismatch(ours.begin(), ours.end(), theirs.begin()).first - ours.begin();
+  EXPECT_EQ(first_difference, ours.size()) << "first difference at byte " << first_difference;
+}
+
+TEST(MoeBalance, InitialPlacementsEqualTheReferencesFiles) {
+  MOELAB_REQUIRE_SHARED("data/placement-reference/expected/row_balance/placement.json");
+  TempDir dir;
+  for (const char* strategy :
+       {"row_balance", "col_balance", "row_balance_load_coactivation", "col_balance_load_coactivation", "hot_tier"}) {
+    PlaceOptions o;
+    o.system_path = reference_system(dir);
+    o.initial_path = reference_path(std::string("initial/") + strategy + ".jsonc");
+    o.out_dir = dir / strategy;
+    run_placement(o);
+    const std::string expected = reference_path(std::string("expected/") + strategy);
+    EXPECT_EQ(read_text_file(o.out_dir + "/placement.json"), read_text_file(expected + "/placement.json")) << strategy;
+    const std::string eval = read_text_file(expected + "/eval.md");
+    EXPECT_EQ(read_text_file(o.out_dir + "/eval.md").substr(0, eval.size()), eval) << strategy;
+  }
+}
+
+// fast_test_pct = 0.1 subsamples 102 of each record's 1024 tokens with random.Random(seed + i):
+// eval.md as the reference wrote it (search.py --seed 3 and --seed 0 on this config).
+TEST(MoeBalance, FastTestSubsampleEqualsTheReference) {
+  MOELAB_REQUIRE_SHARED("data/placement-reference/trace.jsonl");
+  TempDir dir;
+  const std::string header = "# Search Evaluation Summary\n\n- objective: mean\n";
+  const std::vector<std::tuple<const char*, uint64_t, std::string>> cases = {
+      {"row_balance", 3,
+       "- mean: 625.3105\n- p95: 703.0825\n- p99: 707.4283\n- dispatch_mean: 99.3937\n- compute_mean: 397.6600\n"
+       "- combine_mean: 128.2567\n"},
+      {"row_balance_load_coactivation", 0,
+       "- mean: 582.1438\n- p95: 585.6082\n- p99: 697.7765\n- dispatch_mean: 97.5378\n- compute_mean: 357.5400\n"
+       "- combine_mean: 127.0660\n"}};
+  for (const auto& [strategy, seed, expected] : cases) {
+    PlaceOptions o;
+    o.system_path = reference_system(dir, "0.1");
+    o.initial_path = reference_path(std::string("initial/") + strategy + ".jsonc");
+    o.out_dir = dir / strategy;
+    o.seed = seed;
+    nlohmann::json result = run_placement(o);
+    EXPECT_EQ(result["tokens"], 100 * 102);
+    EXPECT_EQ(read_text_file(o.out_dir + "/eval.md").substr(0, header.size() + expected.size()), header + expected) << strategy;
+  }
 }

@@ -1,4 +1,8 @@
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <random>
 #include <iostream>
 
 #include "bench/capacity_bench.h"
@@ -6,6 +10,7 @@
 #include "bench/kernel_bench.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "trace/placement_jsonl.h"
 #include "util/files.h"
 #include "util/strings.h"
 
@@ -153,14 +158,57 @@ int expert_parallel(int argc, char** argv) {
   return 0;
 }
 
+// The placement-JSONL writer alone: synthetic records (with gates, as `moelab trace` writes
+// them) formatted and written to a file, timed over the formatting and the write.
+int trace_writer(int argc, char** argv) {
+  cxxopts::Options options("moelab bench trace-writer", "Tokens per second of the placement-JSONL trace writer.");
+  options.add_options()("tokens", "tokens in all", cxxopts::value<int64_t>()->default_value("2000000"))(
+      "tokens-per-record", "tokens per record (a batch x layer)", cxxopts::value<int64_t>()->default_value("4096"))(
+      "experts", "experts", cxxopts::value<int64_t>()->default_value("8"))(
+      "top-k", "experts per token", cxxopts::value<int64_t>()->default_value("2"))(
+      "out", "file to write (removed afterwards)", cxxopts::value<std::string>()->default_value("trace-writer-bench.jsonl"));
+  auto args = parse_options(options, argc, argv);
+  const int64_t tokens = args["tokens"].as<int64_t>(), per_record = args["tokens-per-record"].as<int64_t>();
+  const int64_t experts = args["experts"].as<int64_t>(), k = args["top-k"].as<int64_t>();
+  if (tokens < 1 || per_record < 1 || k < 1 || k > experts) throw UserError("moelab bench trace-writer: sizes must be >= 1 and k <= E");
+  std::mt19937_64 rng(1);
+  TraceRecord record;
+  record.k = static_cast<int>(k);
+  for (int64_t t = 0; t < per_record; ++t) {
+    record.origin_rows.push_back(static_cast<int32_t>(t % 16));
+    for (int64_t j = 0; j < k; ++j) {
+      record.experts.push_back(static_cast<int32_t>((t + j * 3 + rng() % 2) % experts));
+      record.weights.push_back(static_cast<float>(rng() >> 40) / static_cast<float>(1 << 24));
+    }
+  }
+  const std::string path = args["out"].as<std::string>();
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw UserError(path + ": cannot write");
+  const auto start = std::chrono::steady_clock::now();
+  int64_t written = 0;
+  for (int64_t batch = 0; written < tokens; ++batch, written += per_record) {
+    record.batch_id = batch;
+    write_placement_jsonl(out, record);
+  }
+  out.close();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto bytes = std::filesystem::file_size(path);
+  std::remove(path.c_str());
+  if (!out) throw UserError(path + ": write failed");
+  std::cout << strf("trace writer: %lld tokens (k %lld, with gates) in %.3f s = %s tokens/s, %.1f MB/s\n", (long long)written,
+                    (long long)k, seconds, human_count(written / seconds).c_str(), bytes / seconds / 1e6);
+  return 0;
+}
+
 }  // namespace
 
 int bench_command(int argc, char** argv) {
   const std::string op = argc >= 2 ? argv[1] : "";
   if (op == "capacity") return capacity(argc - 1, argv + 1);
   if (op == "ep") return expert_parallel(argc - 1, argv + 1);
+  if (op == "trace-writer") return trace_writer(argc - 1, argv + 1);
   if (op == "topk" || op == "sinkhorn" || op == "pack" || op == "combine" || op == "routing" || op == "moe-layer") return kernel(op, argc - 1, argv + 1);
-  throw UserError("moelab bench: usage: moelab bench topk|sinkhorn|routing|pack|combine|moe-layer|capacity|ep [options]");
+  throw UserError("moelab bench: usage: moelab bench topk|sinkhorn|routing|pack|combine|moe-layer|capacity|ep|trace-writer [options]");
 }
 
 }  // namespace moelab::cli

@@ -1,4 +1,7 @@
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <regex>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -41,24 +44,29 @@ cxxopts::ParseResult parse_renamed(cxxopts::Options& options, int argc, char** a
 // Streams records into a JSONL file that appears only once complete.
 class JsonlFile {
  public:
-  explicit JsonlFile(const std::string& path) : path_(path), tmp_(temp_path_beside(path)), out_(tmp_) {
-    if (!out_) throw UserError(path + ": cannot write");
+  explicit JsonlFile(const std::string& path) : path_(path), tmp_(temp_path_beside(path)) {
+    const std::string folder = std::filesystem::path(path).parent_path().string();
+    if (!folder.empty()) ensure_directory(folder);
+    out_.open(tmp_, std::ios::binary);
+    if (!out_) throw UserError(path + ": cannot write (" + std::strerror(errno) + ")");
   }
   void write(const TraceRecord& r) { write_placement_jsonl(out_, r); }
+  // A run that fails before commit() leaves nothing behind, not even the temporary file.
+  ~JsonlFile() {
+    if (!committed_) std::remove(tmp_.c_str());
+  }
   void commit() {
     out_.close();
+    if (!out_) throw UserError(path_ + ": write failed");
     commit_file(tmp_, path_);
+    committed_ = true;
   }
 
  private:
   std::string path_, tmp_;
   std::ofstream out_;
+  bool committed_ = false;
 };
-
-std::string ordinal(int64_t n) {
-  const char* suffix = (n % 100 >= 11 && n % 100 <= 13) ? "th" : n % 10 == 1 ? "st" : n % 10 == 2 ? "nd" : n % 10 == 3 ? "rd" : "th";
-  return std::to_string(n) + suffix;
-}
 
 // Per-layer expert frequency (CSV + bars) and co-activation (CSV + heatmap) of records.
 struct LayerSummaries {
@@ -111,6 +119,7 @@ int record(int argc, char** argv) {
       "batch-size", "sequences per forward pass (default: the run's batch size)", cxxopts::value<int64_t>()->default_value("0"))(
       "max-sequences", "stop after this many sequences (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "seed", "seed for random origin rows", cxxopts::value<uint64_t>()->default_value("0"))(
+      "true-layer-ids", "neupims: write each layer's own id in layer_id (default 0, which the simulator reads)")(
       "device", "auto|cpu|cuda", cxxopts::value<std::string>()->default_value("auto"));
   auto args = parse_options(options, argc, argv);
   const std::string format = args["format"].as<std::string>(), out = required<std::string>(args, "out", "moelab trace");
@@ -126,6 +135,8 @@ int record(int argc, char** argv) {
   if (o.rows < 1) throw UserError("moelab trace: --rows must be >= 1");
   o.max_sequences = args["max-sequences"].as<int64_t>();
   o.seed = args["seed"].as<uint64_t>();
+  o.gates_before_capacity = format == "neupims";
+  const bool true_layer_ids = args["true-layer-ids"].as<bool>();
 
   const std::string run_dir = required<std::string>(args, "run", "moelab trace");
   LoadedRun run = load_run(run_dir, args["device"].as<std::string>());
@@ -156,7 +167,11 @@ int record(int argc, char** argv) {
                                              (long long)r.layer, (long long)(n / seq), (long long)n)
                                       : strf("%s/%s_layer%lld_firstTokens_%lldx%lld", dir.c_str(), name.c_str(), (long long)r.layer,
                                              (long long)n, (long long)seq);
-      write_neupims_with_stats(base, r, experts);
+      StatsReport report;
+      report.layer = r.layer;
+      report.seq_len = seq;
+      report.position = std::max<int64_t>(position, 0);
+      write_neupims_with_stats(base, r, experts, report, true_layer_ids);
     }
   });
   if (jsonl) jsonl->commit();
@@ -177,8 +192,10 @@ int synth(int argc, char** argv) {
       "rows", "mesh rows for origin rows", cxxopts::value<int64_t>()->default_value(std::to_string(d.rows)))(
       "experts", "experts", cxxopts::value<int64_t>()->default_value(std::to_string(d.experts)))(
       "top-k", "experts per token (also --k)", cxxopts::value<int64_t>()->default_value(std::to_string(d.k)))(
-      "zipf", "Zipf exponent of expert popularity", cxxopts::value<double>()->default_value("1.0"))(
-      "coact", "co-activation probability", cxxopts::value<double>()->default_value("0.0"))(
+      "zipf", "Zipf exponent of expert popularity", cxxopts::value<double>()->default_value(strf("%g", d.zipf)))(
+      "coact", "co-activation probability", cxxopts::value<double>()->default_value(strf("%g", d.coactivation)))(
+      "generator", "moe-balance (generate_trace.py's output, byte for byte) | partners (moelab's, with co-activation structure)",
+      cxxopts::value<std::string>()->default_value(d.generator))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"));
   std::vector<std::string> storage;
   auto args = parse_renamed(options, argc, argv, storage);
@@ -192,6 +209,7 @@ int synth(int argc, char** argv) {
   o.zipf = args["zipf"].as<double>();
   o.coactivation = args["coact"].as<double>();
   o.seed = args["seed"].as<uint64_t>();
+  o.generator = args["generator"].as<std::string>();
   const std::string out = required<std::string>(args, "out", "moelab trace synth");
   JsonlFile file(out);
   generate_synthetic_trace(o, [&](const TraceRecord& r) { file.write(r); });
@@ -251,25 +269,63 @@ int convert(int argc, char** argv) {
   return 0;
 }
 
+// What a stats report states that the CSV does not hold, read from the producer's names when
+// not given: the layer (`..._layer20_...`, `layer20.csv` or a `Layer_20` folder), the decode
+// position (a `..._firstTokens_NxL` file in a `2nd` folder) and the sequence length
+// (`..._{S}seqs_{T}tokens`).
+StatsReport stats_report(const std::string& path, int64_t layer, int64_t seq_len, int64_t position, int64_t file_layer) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const std::string name = p.filename().string(), folder = p.parent_path().filename().string();
+  const std::string grandparent = p.parent_path().parent_path().filename().string();
+  std::smatch m;
+  StatsReport report;
+  report.layer = file_layer;
+  if (layer >= 0) report.layer = layer;
+  else if (std::regex_search(name, m, std::regex("layer_?(\\d+)", std::regex::icase))) report.layer = std::stoll(m[1]);
+  else if (std::regex_match(folder, m, std::regex("Layer_(\\d+)"))) report.layer = std::stoll(m[1]);
+  report.position = position;
+  if (position <= 0 && name.find("_firstTokens_") != std::string::npos) {
+    if (!std::regex_match(grandparent, m, std::regex("(\\d+)(st|nd|rd|th)")))
+      throw UserError(path + ": a decode trace (firstTokens) outside a 1st/2nd/... folder: give --position");
+    report.position = std::stoll(m[1]);
+  }
+  report.seq_len = seq_len;
+  if (report.position <= 0 && seq_len <= 0) {
+    if (!std::regex_search(name, m, std::regex("_(\\d+)seqs_(\\d+)tokens")) || std::stoll(m[1]) == 0)
+      throw UserError(path + ": the report states the sequence length, which the file name does not give: pass --seq-len");
+    report.seq_len = std::stoll(m[2]) / std::stoll(m[1]);
+  }
+  return report;
+}
+
 int stats(int argc, char** argv) {
-  cxxopts::Options options("moelab trace stats", "Recompute the top-k statistics files of a NeuPIMs-MoE CSV.");
+  cxxopts::Options options("moelab trace stats", "Recompute the top-k statistics files of a NeuPIMs-MoE CSV, as its producer writes them.");
   options.add_options()("in", "NeuPIMs CSV", cxxopts::value<std::string>())(
       "out-prefix", "prefix of the _top{k}_stats files (default: the CSV path without .csv)",
       cxxopts::value<std::string>()->default_value(""))("top-k", "the model's k (also --k; default: inferred)",
-                                                         cxxopts::value<int>()->default_value("0"));
+                                                         cxxopts::value<int>()->default_value("0"))(
+      "layer", "layer named in the report (default: from the file name, else layer_id)", cxxopts::value<int64_t>()->default_value("-1"))(
+      "seq-len", "sequence length (prefill report; default: from ..._{S}seqs_{T}tokens)", cxxopts::value<int64_t>()->default_value("0"))(
+      "position", "1-based token position: the decode report (default: from a 1st/2nd/... folder)",
+      cxxopts::value<int64_t>()->default_value("0"));
   std::vector<std::string> storage;
   auto args = parse_renamed(options, argc, argv, storage);
   const std::string in = required<std::string>(args, "in", "moelab trace stats");
-  TraceRecord r = read_neupims_csv(in, args["top-k"].as<int>());
+  const TraceRecord r = read_neupims_csv(in, args["top-k"].as<int>());
   const int64_t experts = neupims_csv_experts(in);
+  const StatsReport report =
+      stats_report(in, args["layer"].as<int64_t>(), args["seq-len"].as<int64_t>(), args["position"].as<int64_t>(), r.layer);
   std::string prefix = args["out-prefix"].as<std::string>();
   if (prefix.empty()) prefix = in.size() > 4 && in.compare(in.size() - 4, 4, ".csv") == 0 ? in.substr(0, in.size() - 4) : in;
-  for (int k : std::set<int>{1, std::min(2, r.k), r.k}) {
+  for (int k : stats_ks(r.k)) {
     write_file_atomic(prefix + strf("_top%d_stats.csv", k), topk_stats_csv(r, k, experts));
-    write_file_atomic(prefix + strf("_top%d_stats.txt", k), topk_stats_txt(r, k, experts, in));
+    write_file_atomic(prefix + strf("_top%d_stats.txt", k), topk_stats_txt(r, k, experts, report));
   }
-  std::cout << strf("%s: %lld tokens, %lld experts, k = %d; stats written to %s_top{1,2,%d}_stats.{csv,txt}\n", in.c_str(),
-                    (long long)r.tokens(), (long long)experts, r.k, prefix.c_str(), r.k);
+  std::string ks;
+  for (int k : stats_ks(r.k)) ks += (ks.empty() ? "" : ",") + std::to_string(k);
+  std::cout << strf("%s: %lld tokens, %lld experts, k = %d; stats written to %s_top{%s}_stats.{csv,txt}\n", in.c_str(),
+                    (long long)r.tokens(), (long long)experts, r.k, prefix.c_str(), ks.c_str());
   return 0;
 }
 

@@ -7,20 +7,41 @@
 
 #include "trace/placement_jsonl.h"
 #include "util/error.h"
+#include "util/python_random.h"
 #include "util/strings.h"
 
 namespace moelab::placement {
 
-std::vector<TraceRecord> load_layer_records(const SystemConfig& system) {
+std::vector<TraceRecord> load_layer_records(const SystemConfig& system, uint64_t seed) {
   if (system.trace.empty()) throw UserError("system config: 'trace' must name a trace file (or pass --trace)");
   std::vector<TraceRecord> records;
   read_placement_jsonl(system.trace, system.layer, system.max_records, [&](TraceRecord&& record) {
-    int64_t keep = record.tokens();
-    if (system.fast_test_pct > 0) keep = std::min<int64_t>(keep, static_cast<int64_t>(std::ceil(system.fast_test_pct * keep)));
-    if (system.max_seq_len > 0) keep = std::min(keep, system.max_seq_len);
-    record.experts.resize(keep * record.k);
-    if (!record.weights.empty()) record.weights.resize(keep * record.k);
-    if (!record.origin_rows.empty()) record.origin_rows.resize(keep);
+    if (system.max_seq_len > 0 && record.tokens() > system.max_seq_len) {
+      const int64_t keep = system.max_seq_len;
+      record.experts.resize(keep * record.k);
+      if (!record.weights.empty()) record.weights.resize(keep * record.k);
+      if (!record.origin_rows.empty()) record.origin_rows.resize(keep);
+    }
+    if (system.fast_test_pct > 0 && system.fast_test_pct < 1 && record.tokens() > 0) {
+      // moe-balance's subsample: int(T * pct) tokens (at least one) drawn by
+      // random.Random(seed + i).sample(range(T), n), i the record's 0-based line in the file,
+      // kept in token order.
+      const int64_t tokens = record.tokens();
+      const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(tokens) * system.fast_test_pct));
+      std::vector<int64_t> pick = PythonRandom(seed + static_cast<uint64_t>(record.source_line - 1)).sample(tokens, n);
+      std::sort(pick.begin(), pick.end());
+      TraceRecord kept = record;
+      kept.experts.clear();
+      kept.weights.clear();
+      kept.origin_rows.clear();
+      for (int64_t t : pick) {
+        kept.experts.insert(kept.experts.end(), record.experts.begin() + t * record.k, record.experts.begin() + (t + 1) * record.k);
+        if (!record.weights.empty())
+          kept.weights.insert(kept.weights.end(), record.weights.begin() + t * record.k, record.weights.begin() + (t + 1) * record.k);
+        if (!record.origin_rows.empty()) kept.origin_rows.push_back(record.origin_rows[t]);
+      }
+      record = std::move(kept);
+    }
     records.push_back(std::move(record));
     return true;
   });

@@ -30,8 +30,9 @@ struct PreparedTrace {
   int64_t tokens = 0;
 };
 
-// Reads the system's trace (layer, max_records, token caps) and counts expert frequency.
-std::vector<TraceRecord> load_layer_records(const SystemConfig& system);
+// Reads the system's trace (layer, max_records, then max_seq_len and fast_test_pct as
+// moe-balance applies them; `seed` is the search seed its subsample draws from).
+std::vector<TraceRecord> load_layer_records(const SystemConfig& system, uint64_t seed = 0);
 std::vector<int64_t> count_expert_frequency(const SystemConfig& system, const std::vector<TraceRecord>& records);
 
 // Routes every record on `replication`; seed feeds the random origin mode.

@@ -28,7 +28,7 @@ Replication replication_from_counts(const std::vector<int64_t>& replicas) {
 Replication replicate(const SystemConfig& system, const std::vector<int64_t>& frequency) {
   const int64_t total = system.experts + system.num_shared_experts;
   std::vector<int64_t> replicas(total, 1);
-  for (int64_t s = 0; s < system.num_shared_experts; ++s) replicas[system.experts + s] = system.rows;
+  for (int64_t s = 0; s < system.num_shared_experts; ++s) replicas[system.experts + s] = kSharedExpertReplicas;
   int64_t remaining = system.slots - std::accumulate(replicas.begin(), replicas.end(), int64_t{0});
   std::vector<int64_t> order(system.experts);
   std::iota(order.begin(), order.end(), 0);
@@ -55,17 +55,18 @@ void check_placement(const SystemConfig& system, const Replication& replication,
 }
 
 std::string placement_to_json(const SystemConfig& system, const Replication& replication, const Placement& placement) {
-  json out = json::object();
+  // Experts in id order and no final newline: json.dump(..., indent=2) of the reference's dict.
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
   std::vector<int64_t> slot(system.devices(), 0);
   for (size_t e = 0; e < replication.instances.size(); ++e) {
-    json list = json::array();
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (int32_t inst : replication.instances[e]) {
       int32_t d = placement.device[inst];
       list.push_back({{"device", d}, {"row", d / system.cols}, {"col", d % system.cols}, {"slot", slot[d]++}});
     }
     out[std::to_string(e)] = list;
   }
-  return out.dump(2) + "\n";
+  return out.dump(2);
 }
 
 void read_placement_json(const std::string& path, const SystemConfig& system, Replication& replication,

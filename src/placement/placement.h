@@ -18,8 +18,10 @@ struct Replication {
   int64_t num_instances() const { return static_cast<int64_t>(instance_expert.size()); }
 };
 
-// Every expert one instance, each shared expert one per row, the remaining slots to gated
-// experts in descending frequency, round-robin (ties: lower id first).
+// The reference's replication: every expert one instance, each shared expert
+// kSharedExpertReplicas whatever the mesh, the remaining slots to gated experts in descending
+// frequency, round-robin (ties: lower id first).
+constexpr int64_t kSharedExpertReplicas = 16;
 Replication replicate(const SystemConfig& system, const std::vector<int64_t>& expert_frequency);
 Replication replication_from_counts(const std::vector<int64_t>& replicas);
 

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/run_config.h"
+#include "placement/placement.h"
 #include "util/error.h"
 #include "util/strings.h"
 
@@ -72,10 +73,11 @@ SystemConfig load_system_config(const std::string& path) {
   positive(path, "experts", c.experts);
   if (c.layer < 0) refuse(path, "layer", "must be >= 0");
   if (c.num_shared_experts < 0) refuse(path, "num_shared_experts", "must be >= 0");
-  const int64_t needed = c.experts + c.num_shared_experts * c.rows;
+  const int64_t needed = c.experts + c.num_shared_experts * kSharedExpertReplicas;
   if (c.slots < needed)
-    refuse(path, "slots", strf("must be >= experts + num_shared_experts * rows = %lld (every expert needs an instance and "
-                               "each shared expert one per row), got %lld", (long long)needed, (long long)c.slots));
+    refuse(path, "slots", strf("must be >= experts + %lld x num_shared_experts = %lld (every expert needs an instance and "
+                               "each shared expert has %lld, as in moe-balance), got %lld", (long long)kSharedExpertReplicas,
+                               (long long)needed, (long long)kSharedExpertReplicas, (long long)c.slots));
   one_of(path, "routing_strategy", c.routing_strategy, {"balanced-replicas"});
   if (!(c.capacity_factor > 0)) refuse(path, "capacity_factor", "must be > 0");
   one_of(path, "objective", c.objective, {"mean", "p95", "p99"});

@@ -18,7 +18,7 @@ struct SystemConfig {
   std::string objective = "mean";      // mean | p95 | p99
   std::string origin_mode = "round-robin";  // round-robin | random | average-rows (records without origin rows)
   int64_t max_records = 0;             // 0 = all
-  double fast_test_pct = 0.0;          // keep the first ceil(pct * T) tokens of each record (0 = all)
+  double fast_test_pct = 0.0;          // keep int(pct * T) tokens of each record, sampled as moe-balance does (0 = all)
   int64_t max_seq_len = 0;             // keep at most this many tokens per record (0 = all)
 
   int64_t devices() const { return rows * cols; }
@@ -45,9 +45,11 @@ struct SearchConfig {
 struct InitialPlacementConfig {
   std::string placement_strategy = "balance";  // balance | balance_load_coactivation | hot-tier | eplb | random
   std::string placement_axis = "row";           // row | col
-  std::string hot_tier_axis = "row";
-  int64_t top_n = 32;
-  bool replica_spread_by_distance = true;       // shared replicas at (i % rows, i % cols)
+  std::string hot_tier_axis = "col";            // the reference's default
+  int64_t top_n = 32;                           // hot experts (balance_load_coactivation, hot-tier)
+  // Accepted for the reference's configs, which carry it; at 700358b it changes nothing (its
+  // shared-first placement is disabled: shared replicas are placed like any other).
+  bool replica_spread_by_distance = true;
 };
 
 // Each loads a JSONC file (empty path = defaults): unknown keys, wrong types and impossible

@@ -1,5 +1,6 @@
 #include "placement/search.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -19,7 +20,11 @@ struct SearchState {
   double best_objective;
   SearchResult& result;
 
-  void record() { result.convergence.push_back(best_objective); }
+  // The best objective so far over every restart, one entry per iteration.
+  void record() {
+    const auto& c = result.convergence;
+    result.convergence.push_back(c.empty() ? best_objective : std::min(best_objective, c.back()));
+  }
 
   void random_step(int64_t iters) {
     uint64_t state = rng();

@@ -56,7 +56,7 @@ json run_placement(const PlaceOptions& options) {
   SearchConfig search = load_search_config(options.search_path);
   InitialPlacementConfig initial = load_initial_config(options.initial_path);
 
-  std::vector<TraceRecord> records = load_layer_records(system);
+  std::vector<TraceRecord> records = load_layer_records(system, options.seed);
   std::vector<int64_t> frequency = count_expert_frequency(system, records);
   Replication replication;
   Placement start;
@@ -64,9 +64,7 @@ json run_placement(const PlaceOptions& options) {
     read_placement_json(options.placement_path, system, replication, start);
   } else {
     replication = replicate(system, frequency);
-    CoactivationMatrix coactivation(system.experts);
-    for (const TraceRecord& r : records) coactivation.add(r);
-    start = initial_placement(system, initial, replication, frequency, coactivation, options.seed);
+    start = initial_placement(system, initial, replication, frequency, coactivation_with_shared(system, records), options.seed);
     check_placement(system, replication, start, "initial placement");
   }
   PreparedTrace trace = prepare_trace(system, records, replication, options.seed);
@@ -98,8 +96,14 @@ json run_placement(const PlaceOptions& options) {
     write_file_atomic(options.out_dir + "/placement.json", placement_to_json(system, replication, result.best));
     write_file_atomic(options.out_dir + "/placement_grid.csv", placement_grid_csv(system, replication, result.best));
     draw_pictures(options.out_dir, system, trace, replication, result.best, result);
-    // The seed's eval.md fields, for side-by-side comparison with its runs.
-    std::string md = "| placement | mean | p95 | p99 | dispatch_mean | compute_mean | combine_mean |\n|---|---|---|---|---|---|---|\n";
+    // moe-balance's eval.md: its "- key: value" lines for the best placement, which scripts
+    // parse; then the initial placement beside it.
+    const Evaluation& best = result.after;
+    std::string md = strf("# Search Evaluation Summary\n\n- objective: %s\n- mean: %.4f\n- p95: %.4f\n- p99: %.4f\n"
+                          "- dispatch_mean: %.4f\n- compute_mean: %.4f\n- combine_mean: %.4f\n",
+                          system.objective.c_str(), best.mean, best.p95, best.p99, best.dispatch_mean, best.compute_mean,
+                          best.combine_mean);
+    md += "\n| placement | mean | p95 | p99 | dispatch_mean | compute_mean | combine_mean |\n|---|---|---|---|---|---|---|\n";
     for (const auto& [name, e] : {std::pair<const char*, const Evaluation&>{"initial", result.before}, {"searched", result.after}})
       md += strf("| %s | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f |\n", name, e.mean, e.p95, e.p99, e.dispatch_mean,
                  e.compute_mean, e.combine_mean);

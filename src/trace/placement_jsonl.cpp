@@ -1,6 +1,8 @@
 #include "trace/placement_jsonl.h"
 
+#include <charconv>
 #include <fstream>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -30,7 +32,9 @@ void append_experts(const LineContext& at, const json& list, const std::string& 
   if (static_cast<int>(list.size()) != record.k)
     at.fail(field, strf("%zu experts, expected k = %d like the first token", list.size(), record.k));
   for (const json& id : list) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0) at.fail(field, "expert ids must be non-negative integers");
+    // A uint64 beyond int64 reads as a negative int64: refused here too, never wrapped.
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > std::numeric_limits<int32_t>::max())
+      at.fail(field, "expert ids must be non-negative integers below 2^31");
     record.experts.push_back(static_cast<int32_t>(id.get<int64_t>()));
   }
   if (weights) {
@@ -109,41 +113,72 @@ void read_placement_jsonl(const std::string& path, int64_t layer, int64_t max_re
         row["layer"].get<int64_t>() != layer)
       continue;
     TraceRecord record = parse_record(row, at);
+    record.source_line = line;
     ++visited;
     if (!visit(std::move(record))) return;
     if (max_records > 0 && visited >= max_records) return;
   }
 }
 
-void write_placement_jsonl(std::ostream& out, const TraceRecord& record) {
-  // Written by hand: a 1 M-token trace is tens of MB, and this keeps it streaming.
-  out << "{\"layer\": " << record.layer << ", \"batch_id\": " << record.batch_id;
-  if (!record.request_id.empty()) out << ", \"request_id\": " << json(record.request_id).dump();
-  if (!record.source_file.empty()) out << ", \"source_file\": " << json(record.source_file).dump();
-  out << ", \"origin_rows\": [";
-  for (size_t i = 0; i < record.origin_rows.size(); ++i) out << (i ? ", " : "") << record.origin_rows[i];
-  out << "], \"topk_experts\": [";
+namespace {
+
+void append_int(std::string& out, int64_t v) {
+  char buffer[24];
+  auto end = std::to_chars(buffer, buffer + sizeof buffer, v).ptr;
+  out.append(buffer, end);
+}
+
+}  // namespace
+
+std::string placement_jsonl_line(const TraceRecord& record) {
+  // Written by hand into one buffer (to_chars, no streams): a trace of millions of tokens is
+  // hundreds of MB. The layout is Python's json.dumps (", " and ": "), as moe-balance writes.
   const int64_t tokens = record.tokens();
-  for (int64_t t = 0; t < tokens; ++t) {
-    out << (t ? ", [" : "[");
-    for (int j = 0; j < record.k; ++j) out << (j ? ", " : "") << record.experts[t * record.k + j];
-    out << "]";
+  std::string out;
+  out.reserve(static_cast<size_t>(tokens) * (record.k * (record.weights.empty() ? 5 : 15) + 8) + 128);
+  out += "{\"layer\": ";
+  append_int(out, record.layer);
+  out += ", \"batch_id\": ";
+  append_int(out, record.batch_id);
+  if (!record.request_id.empty()) out += ", \"request_id\": " + json(record.request_id).dump();
+  if (!record.source_file.empty()) out += ", \"source_file\": " + json(record.source_file).dump();
+  out += ", \"origin_rows\": [";
+  for (size_t i = 0; i < record.origin_rows.size(); ++i) {
+    if (i) out += ", ";
+    append_int(out, record.origin_rows[i]);
   }
-  out << "]";
+  out += "], \"topk_experts\": [";
+  for (int64_t t = 0; t < tokens; ++t) {
+    out += t ? ", [" : "[";
+    for (int j = 0; j < record.k; ++j) {
+      if (j) out += ", ";
+      append_int(out, record.experts[t * record.k + j]);
+    }
+    out += ']';
+  }
+  out += ']';
   if (!record.weights.empty()) {
-    out << ", \"topk_weights\": [";
+    out += ", \"topk_weights\": [";
     char buffer[32];
     for (int64_t t = 0; t < tokens; ++t) {
-      out << (t ? ", [" : "[");
+      out += t ? ", [" : "[";
       for (int j = 0; j < record.k; ++j) {
-        std::snprintf(buffer, sizeof buffer, "%.6g", record.weights[t * record.k + j]);
-        out << (j ? ", " : "") << buffer;
+        if (j) out += ", ";
+        // %.6g: six significant digits, enough for a gate and a third of the bytes of %.9g.
+        auto end = std::to_chars(buffer, buffer + sizeof buffer, record.weights[t * record.k + j], std::chars_format::general, 6).ptr;
+        out.append(buffer, end);
       }
-      out << "]";
+      out += ']';
     }
-    out << "]";
+    out += ']';
   }
-  out << "}\n";
+  out += "}\n";
+  return out;
+}
+
+void write_placement_jsonl(std::ostream& out, const TraceRecord& record) {
+  const std::string line = placement_jsonl_line(record);
+  out.write(line.data(), static_cast<std::streamsize>(line.size()));
 }
 
 }  // namespace moelab

@@ -19,6 +19,8 @@ namespace moelab {
 void read_placement_jsonl(const std::string& path, int64_t layer, int64_t max_records,
                           const std::function<bool(TraceRecord&&)>& visit);
 
+// One record as a JSONL line (with its newline), in Python's json.dumps layout.
+std::string placement_jsonl_line(const TraceRecord& record);
 void write_placement_jsonl(std::ostream& out, const TraceRecord& record);
 
 }  // namespace moelab

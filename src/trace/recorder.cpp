@@ -9,10 +9,14 @@
 
 namespace moelab {
 
-TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k) {
+TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k, bool before_capacity) {
   torch::NoGradGuard no_grad;
-  torch::Tensor ids = plan.expert_ids.cpu(), gates = plan.gates.detach().to(torch::kFloat32).cpu();
+  torch::Tensor ids = plan.expert_ids.cpu();
+  torch::Tensor gates = (before_capacity ? plan.chosen_gates : plan.gates).detach().to(torch::kFloat32).cpu();
   if (ids.size(1) != k) {  // expert choice: the k best-gated columns per token
+    if (before_capacity)
+      throw UserError("trace: expert choice gives a token any number of experts, but a NeuPIMs-MoE row holds exactly k; "
+                      "use --format jsonl");
     torch::Tensor order = std::get<1>(gates.sort(/*stable=*/true, -1, /*descending=*/true)).narrow(1, 0, k);
     ids = ids.gather(1, order);
     gates = gates.gather(1, order);
@@ -55,7 +59,7 @@ int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOpti
     model.forward(input.to(device));
     for (size_t l = 0; l < layers.size(); ++l) {
       const RoutingPlan& plan = layers[l]->last_plan();
-      TraceRecord all = plan_to_record(plan, layer_ids[l], plan.top_k);
+      TraceRecord all = plan_to_record(plan, layer_ids[l], plan.top_k, options.gates_before_capacity);
       all.batch_id = batch;
       if (options.mode == "prefill") {
         for (int64_t t = 0; t < rows * seq; ++t) all.origin_rows.push_back(sequence_row[t / seq]);

@@ -1,9 +1,11 @@
 #pragma once
 // Recording routing from a trained model. The recorder runs the model in eval mode and reads
 // each MoE layer's routing plan after the forward pass: it never changes what the model
-// computes. For each token it records the k experts the router chose and their gates as the
-// model used them (0 where capacity dropped the assignment). Expert choice, whose tokens
-// have any number of experts, is recorded as each token's k highest-gated experts.
+// computes. For each token it records the k experts the router chose with either their gates
+// as the model used them (0 where capacity dropped the assignment: the placement JSONL, which
+// so keeps what capacity dropped) or the gates the router chose before capacity (the
+// NeuPIMs-MoE CSV, whose rows must each hold k scores). Expert choice, whose tokens have any
+// number of experts, is recorded as each token's k highest-gated experts, and only as used.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -23,10 +25,13 @@ struct RecordOptions {
   std::string origin = "round-robin";  // round-robin (by sequence) | random
   int64_t max_sequences = 0;         // 0 = every seq_len window of the file
   uint64_t seed = 0;
+  bool gates_before_capacity = false;  // the router's choice, not what capacity left of it
 };
 
-// The plan of one MoE layer as k experts and gates per token ([T, k] row-major).
-TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k);
+// The plan of one MoE layer as k experts and gates per token ([T, k] row-major). With
+// `before_capacity`, the gates are the router's choice (an error for expert choice, whose
+// tokens have no fixed k).
+TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k, bool before_capacity = false);
 
 // position = -1 for prefill records, else the 1-based position the record holds.
 using RecordSink = std::function<void(const TraceRecord& record, int64_t batch, int64_t position)>;

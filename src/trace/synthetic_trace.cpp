@@ -6,6 +6,7 @@
 #include <random>
 
 #include "util/error.h"
+#include "util/python_random.h"
 
 namespace moelab {
 namespace {
@@ -29,13 +30,52 @@ int64_t draw(std::mt19937_64& rng, const std::vector<double>& weights, const std
   return last;
 }
 
-}  // namespace
+// generate_trace.py, step by step. Its sums are Python's left-to-right float sums, and its
+// draw `_sample_topk(probs, 1)` walks the running sum until it reaches r (drawing again if
+// rounding leaves r above the total): the same running sums, searched by bisection.
+void moe_balance_trace(const SyntheticTraceOptions& o, const std::function<void(const TraceRecord&)>& emit) {
+  PythonRandom rng(o.seed);
+  std::vector<double> base(o.experts);
+  double total = 0;
+  for (int64_t i = 0; i < o.experts; ++i) total += base[i] = 1.0 / std::pow(static_cast<double>(i + 1), o.zipf);
+  for (double& p : base) p /= total;
+  TraceRecord record;
+  record.k = static_cast<int>(o.k);
+  std::vector<double> running(o.experts);
+  for (int64_t l = 0; l < o.layers; ++l) {
+    std::vector<double> probs(o.experts);
+    double sum = 0;
+    for (int64_t i = 0; i < o.experts; ++i) sum += probs[i] = base[i] * rng.uniform(0.9, 1.1);
+    double acc = 0;
+    for (int64_t i = 0; i < o.experts; ++i) running[i] = acc += probs[i] / sum;
+    auto draw = [&] {
+      for (;;) {
+        const double r = rng.random();
+        auto it = std::lower_bound(running.begin(), running.end(), r);
+        if (it != running.end()) return static_cast<int32_t>(it - running.begin());
+      }
+    };
+    record.layer = l;
+    for (int64_t b = 0; b < o.batches; ++b) {
+      record.batch_id = b;
+      record.experts.clear();
+      record.origin_rows.clear();
+      for (int64_t t = 0; t < o.tokens_per_batch; ++t) {
+        record.origin_rows.push_back(static_cast<int32_t>(rng.randrange(o.rows)));
+        const size_t first = record.experts.size();
+        if (rng.random() < o.coactivation) record.experts.push_back(draw());
+        while (static_cast<int64_t>(record.experts.size() - first) < o.k) {
+          const int32_t pick = draw();
+          if (std::find(record.experts.begin() + static_cast<std::ptrdiff_t>(first), record.experts.end(), pick) == record.experts.end())
+            record.experts.push_back(pick);
+        }
+      }
+      emit(record);
+    }
+  }
+}
 
-void generate_synthetic_trace(const SyntheticTraceOptions& o, const std::function<void(const TraceRecord&)>& emit) {
-  if (o.k > o.experts) throw UserError("trace synth: --k must be <= --experts");
-  if (o.layers < 1 || o.batches < 1 || o.tokens_per_batch < 1 || o.rows < 1 || o.experts < 1 || o.k < 1)
-    throw UserError("trace synth: layers, batches, tokens-per-batch, rows, experts and k must be >= 1");
-  if (o.coactivation < 0 || o.coactivation > 1) throw UserError("trace synth: --coact must be in [0, 1]");
+void partners_trace(const SyntheticTraceOptions& o, const std::function<void(const TraceRecord&)>& emit) {
   std::mt19937_64 rng(o.seed);
   std::vector<int64_t> ranking(o.experts);
   std::iota(ranking.begin(), ranking.end(), 0);
@@ -87,6 +127,19 @@ void generate_synthetic_trace(const SyntheticTraceOptions& o, const std::functio
       emit(record);
     }
   }
+}
+
+}  // namespace
+
+void generate_synthetic_trace(const SyntheticTraceOptions& o, const std::function<void(const TraceRecord&)>& emit) {
+  if (o.k > o.experts) throw UserError("trace synth: --k must be <= --experts");
+  if (o.layers < 1 || o.batches < 1 || o.tokens_per_batch < 1 || o.rows < 1 || o.experts < 1 || o.k < 1)
+    throw UserError("trace synth: layers, batches, tokens-per-batch, rows, experts and k must be >= 1");
+  if (o.coactivation < 0 || o.coactivation > 1) throw UserError("trace synth: --coact must be in [0, 1]");
+  if (o.experts > (int64_t{1} << 31) - 1) throw UserError("trace synth: --experts must be < 2^31");
+  if (o.generator == "moe-balance") return moe_balance_trace(o, emit);
+  if (o.generator == "partners") return partners_trace(o, emit);
+  throw UserError("trace synth: --generator must be moe-balance or partners, got '" + o.generator + "'");
 }
 
 }  // namespace moelab

@@ -15,6 +15,7 @@ struct TraceRecord {
   std::vector<float> weights;         // [tokens * k], or empty when the trace has none
   std::vector<int32_t> origin_rows;   // [tokens], or empty (the simulator's origin_mode applies)
   std::string request_id, source_file;  // optional
+  int64_t source_line = 0;              // 1-based line of the file it was read from (0: not read)
 
   int64_t tokens() const { return k > 0 ? static_cast<int64_t>(experts.size()) / k : 0; }
 };
