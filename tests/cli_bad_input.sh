@@ -45,6 +45,19 @@ printf '{"rows": 2, "cols": 2, "experts": 8, "slots": 4, "trace": "t.jsonl"}' >"
 expect_error place-slots "'slots' must be >=" -- "$moelab" place --system "$dir/system.jsonc"
 expect_error not-a-run "not a moelab run directory" -- "$moelab" eval --run "$dir"
 
+# Traces: a non-finite score names its line and column; a failed convert leaves no temp file.
+printf 'layer_id,token_id,expert_0,expert_1\n0,0,0.5,0.25\n0,1,nan,0.5\n' >"$dir/nan.csv"
+expect_error neupims-nan "nan.csv:3: field 'expert_0'" -- "$moelab" trace convert --in "$dir/nan.csv" --out "$dir/nan.jsonl"
+expect_error neupims-nan-stats "nan.csv:3: field 'expert_0'" -- "$moelab" trace stats --in "$dir/nan.csv" --seq-len 2
+ls "$dir" | grep -q 'nan.jsonl' && { echo "FAIL a failed convert left $(ls "$dir" | grep nan.jsonl)"; failures=$((failures + 1)); }
+printf '{"layer": 0, "topk_experts": [[1, 4294967299]]}\n' >"$dir/wide.jsonl"
+expect_error trace-id-2^32 "wide.jsonl:1: field 'topk_experts\[0\]': expert ids must be non-negative integers below 2^31" -- "$moelab" coact --trace "$dir/wide.jsonl" --layer 0 --out "$dir/c.csv"
+printf '{"layer": 0, "topk_experts": [[1, 2147483648]]}\n' >"$dir/wide.jsonl"
+expect_error trace-id-2^31 "expert ids must be non-negative integers below 2^31" -- "$moelab" coact --trace "$dir/wide.jsonl" --layer 0 --out "$dir/c.csv"
+# trace synth makes the folder it writes into.
+"$moelab" trace synth --out "$dir/new/folder/s.jsonl" --batches 2 --tokens-per-batch 8 >/dev/null 2>&1 && [ -s "$dir/new/folder/s.jsonl" ] \
+  || { echo "FAIL trace synth into a new folder"; failures=$((failures + 1)); }
+
 # A finished tiny run, then attempts that must leave it untouched.
 "$moelab" train --out "$dir/run" --sample 0 --set data.builtin_stories=100 --set model.layers=1 --set model.dim=32 \
   --set model.seq_len=32 --set train.batch_size=4 --set train.max_steps=3 --set train.eval_windows=4 >/dev/null 2>&1 \

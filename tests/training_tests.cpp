@@ -295,6 +295,56 @@ TEST(Tracing, RecordedRoutingIsWhatTheModelUsedAndChangesNothing) {
     for (int j = 0; j < 2; ++j) EXPECT_EQ(at.experts[r * 2 + j], prefill[0].experts[(r * 32 + 4) * 2 + j]);
 }
 
+#include "trace/neupims_csv.h"
+#include "util/process.h"
+
+// `moelab trace --format neupims` on a run whose capacity drops assignments: every row holds
+// the router's k choices (exactly k non-zero scores, layer_id 0), so that moelab's own
+// `trace stats` and `trace convert` read what it wrote; the JSONL of the same run keeps the
+// drops as zero gates.
+TEST(Tracing, NeupimsFilesHoldTheRoutersChoicesAndReadBack) {
+  Quiet quiet;
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "run");
+  c.train.max_steps = 2;
+  c.router.capacity_factor = 0.5;
+  train(c, {});
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "Once upon a time a little fox found a red ball by the river. She was very happy.\n";
+  write_file_atomic(dir / "stories.txt", text);
+  auto moelab = [&](std::vector<std::string> args, const std::string& log) {
+    args.insert(args.begin(), MOELAB_BINARY);
+    return wait_for(spawn_logged(args, dir / log)).second;
+  };
+  ASSERT_TRUE(moelab({"trace", "--run", dir / "run", "--data", dir / "stories.txt", "--format", "neupims", "--out", dir / "np",
+                      "--max-sequences", "16"},
+                     "np.log"))
+      << read_text_file(dir / "np.log");
+  ASSERT_TRUE(moelab({"trace", "--run", dir / "run", "--data", dir / "stories.txt", "--format", "jsonl", "--out", dir / "t.jsonl",
+                      "--max-sequences", "16"},
+                     "jsonl.log"));
+  int64_t dropped = 0;
+  read_placement_jsonl(dir / "t.jsonl", -1, 0, [&](TraceRecord&& r) {
+    for (float w : r.weights) dropped += w == 0.0f;
+    return true;
+  });
+  EXPECT_GT(dropped, 0) << "capacity 0.5 should drop assignments";
+  const std::string csv = dir / "np/Encoder_Batch_0/Layer_1/moelab_run_layer1_encoder_8seqs_256tokens.csv";
+  ASSERT_TRUE(file_exists(csv));
+  TraceRecord r = read_neupims_csv(csv);
+  EXPECT_EQ(r.k, 2);
+  EXPECT_EQ(r.layer, 0);
+  EXPECT_EQ(r.tokens(), 256);
+  for (float w : r.weights) EXPECT_GT(w, 0.0f);
+  const std::string stats_before = read_text_file(dir / "np/Encoder_Batch_0/Layer_1/moelab_run_layer1_encoder_8seqs_256tokens_top2_stats.txt");
+  EXPECT_NE(stats_before.find("(Layer 1 - ALL SEQUENCES)\n"), std::string::npos);
+  EXPECT_NE(stats_before.find("Sequence length: 32\n"), std::string::npos);
+  // moelab recomputes the same stats from its own CSV, and converts it.
+  ASSERT_TRUE(moelab({"trace", "stats", "--in", csv, "--out-prefix", dir / "again"}, "stats.log")) << read_text_file(dir / "stats.log");
+  EXPECT_EQ(read_text_file(dir / "again_top2_stats.txt"), stats_before);
+  ASSERT_TRUE(moelab({"trace", "convert", "--in", csv, "--out", dir / "converted.jsonl"}, "convert.log"));
+}
+
 // ---- On the GPU (skipped without one): the captured CUDA-graph step against the eager step,
 // and the fused AdamW against libtorch's AdamW. The step is captured in bf16 (an fp32 MoE
 // step reads expert sizes back to the host and stays eager). Runs go through `moelab train`
@@ -302,7 +352,6 @@ TEST(Tracing, RecordedRoutingIsWhatTheModelUsedAndChangesNothing) {
 
 #include "train/cuda_graph.h"
 #include "train/optimizer.h"
-#include "util/process.h"
 
 #define REQUIRE_CUDA_GRAPHS()                                                                       \
   if (!torch::cuda::is_available() || !CudaGraph::available() || !TrainingOptimizer::fused_available()) \
