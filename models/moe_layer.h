@@ -21,6 +21,8 @@ class MoeLayer : public torch::nn::Module {
   MoeLayer(const RouterConfig& router, int64_t dim, int64_t hidden, bool swiglu, const std::string& dispatcher = "sparse");
   // x [T, d], token_ids [T] -> [T, d]; aux losses are in last_plan().
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
+  // The router alone: last_plan() for these tokens, no expert computed (tracing's last layer).
+  void route(const torch::Tensor& x, const torch::Tensor& token_ids) { last_plan_ = router_->forward(x, token_ids); }
 
   // Expert parallelism: keep only this rank's E / EP experts (a copy of their current
   // weights) and exchange tokens with the group's other ranks in every forward.

@@ -81,11 +81,34 @@ TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(
   }
 }
 
-ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
-  const int64_t seq = tokens.size(1);
+void Block::route(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids) {
+  torch::Tensor normed2 = apply_add_layer_norm(ln2_, x, dropout_(attn_->forward(normed))).normed;
+  moe->route(normed2.reshape({-1, normed2.size(2)}), token_ids.reshape({-1}));
+}
+
+torch::Tensor TinyMoE::embed(const torch::Tensor& tokens) {
   torch::Tensor x = tok_emb_(tokens);
-  if (pos_emb_) x = x + pos_emb_(torch::arange(seq, tokens.options()));
-  x = dropout_(x);
+  if (pos_emb_) x = x + pos_emb_(torch::arange(tokens.size(1), tokens.options()));
+  return dropout_(x);
+}
+
+void TinyMoE::route(const torch::Tensor& tokens) {
+  size_t last = blocks_.size();
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    if (blocks_[i]->moe) last = i;
+  if (last == blocks_.size()) return;
+  torch::Tensor x = embed(tokens);
+  torch::Tensor normed = apply_layer_norm(blocks_.front()->ln1(), x);
+  for (size_t i = 0; i < last; ++i) {
+    kernels::ResidualNorm stream = blocks_[i]->forward(x, normed, tokens, blocks_[i + 1]->ln1());
+    x = stream.sum;
+    normed = stream.normed;
+  }
+  blocks_[last]->route(x, normed, tokens);
+}
+
+ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
+  torch::Tensor x = embed(tokens);
   torch::Tensor normed = apply_layer_norm(blocks_.empty() ? ln_f_ : blocks_.front()->ln1(), x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const torch::nn::LayerNorm& next_norm = i + 1 < blocks_.size() ? blocks_[i + 1]->ln1() : ln_f_;

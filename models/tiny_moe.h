@@ -38,6 +38,8 @@ class Block : public torch::nn::Module {
   Block(const ModelConfig& model, const RouterConfig& router, bool moe);
   kernels::ResidualNorm forward(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids,
                                 const torch::nn::LayerNorm& next_norm);
+  // An MoE block up to its router: attention, then the router's plan in moe->last_plan().
+  void route(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids);
   const torch::nn::LayerNorm& ln1() const { return ln1_; }
   std::shared_ptr<MoeLayer> moe;  // null in dense blocks
 
@@ -57,6 +59,10 @@ class TinyMoE : public torch::nn::Module {
  public:
   TinyMoE(const ModelConfig& model, const RouterConfig& router);
   ModelOutput forward(const torch::Tensor& tokens);  // tokens [B, S] int64
+  // Every MoE layer's routing of `tokens` (in its last_plan()) without what follows the last
+  // router (its experts, later blocks, the head), which routing does not depend on: tracing
+  // costs a fraction of a forward pass.
+  void route(const torch::Tensor& tokens);
 
   std::vector<std::shared_ptr<MoeLayer>> moe_layers() const;
   std::vector<int64_t> moe_layer_ids() const;  // block index of each MoE layer
@@ -73,6 +79,7 @@ class TinyMoE : public torch::nn::Module {
   const ModelConfig& config() const { return model_; }
 
  private:
+  torch::Tensor embed(const torch::Tensor& tokens);  // token + position embeddings, dropout
   ModelConfig model_;
   RouterConfig router_;
   torch::nn::Embedding tok_emb_{nullptr}, pos_emb_{nullptr};

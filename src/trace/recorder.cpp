@@ -33,7 +33,7 @@ TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k, bo
 
 int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,
                        const torch::Device& device, const RecordSink& sink) {
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;
   model.eval();
   const int64_t seq = model.config().seq_len;
   int64_t sequences = (tokens.size() - 1) / seq;
@@ -56,7 +56,7 @@ int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOpti
     for (int64_t r = 0; r < rows; ++r)
       sequence_row[r] = static_cast<int32_t>(options.origin == "random" ? rng() % static_cast<uint64_t>(options.rows)
                                                                          : (first + r) % options.rows);
-    model.forward(input.to(device));
+    model.route(input.to(device));
     for (size_t l = 0; l < layers.size(); ++l) {
       const RoutingPlan& plan = layers[l]->last_plan();
       TraceRecord all = plan_to_record(plan, layer_ids[l], plan.top_k, options.gates_before_capacity);
