@@ -8,8 +8,8 @@
 
 namespace moelab {
 
-CausalSelfAttention::CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope)
-    : heads_(heads), rope_(rope) {
+CausalSelfAttention::CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope, double dropout)
+    : heads_(heads), rope_(rope), dropout_(dropout) {
   qkv_ = register_module("qkv", torch::nn::Linear(dim, 3 * dim));
   proj_ = register_module("proj", torch::nn::Linear(dim, dim));
   if (rope_) {
@@ -41,12 +41,14 @@ torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
     k = apply_rope(k, cos, sin);
   }
   torch::Tensor y;
+  const double dropout = is_training() ? dropout_ : 0.0;
 #if TORCH_VERSION_MAJOR >= 2
-  y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  y = at::scaled_dot_product_attention(q, k, v, {}, dropout, /*is_causal=*/true);
 #else
   torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
   torch::Tensor future = torch::ones({seq, seq}, x.options().dtype(torch::kBool)).triu(1);
-  y = torch::matmul(torch::softmax(scores.masked_fill(future, -INFINITY), -1), v);
+  torch::Tensor probs = torch::softmax(scores.masked_fill(future, -INFINITY), -1);
+  y = torch::matmul(dropout > 0 ? torch::dropout(probs, dropout, /*train=*/true) : probs, v);
 #endif
   return apply_linear(proj_, y.transpose(1, 2).reshape({batch, seq, dim}));
 }

@@ -7,12 +7,14 @@ namespace moelab {
 
 class CausalSelfAttention : public torch::nn::Module {
  public:
-  CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope);
+  // dropout: on the attention probabilities, while training.
+  CausalSelfAttention(int64_t dim, int64_t heads, int64_t max_seq_len, bool rope, double dropout = 0.0);
   torch::Tensor forward(const torch::Tensor& x);  // [B, S, d] -> [B, S, d]
 
  private:
   int64_t heads_;
   bool rope_;
+  double dropout_;
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
   torch::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim / 2]
 };

@@ -36,7 +36,7 @@ Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe)
   ln1_ = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.dim})));
   ln2_ = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.dim})));
   attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(model.dim, model.heads, model.seq_len,
-                                                                         model.position == "rope"));
+                                                                         model.position == "rope", model.attention_dropout));
   bool swiglu = model.activation == "swiglu";
   if (use_moe)
     moe = register_module("moe", std::make_shared<MoeLayer>(router, model.dim, expert_hidden(model), swiglu, model.dispatcher));
@@ -70,8 +70,30 @@ TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(
   ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.dim})));
   if (!model.tie_embeddings)
     head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(model.dim, model.vocab_size).bias(false)));
-  // nanoGPT's initialisation for the dense parts; experts and gates keep their own.
   torch::NoGradGuard no_grad;
+  if (model.init == "pytorch") {
+    // PyTorch's defaults: linear layers already have them (libtorch's nn::Linear draws
+    // U(+-1/sqrt(fan_in)) as Python's does) and so do the embeddings (N(0, 1)); the experts'
+    // stacked weights, their biases and the gates' own initialisation are redrawn the same way.
+    for (auto& item : named_parameters()) {
+      const std::string& name = item.key();
+      torch::Tensor p = item.value();
+      const auto ends_with = [&](const std::string& tail) {
+        return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+      };
+      if (name == "pos_emb.weight") p.zero_();
+      const bool expert = name.find(".experts.") != std::string::npos, gate = name.find(".router.gate.") != std::string::npos;
+      if (!expert && !gate) continue;
+      // Experts: w [E, in, out], b [E, out] with fan_in = in of the matching weight; gates: [out, in].
+      int64_t fan_in = 0;
+      if (expert) fan_in = (ends_with("w1") || ends_with("b1")) ? model.dim : named_parameters()[name.substr(0, name.size() - 2) + "w2"].size(1);
+      else fan_in = named_parameters()[ends_with("bias") ? name.substr(0, name.size() - 4) + "weight" : name].size(-1);
+      const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+      p.uniform_(-bound, bound);
+    }
+    return;
+  }
+  // nanoGPT's initialisation for the dense parts; experts and gates keep their own.
   for (auto& item : named_parameters()) {
     const std::string& name = item.key();
     if (name.find(".experts.") != std::string::npos || name.find(".router.") != std::string::npos) continue;

@@ -1,5 +1,7 @@
 // The dispatcher and the MoE layer against plain definitions.
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"
@@ -255,4 +257,41 @@ TEST(TinyMoE, AttentionIsCausal) {
   torch::Tensor la = model.forward(a).logits, lb = model.forward(b).logits;
   EXPECT_TRUE(torch::allclose(la.narrow(1, 0, 8), lb.narrow(1, 0, 8), 1e-5, 1e-6));
   EXPECT_FALSE(torch::allclose(la.narrow(1, 8, 1), lb.narrow(1, 8, 1)));
+}
+
+// model.init "pytorch": PyTorch's module defaults, as the seed's Python model had them.
+TEST(TinyMoE, PytorchInitIsPytorchsModuleDefaults) {
+  ModelConfig m;
+  m.layers = 2;
+  m.dim = 64;
+  m.heads = 4;
+  m.seq_len = 16;
+  m.vocab_size = 50;
+  m.init = "pytorch";
+  RouterConfig r = moelab::testing::routing_config("softk", 4, 2, 1.25);
+  torch::manual_seed(3);
+  TinyMoE model(m, r);
+  auto params = model.named_parameters();
+  EXPECT_EQ(params["pos_emb.weight"].abs().max().item<double>(), 0.0);
+  EXPECT_NEAR(params["tok_emb.weight"].std().item<double>(), 1.0, 0.05);  // N(0, 1)
+  // U(-b, b) with b = 1/sqrt(fan_in): the largest draw is close to b, the std is b/sqrt(3).
+  auto check_uniform = [&](const std::string& name, int64_t fan_in) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    torch::Tensor p = params[name];
+    EXPECT_LE(p.abs().max().item<double>(), bound) << name;
+    if (p.numel() > 100) EXPECT_GT(p.abs().max().item<double>(), 0.9 * bound) << name;
+    if (p.numel() > 1000) EXPECT_NEAR(p.std().item<double>(), bound / std::sqrt(3.0), 0.05 * bound) << name;
+  };
+  check_uniform("block0.moe.experts.w1", 64);
+  check_uniform("block0.moe.experts.b1", 64);
+  check_uniform("block1.moe.experts.w2", 4 * 64);
+  check_uniform("block1.moe.experts.b2", 4 * 64);
+  check_uniform("block0.moe.router.gate.proj.weight", 64);
+  check_uniform("block0.moe.router.gate.proj.bias", 64);
+  check_uniform("block0.attn.qkv.weight", 64);
+  check_uniform("head.weight", 64);
+  // The default stays nanoGPT's N(0, 0.02).
+  m.init = "normal";
+  TinyMoE normal(m, r);
+  EXPECT_NEAR(normal.named_parameters()["block0.attn.qkv.weight"].std().item<double>(), 0.02, 0.002);
 }

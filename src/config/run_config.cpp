@@ -24,6 +24,7 @@ json run_config_to_json(const RunConfig& c) {
   j["model"] = {{"layers", c.model.layers},     {"dim", c.model.dim},
                 {"heads", c.model.heads},       {"seq_len", c.model.seq_len},
                 {"ffn_mult", c.model.ffn_mult}, {"dropout", c.model.dropout},
+                {"attention_dropout", c.model.attention_dropout}, {"init", c.model.init},
                 {"position", c.model.position}, {"activation", c.model.activation},
                 {"tie_embeddings", c.model.tie_embeddings},
                 {"moe_every", c.model.moe_every}, {"dense", c.model.dense},
@@ -218,6 +219,8 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   m.seq_len = r.integer("model", "seq_len", 1);
   m.ffn_mult = r.integer("model", "ffn_mult", 1);
   m.dropout = r.number("model", "dropout", 0.0, 0.9);
+  m.attention_dropout = r.number("model", "attention_dropout", 0.0, 0.9);
+  m.init = r.choice("model", "init", {"normal", "pytorch"});
   m.position = r.choice("model", "position", {"learned", "rope"});
   if (m.position == "rope" && (m.dim / m.heads) % 2 != 0) r.fail("model", "position", "rope needs an even head dimension");
   m.activation = r.choice("model", "activation", {"gelu", "swiglu"});

@@ -21,6 +21,12 @@ struct DataConfig {
 struct ModelConfig {
   int64_t layers = 4, dim = 256, heads = 4, seq_len = 256, ffn_mult = 4;
   double dropout = 0.1;
+  double attention_dropout = 0.0;    // dropout on the attention probabilities (training only)
+  // normal: nanoGPT's N(0, 0.02) for embeddings and linear layers, zero biases (experts
+  // Xavier, the linear gate N(0, 1/d)); pytorch: PyTorch's module defaults, as the seed's
+  // Python model had them (every linear weight and bias, experts' and gate's included,
+  // U(+-1/sqrt(fan_in)); token embedding N(0, 1); a zero learned position embedding).
+  std::string init = "normal";
   std::string position = "learned";  // learned | rope
   std::string activation = "gelu";   // gelu | swiglu
   bool tie_embeddings = false;
