@@ -52,6 +52,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = (blockIdx.x - list.first_block[t]) * kChunk, numel = list.numel[t];
   const int64_t end = min(begin + kChunk, numel);
   const float lr = *lr_ptr, step = *step_ptr, scale = scale_ptr ? *scale_ptr : 1.f;
+  if (!isfinite(scale)) return;  // a non-finite gradient norm: no update at all
   const float step_size = lr / (1.f - powf(h.beta1, step)), correction2_sqrt = sqrtf(1.f - powf(h.beta2, step));
   const float decay = 1.f - lr * list.decay_rate[t];
   float* __restrict__ param = list.param[t];

@@ -18,7 +18,9 @@ struct AdamWState {
 
 // lr and step: fp32 scalars on the parameters' device, step already counting this step (the
 // learning-rate schedule and the step advance on the device, so a captured CUDA graph can
-// replay the update). grad_scale: fp32 scalar there too, or undefined for 1.
+// replay the update). grad_scale: fp32 scalar there too, or undefined for 1. A non-finite
+// grad_scale skips the update: parameters and moments are left as they are (the trainer
+// passes NaN when the gradient norm is not finite, without reading it back to the host).
 void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& grad_scale,
                 double beta1, double beta2, double eps);
 

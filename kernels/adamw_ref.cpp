@@ -1,4 +1,6 @@
 // Reference AdamW step: libtorch ops per tensor, in place, with PyTorch's arithmetic.
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "kernels/adamw.h"
@@ -8,6 +10,7 @@ namespace moelab::kernels::reference {
 void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& grad_scale,
                 double beta1, double beta2, double eps) {
   torch::NoGradGuard no_grad;
+  if (grad_scale.defined() && !std::isfinite(grad_scale.item<float>())) return;  // no update at all
   torch::Tensor step_size = lr / (1 - torch::pow(beta1, step));
   torch::Tensor correction2_sqrt = (1 - torch::pow(beta2, step)).sqrt();
   for (size_t i = 0; i < state.params.size(); ++i) {

@@ -3,6 +3,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "config/run_config.h"
@@ -15,6 +20,7 @@
 #include "train/run.h"
 #include "train/train_batches.h"
 #include "train/trainer.h"
+#include "train/optimizer.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/log.h"
@@ -190,6 +196,137 @@ TEST(Training, RefusesToOverwriteARunAndKeepsCorruptCheckpointsIntact) {
 
   write_file_atomic(ckpt, "not a checkpoint at all");
   EXPECT_THROW(load_run(dir / "run"), UserError);
+}
+
+// A checkpoint of another model shape is refused with the first difference, not loaded.
+TEST(Checkpoints, AnotherModelsCheckpointIsRefusedNamingTheTensor) {
+  Quiet quiet;
+  TempDir dir;
+  RunConfig wide = tiny_config(dir / "wide");
+  wide.model.dim = 64;
+  wide.train.max_steps = 2;
+  train(wide, {});
+  RunConfig narrow = tiny_config(dir / "narrow");
+  narrow.train.max_steps = 2;
+  train(narrow, {});
+  const std::string narrow_ckpt = read_text_file(checkpoint_path(dir / "narrow"));
+  write_file_atomic(checkpoint_path(dir / "narrow"), read_text_file(checkpoint_path(dir / "wide")));
+  const std::string message = moelab::testing::error_of([&] { load_run(dir / "narrow"); });
+  // The first difference, named: the token embedding is [vocab, 64] there, [vocab, 48] here.
+  EXPECT_NE(message.find("latest.pt: a checkpoint of another model: tensor 'tok_emb.weight' is Float ["), std::string::npos) << message;
+  EXPECT_NE(message.find(", 64] there, this run's config.json makes it Float ["), std::string::npos) << message;
+  TrainOptions resume;
+  resume.resume_dir = dir / "narrow";
+  EXPECT_NE(moelab::testing::error_of([&] { train(RunConfig{}, resume); }).find("a checkpoint of another model"), std::string::npos);
+  // Other experts: the router's gate differs first.
+  RunConfig more = tiny_config(dir / "more");
+  more.router.num_experts = 8;
+  more.train.max_steps = 2;
+  train(more, {});
+  write_file_atomic(checkpoint_path(dir / "narrow"), read_text_file(checkpoint_path(dir / "more")));
+  EXPECT_NE(moelab::testing::error_of([&] { load_run(dir / "narrow"); }).find("a checkpoint of another model: tensor 'block0."),
+            std::string::npos);
+  write_file_atomic(checkpoint_path(dir / "narrow"), narrow_ckpt);
+  EXPECT_NO_THROW(load_run(dir / "narrow"));
+}
+
+
+
+// A full disk (here a file-size limit, which fails writes the same way) while a checkpoint is
+// written: one error naming the file and the reason, the previous checkpoint intact, no
+// temporary file left.
+TEST(Checkpoints, AFailedWriteKeepsThePreviousCheckpointAndLeavesNoTempFile) {
+  Quiet quiet;
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "run");
+  c.train.max_steps = 2;
+  train(c, {});
+  LoadedRun run = load_run(dir / "run");
+  const std::string ckpt = checkpoint_path(dir / "run");
+  const std::string before = read_text_file(ckpt);
+  torch::optim::AdamW optimizer(run.model->parameters());
+  TrainingState state;
+  state.step = 99;
+  ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit then fails with EFBIG instead of killing
+  rlimit old{};
+  ::getrlimit(RLIMIT_FSIZE, &old);
+  rlimit small = old;
+  small.rlim_cur = 16 * 1024;  // the checkpoint is larger
+  ::setrlimit(RLIMIT_FSIZE, &small);
+  const std::string message = moelab::testing::error_of([&] { save_checkpoint(ckpt, *run.model, optimizer, state); });
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  ::signal(SIGXFSZ, SIG_DFL);
+  EXPECT_NE(message.find("latest.pt: not written (File too large); any earlier version of it is kept"), std::string::npos)
+      << message;
+  EXPECT_TRUE(read_text_file(ckpt) == before);
+  for (const auto& entry : std::filesystem::directory_iterator(dir / "run/checkpoints"))
+    EXPECT_EQ(entry.path().filename(), "latest.pt") << "left behind: " << entry.path();
+}
+
+// Non-finite gradients: the optimizer skips the update (parameters, moments and step count
+// untouched) and the trainer stops naming the steps; no checkpoint holds non-finite weights.
+TEST(Checkpoints, NonFiniteGradientsAreNeverAppliedNorSaved) {
+  torch::manual_seed(0);
+  torch::Tensor w = torch::randn({4, 3}, torch::requires_grad());
+  TrainConfig tc;
+  TrainingOptimizer optimizer({w}, tc);
+  w.mutable_grad() = torch::ones({4, 3});
+  optimizer.step(torch::ones({}));
+  const torch::Tensor after_one = w.detach().clone();
+  w.mutable_grad() = torch::full({4, 3}, std::nan(""));
+  optimizer.step(torch::full({}, std::nan("")));
+  EXPECT_TRUE(torch::equal(w.detach(), after_one));
+  w.mutable_grad() = torch::ones({4, 3});
+  optimizer.step(torch::ones({}));
+  EXPECT_TRUE(w.detach().isfinite().all().item<bool>());
+  EXPECT_EQ(static_cast<const torch::optim::AdamWParamState&>(*optimizer.state().state().begin()->second).step(), 2);
+
+  // The recipe for a NaN gradient under a finite loss.
+  Quiet quiet;
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "run");
+  c.router.z_coef = 1000;
+  c.train.lr = 10;
+  c.train.grad_clip = 0;
+  c.train.warmup_steps = 0;
+  c.train.max_steps = 30;
+  c.train.checkpoint_interval = 1;
+  const std::string message = moelab::testing::error_of([&] { train(c, {}); });
+  ASSERT_FALSE(message.empty()) << "expected the run to stop on a non-finite loss or gradient";
+  EXPECT_TRUE(message.find("the gradient was not finite") != std::string::npos ||
+              message.find("the training loss is") != std::string::npos)
+      << message;
+  if (file_exists(checkpoint_path(dir / "run"))) {
+    LoadedRun run = load_run(dir / "run");
+    for (const auto& p : run.model->parameters()) EXPECT_TRUE(p.isfinite().all().item<bool>());
+    EXPECT_NE(message.find("The last good checkpoint is"), std::string::npos) << message;
+  } else {
+    EXPECT_NE(message.find("No checkpoint was written yet"), std::string::npos) << message;
+  }
+}
+
+// A run that stopped before its first checkpoint starts again with --out; a validation split
+// shorter than one window is refused before step 1.
+TEST(Training, ARunWithoutACheckpointRestartsAndShortValidationIsRefusedFirst) {
+  Quiet quiet;
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "run");
+  c.train.max_steps = 3;
+  ensure_directory(dir / "run");
+  write_file_atomic(dir / "run/metrics.jsonl", "{\"kind\": \"train\", \"step\": 1, \"loss\": 9.0}\n");
+  TrainOptions resume;
+  resume.resume_dir = dir / "run";
+  write_file_atomic(dir / "run/config.json", run_config_to_json(c).dump());
+  EXPECT_NE(moelab::testing::error_of([&] { train(RunConfig{}, resume); }).find("start it again with --config"), std::string::npos);
+  train(c, {});
+  EXPECT_EQ(rows(dir / "run", "train").front()["step"], 1);
+  EXPECT_NE(rows(dir / "run", "train").front()["loss"], 9.0);
+
+  RunConfig short_valid = tiny_config(dir / "short");
+  short_valid.data.val_fraction = 1e-4;
+  EXPECT_NE(moelab::testing::error_of([&] { train(short_valid, {}); }).find("fewer than one window of model.seq_len + 1"),
+            std::string::npos);
+  EXPECT_FALSE(file_exists(dir / "short/metrics.jsonl"));
 }
 
 TEST(Training, BpeRunEvaluatesAndGenerates) {

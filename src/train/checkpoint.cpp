@@ -4,6 +4,7 @@
 
 #include "util/error.h"
 #include "util/files.h"
+#include "util/strings.h"
 
 namespace moelab {
 namespace {
@@ -20,6 +21,18 @@ std::string expert_shard_checkpoint_path(const std::string& run_dir, int shard, 
 
 void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer& optimizer,
                      const TrainingState& state) {
+  {
+    // A checkpoint is the last good state: never one with non-finite weights (one read-back).
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> finite;
+    const auto parameters = model.named_parameters();
+    for (const auto& item : parameters) finite.push_back(torch::isfinite(item.value()).all());
+    torch::Tensor all = torch::stack(finite).cpu();
+    for (size_t i = 0; i < parameters.size(); ++i)
+      if (!all[static_cast<int64_t>(i)].item<bool>())
+        throw UserError(path + ": not written: parameter '" + parameters[i].key() +
+                        "' holds non-finite values; the previous checkpoint is kept");
+  }
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string(kFormat)));
   archive.write("step", c10::IValue(state.step));
@@ -36,9 +49,14 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
-  std::string tmp = temp_path_beside(path);
-  archive.save_to(tmp);
-  commit_file(tmp, path);
+  // Through our own writer: libtorch's file writer aborts the process when a write fails (it
+  // throws from a destructor); this one reports the full disk and keeps the last checkpoint.
+  AtomicFileWriter file(path);
+  archive.save_to([&](const void* data, size_t size) {
+    file.write(data, size);
+    return size;
+  });
+  file.commit();
 }
 
 TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
@@ -62,7 +80,23 @@ TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::op
     if (archive.try_read("world_size", value)) state.world_size = value.toInt();
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
+    // Module::load takes each stored tensor whatever its shape: compare afterwards, every
+    // parameter and buffer against the shape and type this run's config gives it.
+    std::vector<std::pair<std::string, torch::Tensor>> expected;
+    for (const auto& item : model.named_parameters()) expected.emplace_back(item.key(), torch::empty_like(item.value(), at::kMeta));
+    for (const auto& item : model.named_buffers()) expected.emplace_back(item.key(), torch::empty_like(item.value(), at::kMeta));
     model.load(model_archive);
+    auto loaded = model.named_parameters();
+    auto buffers = model.named_buffers();
+    for (const auto& [name, want] : expected) {
+      const torch::Tensor* got = loaded.find(name);
+      if (!got) got = buffers.find(name);
+      if (!got || got->sizes() != want.sizes() || got->scalar_type() != want.scalar_type())
+        throw UserError(strf("%s: a checkpoint of another model: tensor '%s' is %s %s there, this run's config.json makes it "
+                             "%s %s", path.c_str(), name.c_str(), got ? c10::toString(got->scalar_type()) : "absent",
+                             got ? c10::str(got->sizes()).c_str() : "", c10::toString(want.scalar_type()),
+                             c10::str(want.sizes()).c_str()));
+    }
     if (optimizer) {
       torch::serialize::InputArchive optimizer_archive;
       archive.read("optimizer", optimizer_archive);

@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -94,10 +95,12 @@ void TrainingOptimizer::prepare_fused() {
 void TrainingOptimizer::step(const torch::Tensor& grad_scale) {
   torch::NoGradGuard no_grad;
   if (!fused_) {
-    if (grad_scale.defined())
+    const double scale = grad_scale.defined() ? grad_scale.item<double>() : 1.0;
+    if (!std::isfinite(scale)) return;
+    if (scale != 1.0)
       for (auto& group : adamw_.param_groups())
         for (auto& p : group.params())
-          if (p.grad().defined()) p.grad().mul_(grad_scale.to(p.grad().scalar_type()));
+          if (p.grad().defined()) p.grad().mul_(scale);
     adamw_.step();
     return;
   }
@@ -107,7 +110,9 @@ void TrainingOptimizer::step(const torch::Tensor& grad_scale) {
     TORCH_CHECK(p.grad().defined(), "fused AdamW: a parameter has no gradient");
     fused_state_.grads.push_back(p.grad());
   }
-  step_.add_(1.0);
+  // The step count advances only when the update is applied (a finite scale).
+  if (grad_scale.defined()) step_.add_(torch::isfinite(grad_scale).to(step_.scalar_type()));
+  else step_.add_(1.0);
   kernels::adamw_step(fused_state_, lr_, step_, grad_scale, beta1_, beta2_, eps_);
 }
 

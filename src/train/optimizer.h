@@ -24,7 +24,9 @@ class TrainingOptimizer {
   void set_learning_rate(double lr);
   void zero_grad();  // drops the gradients (set to none), as libtorch's zero_grad does
   // One step with every gradient multiplied by grad_scale (global-norm clipping; undefined:
-  // 1). Every parameter must have a gradient on the fused path.
+  // 1). A non-finite grad_scale skips the step: parameters, moments and step count stay as
+  // they are (decided on the device on the fused path). Every parameter must have a gradient
+  // on the fused path.
   void step(const torch::Tensor& grad_scale);
   // For checkpoints: libtorch's AdamW holding the state, its step counts brought up to the
   // device's (reads them back: call at checkpoints, not every step).

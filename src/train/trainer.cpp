@@ -59,10 +59,11 @@ torch::Tensor squared_norm(const std::vector<torch::Tensor>& grads) {
   return torch::stack(norms).to(torch::kFloat32).square().sum().reshape({1});
 }
 
-// The global gradient norm and clipping's scale, min(1, max_norm / norm), both on the device:
-// nothing is read back to the host (libtorch's clip_grad_norm_ returns a double), and the
-// optimizer applies the scale as it reads the gradients. With expert parallelism the norm
-// adds up the shards of the whole expert group. max_norm <= 0 only measures (no scale).
+// The global gradient norm and clipping's scale, min(1, max_norm / norm) (1 when max_norm
+// <= 0), both on the device: nothing is read back to the host (libtorch's clip_grad_norm_
+// returns a double), and the optimizer applies the scale as it reads the gradients. A
+// non-finite norm makes the scale NaN, which the optimizer takes as "skip this step". With
+// expert parallelism the norm adds up the shards of the whole expert group.
 struct GradientNorm {
   torch::Tensor norm, clip_scale;
 };
@@ -76,7 +77,8 @@ GradientNorm gradient_norm(const std::vector<torch::Tensor>& replicated, const s
   }
   GradientNorm out;
   out.norm = squared.sqrt().squeeze(0);
-  if (max_norm > 0) out.clip_scale = (max_norm / (out.norm + 1e-6)).clamp_max(1.0);
+  torch::Tensor scale = max_norm > 0 ? (max_norm / (out.norm + 1e-6)).clamp_max(1.0) : torch::ones_like(out.norm);
+  out.clip_scale = torch::where(torch::isfinite(out.norm), scale, torch::full_like(scale, std::nan("")));
   return out;
 }
 
@@ -164,8 +166,11 @@ json train(RunConfig config, const TrainOptions& options) {
   const std::string run_dir = resuming ? options.resume_dir : config.out;
   validate_router_config(config.router, "config");
   const std::string ckpt = checkpoint_path(run_dir);
-  if (!resuming && (file_exists(ckpt) || file_exists(run_dir + "/metrics.jsonl")))
+  if (!resuming && file_exists(ckpt))
     throw UserError(run_dir + ": already holds a run; pass --resume " + run_dir + " or choose another --out");
+  // An attempt that stopped before its first checkpoint left metrics and no checkpoint: it
+  // has nothing to resume, so it starts again (its rows are dropped).
+  const bool restarting = !resuming && file_exists(run_dir + "/metrics.jsonl");
 
   const TrainConfig& tc = config.train;
   torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
@@ -186,7 +191,9 @@ json train(RunConfig config, const TrainOptions& options) {
   const bool writes_checkpoint = ep > 1 ? dist.rank < ep : main_rank;
   if (resuming && !file_exists(rank_ckpt))
     throw UserError(rank_ckpt + ": no checkpoint to resume from" +
-                    (ep > 1 ? strf(" (resume an expert-parallel run with the same parallel.expert_parallel = %d)", ep) : ""));
+                    (ep > 1 ? strf(" (resume an expert-parallel run with the same parallel.expert_parallel = %d)", ep)
+                            : " (the run stopped before its first checkpoint: start it again with --config " + run_dir +
+                                  "/config.json --out " + run_dir + ")"));
   if (tc.dtype == "bf16" && !device.is_cuda()) throw UserError("train.dtype bf16 needs a CUDA device (CPU training is fp32)");
   const bool bf16 = device.is_cuda() && tc.dtype != "fp32";  // SPEC: bf16 autocast on GPU, fp32 on CPU
   // Rank 0 prepares the data; the others then find it prepared.
@@ -199,6 +206,12 @@ json train(RunConfig config, const TrainOptions& options) {
   config.model.vocab_size = data.tokenizer->vocab_size();
   if (!resuming && main_rank) write_file_atomic(run_dir + "/config.json", run_config_to_json(config).dump(2) + "\n");
   TokenFile train_tokens(data.train_tokens), valid_tokens(data.valid_tokens);
+  // What evaluation needs, checked before the first step rather than after training.
+  if (valid_tokens.size() < config.model.seq_len + 1)
+    throw UserError(strf("%s: the validation split has %lld tokens, fewer than one window of model.seq_len + 1 = %lld "
+                         "(a longer data.valid, or a larger data.val_fraction)",
+                         (config.data.valid ? *config.data.valid : config.data.train + " (its last data.val_fraction)").c_str(),
+                         (long long)valid_tokens.size(), (long long)config.model.seq_len + 1));
   const double chars_per_token = static_cast<double>(data.valid_chars) / static_cast<double>(data.valid_token_count);
 
   torch::manual_seed(static_cast<uint64_t>(config.seed));
@@ -228,7 +241,8 @@ json train(RunConfig config, const TrainOptions& options) {
     gradient_sync = std::make_unique<GradientSynchronizer>(replicated, dist.world_group, expert_shards, dist.expert_data_group,
                                                            dist.world, config.parallel.bucket_mb);
   std::unique_ptr<MetricsLog> metrics;
-  if (main_rank) metrics = std::make_unique<MetricsLog>(run_dir + "/metrics.jsonl", resuming ? state.step : -1);
+  if (restarting) log::info(run_dir + " held no checkpoint (an attempt that stopped before its first one): starting again");
+  if (main_rank) metrics = std::make_unique<MetricsLog>(run_dir + "/metrics.jsonl", resuming || restarting ? state.step : -1);
   const double flops_per_token = model.flops_per_token();
   log::info(strf("model: %s parameters, %s active per token, %s FLOPs per token; %s on %s",
                  human_count(model.parameter_count()).c_str(), human_count(model.active_parameter_count()).c_str(),
@@ -272,6 +286,9 @@ json train(RunConfig config, const TrainOptions& options) {
   // The log interval's LM losses add up on the device: a read-back each step would stall a
   // GPU's queue.
   torch::Tensor interval_loss_sum = torch::zeros({}, torch::TensorOptions().device(device).dtype(torch::kFloat32));
+  // Steps whose gradient was not finite, counted on the device: the optimizer skipped them.
+  torch::Tensor skipped_updates = torch::zeros({}, torch::TensorOptions().device(device).dtype(torch::kInt32));
+  int64_t last_checked_step = state.step;
   double interval_seconds = 0;
   int64_t interval_steps = 0;
 
@@ -296,6 +313,7 @@ json train(RunConfig config, const TrainOptions& options) {
     GradientNorm norm = gradient_norm(replicated, expert_shards, dist, tc.grad_clip);
     o.grad_norm = norm.norm;
     optimizer.step(norm.clip_scale);
+    skipped_updates.add_(torch::isnan(norm.clip_scale).to(torch::kInt32));
     if (dist.world_group && config.router.bias_rate > 0)
       for (const auto& layer : model.moe_layers()) dist.world_group->all_reduce_sum(layer->router().pending_load());
     model.update_expert_biases();
@@ -355,9 +373,21 @@ json train(RunConfig config, const TrainOptions& options) {
     const bool checkpoint_step = (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0) || step == last_step;
     if (!device.is_cuda() || log_step || checkpoint_step) {
       const double total = (interval_loss_sum + out.aux_loss).item<double>();
+      const int64_t skipped = skipped_updates.item<int64_t>();
+      const std::string last_good = file_exists(rank_ckpt)
+                                        ? "The last good checkpoint is " + rank_ckpt
+                                        : "No checkpoint was written yet; start again with --out " + run_dir;
       if (!std::isfinite(total))
-        throw UserError(strf("step %lld: the training loss is %s; stopped. The last good checkpoint is %s", (long long)step,
-                             std::isnan(total) ? "NaN" : "not finite", ckpt.c_str()));
+        throw UserError(strf("step %lld: the training loss is %s; stopped, no update from it applied. %s", (long long)step,
+                             std::isnan(total) ? "NaN" : "not finite", last_good.c_str()));
+      if (skipped > 0) {
+        const std::string when = last_checked_step + 1 == step
+                                     ? strf("step %lld: the gradient was not finite", (long long)step)
+                                     : strf("steps %lld-%lld: the gradient was not finite in %lld of them",
+                                            (long long)last_checked_step + 1, (long long)step, (long long)skipped);
+        throw UserError(when + " (no update applied from it); stopped. " + last_good);
+      }
+      last_checked_step = step;
     }
     state.step = step;
     state.tokens_seen += tokens_per_step;

@@ -48,14 +48,46 @@ void commit_file(const std::string& tmp_path, const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& content) {
-  std::string tmp = temp_path_beside(path);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw UserError(path + ": cannot write (" + std::strerror(errno) + ")");
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    if (!out) throw UserError(path + ": write failed (" + std::strerror(errno) + ")");
+  AtomicFileWriter file(path);
+  file.write(content.data(), content.size());
+  file.commit();
+}
+
+AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), tmp_(temp_path_beside(path)) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw UserError(path + ": cannot write (" + std::strerror(errno) + ")");
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  const char* bytes = static_cast<const char*>(data);
+  while (size > 0 && error_ == 0) {
+    const ssize_t n = ::write(fd_, bytes, size);
+    if (n < 0) {
+      if (errno != EINTR) error_ = errno;
+      continue;
+    }
+    bytes += n;
+    size -= static_cast<size_t>(n);
   }
-  commit_file(tmp, path);
+}
+
+void AtomicFileWriter::commit() {
+  if (error_ == 0 && ::fsync(fd_) != 0) error_ = errno;
+  if (::close(fd_) != 0 && error_ == 0) error_ = errno;
+  fd_ = -1;
+  if (error_ != 0) {
+    ::unlink(tmp_.c_str());
+    tmp_.clear();
+    throw UserError(path_ + ": not written (" + std::strerror(error_) + "); any earlier version of it is kept");
+  }
+  const std::string tmp = tmp_;
+  tmp_.clear();  // commit_file owns it now: it removes it if the rename fails
+  commit_file(tmp, path_);
 }
 
 void ensure_directory(const std::string& path) {

@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <string>
 
 namespace moelab {
@@ -7,6 +8,26 @@ std::string read_text_file(const std::string& path);  // UserError naming the pa
 // Writes through a temporary file in the same folder, fsyncs it, then renames it over `path`:
 // a crash at any moment leaves either the old file or the new one, never a torn one.
 void write_file_atomic(const std::string& path, const std::string& content);
+
+// Streams bytes into a temporary file beside `path`; commit() moves it into place with the
+// same guarantees. A failed write (a full disk, a file-size limit) is remembered rather than
+// thrown mid-stream, so that a producer that cannot stop cleanly (libtorch's archive writer)
+// finishes; commit() then removes the temporary file and throws one UserError naming `path`
+// and the system's reason. Destroyed without commit(), it removes its temporary file.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(const std::string& path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  void write(const void* data, size_t size);
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  int error_ = 0;  // errno of the first failed write
+};
 // Moves an already written temporary file into place with the same guarantees.
 void commit_file(const std::string& tmp_path, const std::string& path);
 void ensure_directory(const std::string& path);
