@@ -1,6 +1,7 @@
 #include "data/prepare.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include <nlohmann/json.hpp>
 
@@ -98,6 +99,22 @@ int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, con
                    (long long)(tokenizer.unknown_count() - before)));
   write_token_file(token_path, ids, tokenizer.vocab_size());
   return text_chars(text);
+}
+
+EncodedText encode_text_for_run(Tokenizer& tokenizer, const std::string& text_path, const std::string& scratch_dir,
+                                int64_t min_tokens, const std::string& what_needs_them) {
+  const std::string scratch = temp_path_beside(scratch_dir + "/text.bin");
+  struct RemoveOnExit {
+    const std::string& path;
+    ~RemoveOnExit() { std::remove(path.c_str()); }
+  } remove_scratch{scratch};
+  EncodedText out;
+  out.chars = encode_text_file(tokenizer, text_path, scratch);
+  out.tokens = std::make_unique<TokenFile>(scratch);
+  if (out.tokens->size() < min_tokens)
+    throw UserError(strf("%s: %lld tokens, fewer than the %lld that %s needs", text_path.c_str(), (long long)out.tokens->size(),
+                         (long long)min_tokens, what_needs_them.c_str()));
+  return out;
 }
 
 }  // namespace moelab

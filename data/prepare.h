@@ -5,6 +5,7 @@
 #include <string>
 
 #include "config/run_config.h"
+#include "data/token_file.h"
 #include "data/tokenizer.h"
 
 namespace moelab {
@@ -20,7 +21,18 @@ struct PreparedData {
 
 PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir);
 
-// Encodes a text file with a run's tokenizer into a token file (moelab eval --data).
+// Encodes a text file with a run's tokenizer into a token file.
 int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, const std::string& token_path);
+
+// A text file encoded with a run's tokenizer, to score or trace it (moelab eval --data,
+// moelab trace): the ids go to a scratch file in `scratch_dir`, which is mapped and removed
+// at once (the mapping stays valid), and removed too when encoding fails. Fewer than
+// `min_tokens` ids is a UserError naming the text file and `what_needs_them`.
+struct EncodedText {
+  std::unique_ptr<TokenFile> tokens;
+  int64_t chars = 0;  // code points of the text
+};
+EncodedText encode_text_for_run(Tokenizer& tokenizer, const std::string& text_path, const std::string& scratch_dir,
+                                int64_t min_tokens, const std::string& what_needs_them);
 
 }  // namespace moelab

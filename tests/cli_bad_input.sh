@@ -54,6 +54,8 @@ printf '{"layer": 0, "topk_experts": [[1, 4294967299]]}\n' >"$dir/wide.jsonl"
 expect_error trace-id-2^32 "wide.jsonl:1: field 'topk_experts\[0\]': expert ids must be non-negative integers below 2^31" -- "$moelab" coact --trace "$dir/wide.jsonl" --layer 0 --out "$dir/c.csv"
 printf '{"layer": 0, "topk_experts": [[1, 2147483648]]}\n' >"$dir/wide.jsonl"
 expect_error trace-id-2^31 "expert ids must be non-negative integers below 2^31" -- "$moelab" coact --trace "$dir/wide.jsonl" --layer 0 --out "$dir/c.csv"
+printf '{"layer": 0, "topk_experts": [[1, 100000]]}\n' >"$dir/wide.jsonl"
+expect_error coact-huge-e "the largest id + 1) exceed the 8192" -- "$moelab" coact --trace "$dir/wide.jsonl" --layer 0 --out "$dir/c.csv"
 # trace synth makes the folder it writes into.
 "$moelab" trace synth --out "$dir/new/folder/s.jsonl" --batches 2 --tokens-per-batch 8 >/dev/null 2>&1 && [ -s "$dir/new/folder/s.jsonl" ] \
   || { echo "FAIL trace synth into a new folder"; failures=$((failures + 1)); }
@@ -73,6 +75,20 @@ cp "$dir/good.pt" "$dir/run/checkpoints/latest.pt"
 after=$(cat "$dir/run/metrics.jsonl" "$dir/run/checkpoints/latest.pt" | md5sum)
 [ "$before" = "$after" ] || { echo "FAIL the finished run changed"; failures=$((failures + 1)); }
 "$moelab" eval --run "$dir/run" >/dev/null || { echo "FAIL eval of the intact run"; failures=$((failures + 1)); }
+
+# Text too short to score or trace: the user's file is named, no scratch file is left.
+printf 'Hi.\n' >"$dir/short.txt"
+expect_error eval-short-data "short.txt: 4 tokens, fewer than the 33 that one evaluation window" -- "$moelab" eval --run "$dir/run" --data "$dir/short.txt"
+expect_error trace-short-data "short.txt: 4 tokens, fewer than the 33 that one sequence" -- "$moelab" trace --run "$dir/run" --data "$dir/short.txt" --out "$dir/t.jsonl"
+ls "$dir/run/data" | grep -q '\.tmp\.' && { echo "FAIL scratch files left in run/data: $(ls "$dir/run/data")"; failures=$((failures + 1)); }
+cp "$dir/run/data/info.json" "$dir/info.json"
+printf 'garbage' >"$dir/run/data/info.json"
+expect_error damaged-info "info.json: field 'valid_chars'" -- "$moelab" eval --run "$dir/run"
+cp "$dir/info.json" "$dir/run/data/info.json"
+# A temporary file a crash left (its process gone) is removed when the run is next trained.
+touch "$dir/run/checkpoints/latest.pt.tmp.999999999.0"
+"$moelab" train --resume "$dir/run" >/dev/null 2>&1
+[ -e "$dir/run/checkpoints/latest.pt.tmp.999999999.0" ] && { echo "FAIL a stale temporary checkpoint survived a resume"; failures=$((failures + 1)); }
 
 echo "cli bad-input checks: $failures failed"
 [ "$failures" -eq 0 ]

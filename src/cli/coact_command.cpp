@@ -6,6 +6,7 @@
 #include "trace/coactivation.h"
 #include "trace/placement_jsonl.h"
 #include "util/files.h"
+#include "util/strings.h"
 
 namespace moelab::cli {
 
@@ -27,6 +28,12 @@ int coact_command(int argc, char** argv) {
     });
     if (experts <= 0) throw UserError(trace + ": no records for layer " + std::to_string(layer));
   }
+  // A dense E x E matrix of counts: bounded, so that one stray id cannot ask for gigabytes.
+  constexpr int64_t kMaxExperts = 8192;  // 512 MB of counts
+  if (experts > kMaxExperts)
+    throw UserError(strf("%s: %lld experts (%s) exceed the %lld a dense co-activation matrix is built for", trace.c_str(),
+                         (long long)experts, args["experts"].as<int64_t>() > 0 ? "--experts" : "the largest id + 1",
+                         (long long)kMaxExperts));
   CoactivationMatrix matrix(experts);
   read_placement_jsonl(trace, layer, 0, [&](TraceRecord&& r) {
     matrix.add(r);

@@ -21,21 +21,25 @@ int eval_command(int argc, char** argv) {
   const std::string run_dir = required<std::string>(args, "run", "moelab eval");
   LoadedRun run = load_run(run_dir, args["device"].as<std::string>());
 
-  std::string token_path = run_dir + "/data/valid.bin";
+  const int64_t window = run.config.model.seq_len + 1;
+  std::unique_ptr<TokenFile> tokens;
   double chars = 0;
-  std::string temporary;
   if (args.count("data")) {
-    temporary = temp_path_beside(run_dir + "/data/eval.bin");
-    chars = static_cast<double>(encode_text_file(*run.tokenizer, args["data"].as<std::string>(), temporary));
-    token_path = temporary;
+    EncodedText text = encode_text_for_run(*run.tokenizer, args["data"].as<std::string>(), run_dir + "/data", window,
+                                           "one evaluation window of model.seq_len + 1");
+    tokens = std::move(text.tokens);
+    chars = static_cast<double>(text.chars);
   } else {
-    auto info = nlohmann::json::parse(read_text_file(run_dir + "/data/info.json"));
-    chars = info.at("valid_chars").get<double>();
+    const std::string info_path = run_dir + "/data/info.json";
+    auto info = nlohmann::json::parse(read_text_file(info_path), nullptr, /*allow_exceptions=*/false);
+    if (!info.is_object() || !info.contains("valid_chars") || !info["valid_chars"].is_number())
+      throw UserError(info_path + ": field 'valid_chars': missing or not a number (the run's data/ folder is damaged)");
+    chars = info["valid_chars"].get<double>();
+    tokens = std::make_unique<TokenFile>(run_dir + "/data/valid.bin");
   }
-  TokenFile tokens(token_path);
-  if (!temporary.empty()) std::remove(temporary.c_str());  // the mapping stays valid
-  EvalResult r = evaluate(*run.model, tokens, run.config.model.seq_len, run.config.train.batch_size,
-                          args["windows"].as<int64_t>(), chars / static_cast<double>(tokens.size()), run.device);
+  const TokenFile& tokens_ref = *tokens;
+  EvalResult r = evaluate(*run.model, tokens_ref, run.config.model.seq_len, run.config.train.batch_size,
+                          args["windows"].as<int64_t>(), chars / static_cast<double>(tokens_ref.size()), run.device);
   nlohmann::json out = {{"run", run_dir}, {"step", run.step}, {"data", args.count("data") ? args["data"].as<std::string>() : "validation split"},
                         {"val_loss", r.loss}, {"val_ppl", r.ppl}, {"bits_per_token", r.bits_per_token},
                         {"bits_per_char", r.bits_per_char}, {"tokens", r.tokens}, {"windows", r.windows}};

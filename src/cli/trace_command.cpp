@@ -142,10 +142,9 @@ int record(int argc, char** argv) {
   LoadedRun run = load_run(run_dir, args["device"].as<std::string>());
   o.batch_size = args["batch-size"].as<int64_t>() > 0 ? args["batch-size"].as<int64_t>() : run.config.train.batch_size;
   if (run.model->moe_layers().empty()) throw UserError(run_dir + ": a dense model has no routing to trace");
-  const std::string token_path = temp_path_beside(run_dir + "/data/trace.bin");
-  encode_text_file(*run.tokenizer, required<std::string>(args, "data", "moelab trace"), token_path);
-  TokenFile tokens(token_path);
-  std::remove(token_path.c_str());
+  EncodedText text = encode_text_for_run(*run.tokenizer, required<std::string>(args, "data", "moelab trace"), run_dir + "/data",
+                                         run.config.model.seq_len + 1, "one sequence of model.seq_len + 1");
+  const TokenFile& tokens = *text.tokens;
 
   const int64_t experts = run.config.router.num_experts;
   const int64_t seq = run.config.model.seq_len;

@@ -197,7 +197,12 @@ json train(RunConfig config, const TrainOptions& options) {
   if (tc.dtype == "bf16" && !device.is_cuda()) throw UserError("train.dtype bf16 needs a CUDA device (CPU training is fp32)");
   const bool bf16 = device.is_cuda() && tc.dtype != "fp32";  // SPEC: bf16 autocast on GPU, fp32 on CPU
   // Rank 0 prepares the data; the others then find it prepared.
-  if (main_rank) ensure_directory(run_dir + "/checkpoints");
+  if (main_rank) {
+    ensure_directory(run_dir + "/checkpoints");
+    // Temporary files of writes that a crash interrupted.
+    const int stale = remove_stale_temp_files(run_dir + "/checkpoints") + remove_stale_temp_files(run_dir + "/data");
+    if (stale > 0) log::info(strf("%s: removed %d temporary file(s) left by an interrupted run", run_dir.c_str(), stale));
+  }
   std::unique_ptr<PreparedData> prepared;
   if (main_rank) prepared = std::make_unique<PreparedData>(prepare_data(config.data, config.seed, run_dir));
   if (dist.world_group) dist.world_group->barrier();

@@ -1,10 +1,12 @@
 #include "util/files.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +28,22 @@ std::string read_text_file(const std::string& path) {
 std::string temp_path_beside(const std::string& path) {
   static std::atomic<int> counter{0};
   return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+}
+
+int remove_stale_temp_files(const std::string& dir) {
+  std::error_code ec;
+  int removed = 0;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const size_t tag = name.rfind(".tmp.");
+    if (tag == std::string::npos) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(name.c_str() + tag + 5, &end, 10);
+    if (pid <= 0 || *end != '.') continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // its writer still runs
+    if (fs::remove(entry.path(), ec)) ++removed;
+  }
+  return removed;
 }
 
 static void fsync_path(const std::string& path, int flags) {

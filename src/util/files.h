@@ -34,5 +34,8 @@ void ensure_directory(const std::string& path);
 bool file_exists(const std::string& path);
 std::string executable_directory();  // folder of the running binary (to find moelab-bpe)
 std::string temp_path_beside(const std::string& path);
+// Removes the temporary files (temp_path_beside's "NAME.tmp.PID.N") in `dir` whose writing
+// process is gone: what a crash left behind. Returns how many were removed.
+int remove_stale_temp_files(const std::string& dir);
 
 }  // namespace moelab
