@@ -85,6 +85,8 @@ cp "$dir/run/data/info.json" "$dir/info.json"
 printf 'garbage' >"$dir/run/data/info.json"
 expect_error damaged-info "info.json: field 'valid_chars'" -- "$moelab" eval --run "$dir/run"
 cp "$dir/info.json" "$dir/run/data/info.json"
+expect_error negative-temperature "temperature must be a finite number >= 0" -- "$moelab" generate --run "$dir/run" --temperature -1
+expect_error resume-finished "finished at step 3 = train.max_steps; nothing to resume" -- "$moelab" train --resume "$dir/run"
 # A temporary file a crash left (its process gone) is removed when the run is next trained.
 touch "$dir/run/checkpoints/latest.pt.tmp.999999999.0"
 "$moelab" train --resume "$dir/run" >/dev/null 2>&1

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -24,6 +25,8 @@ int generate_command(int argc, char** argv) {
   sampling.top_k = args["top-k"].as<int64_t>();
   sampling.seed = args["seed"].as<uint64_t>();
   if (sampling.tokens < 0 || sampling.top_k < 0) throw UserError("moelab generate: --tokens and --top-k must be >= 0");
+  if (!(sampling.temperature >= 0) || !std::isfinite(sampling.temperature))
+    throw UserError("moelab generate: --temperature must be a finite number >= 0 (0 = greedy)");
   std::cout << generate_text(*run.model, *run.tokenizer, args["prompt"].as<std::string>(), sampling, run.device) << std::endl;
   return 0;
 }

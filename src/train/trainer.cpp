@@ -238,6 +238,8 @@ json train(RunConfig config, const TrainOptions& options) {
     if (state.world_size != dist.world)
       throw UserError(strf("%s: written by a run of %lld ranks; resume it with %lld ranks, not %d", rank_ckpt.c_str(),
                            (long long)state.world_size, (long long)state.world_size, dist.world));
+    if (state.step >= tc.max_steps)
+      throw UserError(strf("%s: finished at step %lld = train.max_steps; nothing to resume", run_dir.c_str(), (long long)state.step));
     sampler.restore(state.sampler_state);
     log::info(strf("resuming %s at step %lld", run_dir.c_str(), (long long)state.step));
   }
