@@ -44,6 +44,9 @@ expect_error sweep-strategy "(cell strategy-top3): router.strategy must be one o
 printf '{"rows": 2, "cols": 2, "experts": 8, "slots": 4, "trace": "t.jsonl"}' >"$dir/system.jsonc"
 expect_error place-slots "'slots' must be >=" -- "$moelab" place --system "$dir/system.jsonc"
 expect_error not-a-run "not a moelab run directory" -- "$moelab" eval --run "$dir"
+expect_error huge-dim "'model.dim' must be in \[8, 65536\], got 4000000000" -- "$moelab" train --set model.dim=4000000000 --out "$dir/big"
+expect_error huge-corpus "'data.builtin_stories' must be in \[10, 2000000\]" -- "$moelab" train --set data.builtin_stories=100000000000 --out "$dir/big"
+expect_error u64-layers "'model.layers' must be at most 256, got 18446744073709551615" -- "$moelab" train --set model.layers=18446744073709551615 --out "$dir/big"
 
 # Traces: a non-finite score names its line and column; a failed convert leaves no temp file.
 printf 'layer_id,token_id,expert_0,expert_1\n0,0,0.5,0.25\n0,1,nan,0.5\n' >"$dir/nan.csv"

@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include "cli/commands.h"
@@ -51,6 +52,10 @@ int main(int argc, char** argv) {
     std::_Exit(1);
   } catch (const moelab::UserError& e) {
     std::cerr << "moelab " << command << ": error: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "moelab " << command << ": error: out of memory: the model or data sizes asked for do not fit this machine"
+              << std::endl;
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "moelab " << command << ": internal error: " << e.what() << std::endl;

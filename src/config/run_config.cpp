@@ -169,7 +169,10 @@ struct Reader {
     throw UserError(strf("%s: '%s' %s", origin.c_str(), path(section, key).c_str(), what.c_str()));
   }
   int64_t integer(const std::string& s, const std::string& k, int64_t lo, int64_t hi = INT64_MAX) const {
-    int64_t v = at(s, k).get<int64_t>();
+    const json& value = at(s, k);
+    if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      fail(s, k, strf("must be at most %lld, got %llu", (long long)hi, (unsigned long long)value.get<uint64_t>()));
+    int64_t v = value.get<int64_t>();
     if (v < lo || v > hi)
       fail(s, k, hi == INT64_MAX ? strf("must be >= %lld, got %lld", (long long)lo, (long long)v)
                                  : strf("must be in [%lld, %lld], got %lld", (long long)lo, (long long)hi,
@@ -209,15 +212,15 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   c.data.val_fraction = r.number("data", "val_fraction", 0.0, 0.9, /*lo_open=*/true);
   c.data.tokenizer = r.choice("data", "tokenizer", {"char", "bpe"});
   c.data.bpe_vocab_size = r.integer("data", "bpe_vocab_size", 64, 1 << 20);
-  c.data.builtin_stories = r.integer("data", "builtin_stories", 10);
+  c.data.builtin_stories = r.integer("data", "builtin_stories", 10, 2000000);
 
   ModelConfig& m = c.model;
   m.layers = r.integer("model", "layers", 1, 256);
-  m.dim = r.integer("model", "dim", 8);
-  m.heads = r.integer("model", "heads", 1);
+  m.dim = r.integer("model", "dim", 8, 65536);
+  m.heads = r.integer("model", "heads", 1, 4096);
   if (m.dim % m.heads != 0) r.fail("model", "heads", strf("must divide model.dim = %lld, got %lld", (long long)m.dim, (long long)m.heads));
-  m.seq_len = r.integer("model", "seq_len", 1);
-  m.ffn_mult = r.integer("model", "ffn_mult", 1);
+  m.seq_len = r.integer("model", "seq_len", 1, 1 << 20);
+  m.ffn_mult = r.integer("model", "ffn_mult", 1, 64);
   m.dropout = r.number("model", "dropout", 0.0, 0.9);
   m.attention_dropout = r.number("model", "attention_dropout", 0.0, 0.9);
   m.init = r.choice("model", "init", {"normal", "pytorch"});
@@ -251,7 +254,7 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   ro.hard_weight = r.choice("router", "hard_weight", {"sum", "mean"});
 
   TrainConfig& t = c.train;
-  t.batch_size = r.integer("train", "batch_size", 1);
+  t.batch_size = r.integer("train", "batch_size", 1, 1 << 20);
   t.max_steps = r.integer("train", "max_steps", 1);
   t.lr = r.number("train", "lr", 0.0, 10.0, /*lo_open=*/true);
   t.weight_decay = r.number("train", "weight_decay", 0.0, 10.0);
