@@ -1,5 +1,8 @@
 #include <cerrno>
 #include <chrono>
+#include <deque>
+#include <future>
+#include <thread>
 #include <cstring>
 #include <regex>
 #include <filesystem>
@@ -41,31 +44,38 @@ cxxopts::ParseResult parse_renamed(cxxopts::Options& options, int argc, char** a
   return parse_options(options, argc, args.data());
 }
 
-// Streams records into a JSONL file that appears only once complete.
+// The path, once the folder it names exists.
+const std::string& with_folder(const std::string& path) {
+  const std::string folder = std::filesystem::path(path).parent_path().string();
+  if (!folder.empty()) ensure_directory(folder);
+  return path;
+}
+
+// Streams records into a JSONL file that appears only once complete (AtomicFileWriter: a
+// failed run leaves nothing, a full disk is one error). Lines are formatted on worker
+// threads, a few records ahead, and written in order: on a GPU, formatting rather than the
+// model bounds a trace.
 class JsonlFile {
  public:
-  explicit JsonlFile(const std::string& path) : path_(path), tmp_(temp_path_beside(path)) {
-    const std::string folder = std::filesystem::path(path).parent_path().string();
-    if (!folder.empty()) ensure_directory(folder);
-    out_.open(tmp_, std::ios::binary);
-    if (!out_) throw UserError(path + ": cannot write (" + std::strerror(errno) + ")");
-  }
-  void write(const TraceRecord& r) { write_placement_jsonl(out_, r); }
-  // A run that fails before commit() leaves nothing behind, not even the temporary file.
-  ~JsonlFile() {
-    if (!committed_) std::remove(tmp_.c_str());
+  explicit JsonlFile(const std::string& path) : file_(with_folder(path)) {}
+  void write(const TraceRecord& r) {
+    pending_.push_back(std::async(std::launch::async, [r] { return placement_jsonl_line(r); }));
+    if (pending_.size() > max_pending_) write_oldest();
   }
   void commit() {
-    out_.close();
-    if (!out_) throw UserError(path_ + ": write failed");
-    commit_file(tmp_, path_);
-    committed_ = true;
+    while (!pending_.empty()) write_oldest();
+    file_.commit();
   }
 
  private:
-  std::string path_, tmp_;
-  std::ofstream out_;
-  bool committed_ = false;
+  void write_oldest() {
+    const std::string line = pending_.front().get();
+    pending_.pop_front();
+    file_.write(line.data(), line.size());
+  }
+  AtomicFileWriter file_;
+  std::deque<std::future<std::string>> pending_;
+  const size_t max_pending_ = std::max(2u, std::thread::hardware_concurrency());
 };
 
 // Per-layer expert frequency (CSV + bars) and co-activation (CSV + heatmap) of records.
