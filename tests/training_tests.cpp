@@ -143,6 +143,27 @@ TEST(Training, ResumeReproducesTheUninterruptedRun) {
   for (size_t i = 0; i < ea.size(); ++i) EXPECT_EQ(ea[i]["val_loss"].get<double>(), eb[i]["val_loss"].get<double>());
 }
 
+// A stop off a multiple of train.log_interval: the interval in progress is checkpointed, so
+// the resumed run logs the same interval losses.
+TEST(Training, ResumeOffTheLogIntervalLogsTheSameLosses) {
+  Quiet quiet;
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "straight");
+  c.train.log_interval = 3;
+  train(c, {});
+  RunConfig r = c;
+  r.out = dir / "resumed";
+  TrainOptions first_half;
+  first_half.stop_after = 5;
+  train(r, first_half);
+  TrainOptions second_half;
+  second_half.resume_dir = dir / "resumed";
+  train(RunConfig{}, second_half);
+  auto a = rows(dir / "straight", "train"), b = rows(dir / "resumed", "train");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << a[i]["step"];
+}
+
 TEST(Training, ResumeWithExpertBiasAndExpertChoice) {
   Quiet quiet;
   TempDir dir;

@@ -40,6 +40,9 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
   archive.write("train_seconds", c10::IValue(state.train_seconds));
   archive.write("sampler_state", c10::IValue(state.sampler_state));
   archive.write("world_size", c10::IValue(state.world_size));
+  archive.write("interval_loss_sum", c10::IValue(state.interval_loss_sum));
+  archive.write("interval_seconds", c10::IValue(state.interval_seconds));
+  archive.write("interval_steps", c10::IValue(state.interval_steps));
   archive.write("rng_cpu", at::detail::getDefaultCPUGenerator().get_state());
   // Dropout on a GPU draws from the device's generator: a resumed run continues its stream.
   const torch::Device device = model.parameters().front().device();
@@ -78,6 +81,9 @@ TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::op
     archive.read("sampler_state", value);
     state.sampler_state = value.toStringRef();
     if (archive.try_read("world_size", value)) state.world_size = value.toInt();
+    if (archive.try_read("interval_loss_sum", value)) state.interval_loss_sum = value.toDouble();
+    if (archive.try_read("interval_seconds", value)) state.interval_seconds = value.toDouble();
+    if (archive.try_read("interval_steps", value)) state.interval_steps = value.toInt();
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     // Module::load takes each stored tensor whatever its shape: compare afterwards, every

@@ -16,6 +16,10 @@ struct TrainingState {
   double train_seconds = 0;  // wall time spent training (evaluation excluded)
   std::string sampler_state;
   int64_t world_size = 1;  // ranks of the run that wrote it: a resume must use as many
+  // The log interval in progress (a stop off a multiple of train.log_interval), so that the
+  // resumed run logs the same interval loss as an uninterrupted one.
+  double interval_loss_sum = 0, interval_seconds = 0;
+  int64_t interval_steps = 0;
 };
 
 std::string checkpoint_path(const std::string& run_dir);

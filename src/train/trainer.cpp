@@ -292,12 +292,13 @@ json train(RunConfig config, const TrainOptions& options) {
   bool evaluated = false;
   // The log interval's LM losses add up on the device: a read-back each step would stall a
   // GPU's queue.
-  torch::Tensor interval_loss_sum = torch::zeros({}, torch::TensorOptions().device(device).dtype(torch::kFloat32));
+  torch::Tensor interval_loss_sum =
+      torch::full({}, state.interval_loss_sum, torch::TensorOptions().device(device).dtype(torch::kFloat32));
   // Steps whose gradient was not finite, counted on the device: the optimizer skipped them.
   torch::Tensor skipped_updates = torch::zeros({}, torch::TensorOptions().device(device).dtype(torch::kInt32));
   int64_t last_checked_step = state.step;
-  double interval_seconds = 0;
-  int64_t interval_steps = 0;
+  double interval_seconds = state.interval_seconds;
+  int64_t interval_steps = state.interval_steps;
 
   // Forward, backward, clipping, the optimizer and the expert-bias update: everything a
   // step does on the device, so that it can be captured whole.
@@ -329,8 +330,16 @@ json train(RunConfig config, const TrainOptions& options) {
     return o;
   };
 
-  auto save = [&] {
+  auto save = [&] {  // on every rank: the interval's loss is averaged over them first
     state.sampler_state = sampler.state();
+    if (dist.distributed()) {
+      torch::Tensor summed = interval_loss_sum.reshape({1}).clone();
+      dist.world_group->all_reduce_sum(summed);
+      interval_loss_sum.copy_(summed.squeeze(0) / static_cast<double>(dist.world));
+    }
+    state.interval_loss_sum = interval_loss_sum.item<double>();
+    state.interval_seconds = interval_seconds;
+    state.interval_steps = interval_steps;
     if (writes_checkpoint) save_checkpoint(rank_ckpt, model, optimizer.state(), state);
     if (ep > 1 && dist.rank < ep) save_gathered_model(ckpt, model, expert_shards, config, dist, state);
   };
