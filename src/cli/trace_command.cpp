@@ -1,14 +1,11 @@
-#include <cerrno>
 #include <chrono>
 #include <deque>
-#include <future>
-#include <thread>
-#include <cstring>
-#include <regex>
 #include <filesystem>
-#include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
+#include <regex>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/options.h"
