@@ -75,21 +75,19 @@ TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(
     // PyTorch's defaults: linear layers already have them (libtorch's nn::Linear draws
     // U(+-1/sqrt(fan_in)) as Python's does) and so do the embeddings (N(0, 1)); the experts'
     // stacked weights, their biases and the gates' own initialisation are redrawn the same way.
-    for (auto& item : named_parameters()) {
+    auto params = named_parameters();
+    for (auto& item : params) {
       const std::string& name = item.key();
-      torch::Tensor p = item.value();
-      const auto ends_with = [&](const std::string& tail) {
-        return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
-      };
-      if (name == "pos_emb.weight") p.zero_();
+      if (name == "pos_emb.weight") item.value().zero_();
       const bool expert = name.find(".experts.") != std::string::npos, gate = name.find(".router.gate.") != std::string::npos;
       if (!expert && !gate) continue;
-      // Experts: w [E, in, out], b [E, out] with fan_in = in of the matching weight; gates: [out, in].
-      int64_t fan_in = 0;
-      if (expert) fan_in = (ends_with("w1") || ends_with("b1")) ? model.dim : named_parameters()[name.substr(0, name.size() - 2) + "w2"].size(1);
-      else fan_in = named_parameters()[ends_with("bias") ? name.substr(0, name.size() - 4) + "weight" : name].size(-1);
+      // The weight a parameter's fan-in comes from: experts' w1/b1 -> w1 [E, d, up] and w2/b2 ->
+      // w2 [E, h, d] (fan-in: dim 1); a gate layer's weight/bias -> its weight [out, in].
+      const size_t dot = name.rfind('.') + 1;
+      const std::string stem = name.substr(0, dot), leaf = name.substr(dot);
+      const int64_t fan_in = expert ? params[stem + "w" + leaf.substr(1)].size(1) : params[stem + "weight"].size(1);
       const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-      p.uniform_(-bound, bound);
+      item.value().uniform_(-bound, bound);
     }
     return;
   }

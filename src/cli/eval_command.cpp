@@ -37,9 +37,8 @@ int eval_command(int argc, char** argv) {
     chars = info["valid_chars"].get<double>();
     tokens = std::make_unique<TokenFile>(run_dir + "/data/valid.bin");
   }
-  const TokenFile& tokens_ref = *tokens;
-  EvalResult r = evaluate(*run.model, tokens_ref, run.config.model.seq_len, run.config.train.batch_size,
-                          args["windows"].as<int64_t>(), chars / static_cast<double>(tokens_ref.size()), run.device);
+  EvalResult r = evaluate(*run.model, *tokens, run.config.model.seq_len, run.config.train.batch_size,
+                          args["windows"].as<int64_t>(), chars / static_cast<double>(tokens->size()), run.device);
   nlohmann::json out = {{"run", run_dir}, {"step", run.step}, {"data", args.count("data") ? args["data"].as<std::string>() : "validation split"},
                         {"val_loss", r.loss}, {"val_ppl", r.ppl}, {"bits_per_token", r.bits_per_token},
                         {"bits_per_char", r.bits_per_char}, {"tokens", r.tokens}, {"windows", r.windows}};

@@ -30,17 +30,17 @@ std::vector<TraceRecord> load_layer_records(const SystemConfig& system, uint64_t
       const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(tokens) * system.fast_test_pct));
       std::vector<int64_t> pick = PythonRandom(seed + static_cast<uint64_t>(record.source_line - 1)).sample(tokens, n);
       std::sort(pick.begin(), pick.end());
-      TraceRecord kept = record;
-      kept.experts.clear();
-      kept.weights.clear();
-      kept.origin_rows.clear();
+      std::vector<int32_t> experts, origin_rows;
+      std::vector<float> weights;
       for (int64_t t : pick) {
-        kept.experts.insert(kept.experts.end(), record.experts.begin() + t * record.k, record.experts.begin() + (t + 1) * record.k);
+        experts.insert(experts.end(), record.experts.begin() + t * record.k, record.experts.begin() + (t + 1) * record.k);
         if (!record.weights.empty())
-          kept.weights.insert(kept.weights.end(), record.weights.begin() + t * record.k, record.weights.begin() + (t + 1) * record.k);
-        if (!record.origin_rows.empty()) kept.origin_rows.push_back(record.origin_rows[t]);
+          weights.insert(weights.end(), record.weights.begin() + t * record.k, record.weights.begin() + (t + 1) * record.k);
+        if (!record.origin_rows.empty()) origin_rows.push_back(record.origin_rows[t]);
       }
-      record = std::move(kept);
+      record.experts = std::move(experts);
+      record.weights = std::move(weights);
+      record.origin_rows = std::move(origin_rows);
     }
     records.push_back(std::move(record));
     return true;

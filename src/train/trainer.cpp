@@ -390,18 +390,19 @@ json train(RunConfig config, const TrainOptions& options) {
     if (!device.is_cuda() || log_step || checkpoint_step) {
       const double total = (interval_loss_sum + out.aux_loss).item<double>();
       const int64_t skipped = skipped_updates.item<int64_t>();
-      const std::string last_good = file_exists(rank_ckpt)
-                                        ? "The last good checkpoint is " + rank_ckpt
-                                        : "No checkpoint was written yet; start again with --out " + run_dir;
+      auto last_good = [&] {
+        return file_exists(rank_ckpt) ? "The last good checkpoint is " + rank_ckpt
+                                      : "No checkpoint was written yet; start again with --out " + run_dir;
+      };
       if (!std::isfinite(total))
         throw UserError(strf("step %lld: the training loss is %s; stopped, no update from it applied. %s", (long long)step,
-                             std::isnan(total) ? "NaN" : "not finite", last_good.c_str()));
+                             std::isnan(total) ? "NaN" : "not finite", last_good().c_str()));
       if (skipped > 0) {
         const std::string when = last_checked_step + 1 == step
                                      ? strf("step %lld: the gradient was not finite", (long long)step)
                                      : strf("steps %lld-%lld: the gradient was not finite in %lld of them",
                                             (long long)last_checked_step + 1, (long long)step, (long long)skipped);
-        throw UserError(when + " (no update applied from it); stopped. " + last_good);
+        throw UserError(when + " (no update applied from it); stopped. " + last_good());
       }
       last_checked_step = step;
     }

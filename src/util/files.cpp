@@ -54,17 +54,6 @@ static void fsync_path(const std::string& path, int flags) {
   }
 }
 
-void commit_file(const std::string& tmp_path, const std::string& path) {
-  fsync_path(tmp_path, O_RDONLY);
-  if (std::rename(tmp_path.c_str(), path.c_str()) != 0) {
-    std::string why = std::strerror(errno);
-    std::remove(tmp_path.c_str());
-    throw UserError(path + ": cannot move the new file into place (" + why + ")");
-  }
-  fs::path parent = fs::path(path).parent_path();
-  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
-}
-
 void write_file_atomic(const std::string& path, const std::string& content) {
   AtomicFileWriter file(path);
   file.write(content.data(), content.size());
@@ -103,9 +92,16 @@ void AtomicFileWriter::commit() {
     tmp_.clear();
     throw UserError(path_ + ": not written (" + std::strerror(error_) + "); any earlier version of it is kept");
   }
-  const std::string tmp = tmp_;
-  tmp_.clear();  // commit_file owns it now: it removes it if the rename fails
-  commit_file(tmp, path_);
+  // The data is on disk (fsync above): the rename makes it the file, the folder's fsync the rename.
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp_.c_str());
+    tmp_.clear();
+    throw UserError(path_ + ": cannot move the new file into place (" + why + ")");
+  }
+  tmp_.clear();
+  fs::path parent = fs::path(path_).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
 }
 
 void ensure_directory(const std::string& path) {

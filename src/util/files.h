@@ -28,8 +28,6 @@ class AtomicFileWriter {
   int fd_ = -1;
   int error_ = 0;  // errno of the first failed write
 };
-// Moves an already written temporary file into place with the same guarantees.
-void commit_file(const std::string& tmp_path, const std::string& path);
 void ensure_directory(const std::string& path);
 bool file_exists(const std::string& path);
 std::string executable_directory();  // folder of the running binary (to find moelab-bpe)
