@@ -64,6 +64,18 @@ std::vector<nlohmann::json> rows(const std::string& run_dir, const std::string& 
   return out;
 }
 
+// Trains `config` into `out` for `stop_after` steps, then resumes it to the end: what a run
+// that was interrupted and resumed does.
+void train_interrupted(RunConfig config, const std::string& out, int64_t stop_after) {
+  config.out = out;
+  TrainOptions first;
+  first.stop_after = stop_after;
+  train(config, first);
+  TrainOptions rest;
+  rest.resume_dir = out;
+  train(RunConfig{}, rest);
+}
+
 struct Quiet {
   Quiet() { log::set_quiet(true); }
   ~Quiet() { log::set_quiet(false); }
@@ -151,14 +163,7 @@ TEST(Training, ResumeOffTheLogIntervalLogsTheSameLosses) {
   RunConfig c = tiny_config(dir / "straight");
   c.train.log_interval = 3;
   train(c, {});
-  RunConfig r = c;
-  r.out = dir / "resumed";
-  TrainOptions first_half;
-  first_half.stop_after = 5;
-  train(r, first_half);
-  TrainOptions second_half;
-  second_half.resume_dir = dir / "resumed";
-  train(RunConfig{}, second_half);
+  train_interrupted(c, dir / "resumed", 5);
   auto a = rows(dir / "straight", "train"), b = rows(dir / "resumed", "train");
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << a[i]["step"];
@@ -172,14 +177,7 @@ TEST(Training, ResumeWithExpertBiasAndExpertChoice) {
   c.router.bias_rate = 0.01;  // buffers must round-trip too
   c.train.max_steps = 8;
   train(c, {});
-  RunConfig c2 = c;
-  c2.out = dir / "b";
-  TrainOptions stop;
-  stop.stop_after = 3;
-  train(c2, stop);
-  TrainOptions resume;
-  resume.resume_dir = dir / "b";
-  train(RunConfig{}, resume);
+  train_interrupted(c, dir / "b", 3);
   auto a = rows(dir / "a", "train"), b = rows(dir / "b", "train");
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(a.back()["step_loss"].get<double>(), b.back()["step_loss"].get<double>());
