@@ -15,7 +15,7 @@
 //      the rank kernel writes kept (place < C), the slot and the kept count per expert instead,
 //      so capacity is these three kernels and a scan, not a sort plus six element-wise ones.
 // Traffic: the keys read twice (8 bytes each), positions written once, 4 * buckets * chunks
-// bytes of counts. The one-hot running count it replaces on CUDA (kernels/expert_positions.cpp,
+// bytes of counts. The one-hot running count it replaces on CUDA (kernels/counting_sort_ref.cpp,
 // still the CPU reference) ran about 11 kernels over buckets x N counts.
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/torch.h>

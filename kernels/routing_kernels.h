@@ -31,7 +31,7 @@ torch::Tensor column_topk_mask(const torch::Tensor& scores, int64_t take);
 // A stable counting sort by small integer keys (int64 [N] in [0, buckets)): where the sort
 // puts each entry (equal keys keep index order), the entries per key, the inverse
 // permutation and each entry's rank within its key, all int64. CUDA
-// (buckets <= 1024): kernels/counting_sort.cu; the reference is in expert_positions.cpp.
+// (buckets <= 1024): kernels/counting_sort.cu; the reference is kernels/counting_sort_ref.cpp.
 struct KeySort {
   torch::Tensor position;   // [N]: where the sort puts each entry
   torch::Tensor counts;     // [buckets]
@@ -95,6 +95,17 @@ bool fused_expert_ffn_available(const torch::Tensor& x, const torch::Tensor& w1)
 torch::Tensor fused_expert_ffn(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
                                const torch::Tensor& b2, const torch::Tensor& offsets);
 
+// The expert FFN over packed rows: y[r] = act(x[r] W1_e + b1_e) W2_e + b2_e for the rows
+// expert_rows[e] of expert e (expert-major; w1 [E, D, H] or [E, D, 2H] for SwiGLU, w2
+// [E, H, D]); rows past their sum are padding (unspecified results, no gradient).
+// Differentiable. On CUDA under bf16 (or bf16 autocast) with a libtorch that has
+// at::_grouped_mm (2.8+): fused_expert_ffn for GELU where it serves, else one grouped GEMM
+// per projection each followed by expert_bias_activation; the row offsets stay on the device.
+// Elsewhere the reference: one addmm per expert, reading the row counts back to the host.
+torch::Tensor expert_ffn(const torch::Tensor& x, const torch::Tensor& expert_rows, const torch::Tensor& w1,
+                         const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
+                         ExpertActivation activation);
+
 // The gates of the kept assignments ([T, k] fp32; selected, kept bool [T, k]): zero where not
 // kept; with `renormalize`, a token that lost some but not all of its selected assignments
 // has its kept gates scaled to the mass all its selected gates had (for gates summing to 1,
@@ -131,6 +142,9 @@ torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entr
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature);
 torch::Tensor expert_bias_activation(const torch::Tensor& h, const torch::Tensor& bias, const torch::Tensor& offsets,
                                      ExpertActivation activation);
+torch::Tensor expert_ffn(const torch::Tensor& x, const torch::Tensor& expert_rows, const torch::Tensor& w1,
+                         const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
+                         ExpertActivation activation);
 }  // namespace reference
 
 bool cuda_kernels_built();

@@ -25,7 +25,7 @@ torch::Tensor AllToAllDispatcher::expert_major_order(const torch::Tensor& counts
   return order;
 }
 
-ExchangedTokens AllToAllDispatcher::exchange_counts(DispatchedTokens local) const {
+ExchangedTokens AllToAllDispatcher::exchange_counts(PackedTokens local) const {
   const int ranks = group_->size();
   const int64_t per = experts_per_rank_;
   ExchangedTokens ex;
@@ -57,19 +57,23 @@ void AllToAllDispatcher::exchange_rows(ExchangedTokens& ex) const {
   ex.packed = received.index_select(0, ex.received_of_packed);
 }
 
-ExchangedTokens AllToAllDispatcher::dispatch(const torch::Tensor& x, const RoutingPlan& plan) const {
-  ExchangedTokens ex = exchange_counts(local_.dispatch(x, plan));
-  exchange_rows(ex);
-  return ex;
+ExpertInput AllToAllDispatcher::dispatch(const torch::Tensor& x, const RoutingPlan& plan) {
+  exchanged_ = exchange_counts(pack_tokens(x, plan));
+  exchange_rows(exchanged_);
+  return {exchanged_.packed, exchanged_.expert_rows};
 }
 
-torch::Tensor AllToAllDispatcher::combine(const torch::Tensor& expert_output, const ExchangedTokens& ex) const {
+torch::Tensor AllToAllDispatcher::combine(const torch::Tensor& expert_output) {
+  return combine_exchanged(expert_output, exchanged_);
+}
+
+torch::Tensor AllToAllDispatcher::combine_exchanged(const torch::Tensor& expert_output, const ExchangedTokens& ex) const {
   torch::Tensor by_source = expert_output.index_select(0, ex.packed_of_received);
   torch::Tensor returned = differentiable_all_to_all(group_, by_source, ex.recv_rows, ex.send_rows);
   // The local combine reads only the kept rows; the rest of its buffer stays zero.
   const int64_t rows = ex.local.packed.size(0);
   if (rows > ex.sent) returned = torch::cat({returned, returned.new_zeros({rows - ex.sent, returned.size(1)})}, 0);
-  return local_.combine(returned, ex.local);
+  return combine_packed(returned, ex.local);
 }
 
 }  // namespace moelab

@@ -5,6 +5,8 @@
 // hands this rank's experts every row sent to them by any rank of the group; combine() sends
 // the experts' outputs back and combines them gate-weighted. The plan is this rank's own (its
 // capacity counts its own tokens), so the output equals the single-process layer's on them.
+// It reads the row counts back to the host (the exchange's sizes), so a CUDA graph cannot
+// capture it.
 #include <memory>
 #include <vector>
 
@@ -16,7 +18,7 @@
 namespace moelab {
 
 struct ExchangedTokens {
-  DispatchedTokens local;             // this rank's tokens packed by (global) expert
+  PackedTokens local;                 // this rank's tokens packed by (global) expert
   torch::Tensor packed;               // [R, d] rows for this rank's experts, local-expert-major
   torch::Tensor expert_rows;          // [E / EP] int64 rows of `packed` per local expert
   torch::Tensor received_of_packed;   // [R] int64: the received row each packed row is
@@ -27,16 +29,19 @@ struct ExchangedTokens {
   int64_t sent = 0;                   // kept rows of `local.packed` (sum of send_rows)
 };
 
-class AllToAllDispatcher {
+class AllToAllDispatcher : public TokenDispatcher {
  public:
   AllToAllDispatcher(std::shared_ptr<Communicator> group, int64_t num_experts);
-  ExchangedTokens dispatch(const torch::Tensor& x, const RoutingPlan& plan) const;
-  torch::Tensor combine(const torch::Tensor& expert_output, const ExchangedTokens& exchanged) const;
+  ExpertInput dispatch(const torch::Tensor& x, const RoutingPlan& plan) override;
+  torch::Tensor combine(const torch::Tensor& expert_output) override;
+  bool host_sync_free() const override { return false; }
 
-  // The two halves of dispatch, for a benchmark that times them apart: the counts exchange
-  // (one small all-to-all and a device-to-host read) and the rows exchange.
-  ExchangedTokens exchange_counts(DispatchedTokens local) const;
+  // The steps of dispatch and combine, for a benchmark that times them apart: the counts
+  // exchange (one small all-to-all and a device-to-host read), the rows exchange, and the
+  // way back.
+  ExchangedTokens exchange_counts(PackedTokens local) const;
   void exchange_rows(ExchangedTokens& exchanged) const;
+  torch::Tensor combine_exchanged(const torch::Tensor& expert_output, const ExchangedTokens& exchanged) const;
 
   // Received rows come source-major ([rank j][local expert e], counts [EP, E/EP] on the
   // host); the experts want them expert-major. For each expert-major row, its received row.
@@ -48,7 +53,7 @@ class AllToAllDispatcher {
  private:
   std::shared_ptr<Communicator> group_;
   int64_t experts_per_rank_;
-  TokenDispatcher local_;
+  ExchangedTokens exchanged_;  // the last dispatch's, for combine
 };
 
 }  // namespace moelab

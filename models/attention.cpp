@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include "models/linear.h"
+#include "models/kernel_modules.h"
 
 namespace moelab {
 

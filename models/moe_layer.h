@@ -1,6 +1,8 @@
 #pragma once
-// The MoE layer composes router -> dispatcher -> experts -> combine. It keeps the last plan
-// so that metrics and traces can read what it did without recomputing anything.
+// The MoE layer composes router -> dispatcher -> experts -> combine, Megatron-Core's shape:
+// the router returns a plan, the dispatcher (chosen when the layer is built) moves tokens by
+// it, the experts compute, the dispatcher combines. It keeps the last plan so that metrics
+// and traces can read what it did without recomputing anything.
 #include <memory>
 
 #include <torch/nn/module.h>
@@ -16,8 +18,7 @@ namespace moelab {
 
 class MoeLayer : public torch::nn::Module {
  public:
-  // dispatcher: "sparse" packs tokens by expert; "masked_matmul" runs every expert on every
-  // token and masks by the gates (only sensible for small E; kept to compare against).
+  // dispatcher: model.dispatcher (see make_token_dispatcher).
   MoeLayer(const RouterConfig& router, int64_t dim, int64_t hidden, bool swiglu, const std::string& dispatcher = "sparse");
   // x [T, d], token_ids [T] -> [T, d]; aux losses are in last_plan().
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& token_ids);
@@ -27,9 +28,9 @@ class MoeLayer : public torch::nn::Module {
   // Expert parallelism: keep only this rank's E / EP experts (a copy of their current
   // weights) and exchange tokens with the group's other ranks in every forward.
   void shard_experts(const std::shared_ptr<Communicator>& expert_group);
-  bool experts_sharded() const { return exchange_ != nullptr; }
+  bool experts_sharded() const { return sharded_; }
   // Whether a forward and backward on CUDA read nothing back to the host (so that a training
-  // step can be captured as a CUDA graph): the masked path, or the grouped GEMM under bf16.
+  // step can be captured as a CUDA graph): the dispatcher's and the experts' part.
   bool host_sync_free(bool bf16) const;
 
   const RoutingPlan& last_plan() const { return last_plan_; }
@@ -39,9 +40,9 @@ class MoeLayer : public torch::nn::Module {
  private:
   std::shared_ptr<Router> router_;
   std::shared_ptr<Experts> experts_;
-  TokenDispatcher dispatcher_;
-  std::shared_ptr<AllToAllDispatcher> exchange_;  // set when the experts are sharded
-  bool masked_matmul_;
+  std::unique_ptr<TokenDispatcher> dispatcher_;
+  bool uniform_rows_;     // the dispatcher hands the experts every token (masked_matmul)
+  bool sharded_ = false;  // the experts are this rank's share; the dispatcher exchanges tokens
   RoutingPlan last_plan_;
 };
 

@@ -5,8 +5,8 @@
 
 #include <torch/torch.h>
 
-#include "models/layer_norm.h"
-#include "models/linear.h"
+#include "models/kernel_modules.h"
+#include "routers/strategy.h"
 
 namespace moelab {
 
@@ -195,21 +195,30 @@ int64_t TinyMoE::parameter_count() const {
   return n;
 }
 
-int64_t TinyMoE::active_parameter_count() const {
-  int64_t n = 0;
+// Parameters every token passes through (no embeddings; experts excluded) and one expert's.
+TinyMoE::ParameterSplit TinyMoE::parameter_split() const {
+  ParameterSplit split;
   for (const auto& item : named_parameters()) {
     const std::string& name = item.key();
     if (name.rfind("tok_emb", 0) == 0 || name.rfind("pos_emb", 0) == 0) continue;
-    int64_t count = item.value().numel();
-    if (name.find(".experts.") != std::string::npos) count = count / router_.num_experts * router_.top_k;
-    n += count;
+    // Expert tensors stack the experts this process holds (E / EP under expert parallelism).
+    if (name.find(".experts.") != std::string::npos) split.per_expert += item.value().numel() / item.value().size(0);
+    else split.shared += item.value().numel();
   }
-  return n;
+  return split;
+}
+
+int64_t TinyMoE::active_parameter_count() const {
+  const ParameterSplit split = parameter_split();
+  if (split.per_expert == 0) return split.shared;
+  return split.shared + split.per_expert * make_strategy(router_)->experts_per_token(router_);
 }
 
 double TinyMoE::flops_per_token() const {
-  return 6.0 * static_cast<double>(active_parameter_count()) +
-         12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);
+  const ParameterSplit split = parameter_split();
+  const double expert_passes = split.per_expert == 0 ? 0.0 : make_strategy(router_)->expert_passes_per_token(router_);
+  const double active = static_cast<double>(split.shared) + static_cast<double>(split.per_expert) * expert_passes;
+  return 6.0 * active + 12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);
 }
 
 }  // namespace moelab

@@ -74,12 +74,20 @@ class TinyMoE : public torch::nn::Module {
   std::vector<torch::Tensor> expert_shard_parameters() const;
   std::vector<torch::Tensor> replicated_parameters() const;
   int64_t parameter_count() const;
-  int64_t active_parameter_count() const;  // per token: k of E experts, no embeddings
-  double flops_per_token() const;           // training: 6 * active + attention (nanoGPT's count)
+  // Per token, no embeddings: the experts the router sends a token to (1 for top1, top_k for
+  // the other token-choice strategies and expert choice).
+  int64_t active_parameter_count() const;
+  // Training FLOPs per token, nanoGPT's count: 6 per parameter a token passes through (its
+  // experts as the strategy computes them: CF*k on average for expert choice) + attention.
+  double flops_per_token() const;
   const ModelConfig& config() const { return model_; }
 
  private:
   torch::Tensor embed(const torch::Tensor& tokens);  // token + position embeddings, dropout
+  struct ParameterSplit {
+    int64_t shared = 0, per_expert = 0;
+  };
+  ParameterSplit parameter_split() const;
   ModelConfig model_;
   RouterConfig router_;
   torch::nn::Embedding tok_emb_{nullptr}, pos_emb_{nullptr};

@@ -3,16 +3,17 @@
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"
+#include "util/error.h"
 
 namespace moelab {
 
-DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const RoutingPlan& plan) const {
+PackedTokens pack_tokens(const torch::Tensor& x, const RoutingPlan& plan) {
   const int64_t tokens = x.size(0), columns = plan.expert_ids.size(1), entries = tokens * columns;
   // The buffer's size is a bound known on the host, T*K or, with a capacity C, at most E*C
   // kept (expert choice: K = E columns, of which only C per expert are kept), so no size is
   // read back from the device; its rows past the kept ones are never read.
   const int64_t rows = plan.capacity > 0 ? std::min(entries, plan.num_experts * plan.capacity) : entries;
-  DispatchedTokens out;
+  PackedTokens out;
   out.gates = plan.gates;
   if (plan.slot.defined()) {  // capacity already queued every expert's entries: rows = start + slot
     kernels::PackedRows packed =
@@ -38,8 +39,54 @@ DispatchedTokens TokenDispatcher::dispatch(const torch::Tensor& x, const Routing
   return out;
 }
 
-torch::Tensor TokenDispatcher::combine(const torch::Tensor& expert_output, const DispatchedTokens& dispatched) const {
-  return kernels::unpermute(expert_output, dispatched.row_of_entry, dispatched.gates);
+torch::Tensor combine_packed(const torch::Tensor& expert_output, const PackedTokens& packed) {
+  return kernels::unpermute(expert_output, packed.row_of_entry, packed.gates);
+}
+
+namespace {
+
+class SparseDispatcher : public TokenDispatcher {
+ public:
+  ExpertInput dispatch(const torch::Tensor& x, const RoutingPlan& plan) override {
+    packed_ = pack_tokens(x, plan);
+    ExpertInput in{packed_.packed, packed_.expert_rows};
+    packed_.packed = torch::Tensor();  // combine needs only the maps: the rows stay the experts'
+    return in;
+  }
+  torch::Tensor combine(const torch::Tensor& expert_output) override { return combine_packed(expert_output, packed_); }
+  bool host_sync_free() const override { return true; }
+
+ private:
+  PackedTokens packed_;
+};
+
+class MaskedDispatcher : public TokenDispatcher {
+ public:
+  ExpertInput dispatch(const torch::Tensor& x, const RoutingPlan& plan) override {
+    const int64_t tokens = x.size(0), experts = plan.num_experts;
+    // [T, E]: each token's gate for each expert, zero where not routed or not kept.
+    dense_gates_ = torch::zeros({tokens, experts}, plan.gates.options()).scatter_add(1, plan.expert_ids, plan.gates);
+    ExpertInput in;
+    in.rows = x.unsqueeze(0).expand({experts, tokens, x.size(1)});
+    in.expert_rows = torch::full({experts}, tokens, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+    in.rows_per_expert = tokens;
+    return in;
+  }
+  torch::Tensor combine(const torch::Tensor& expert_output) override {  // [E, T, d]
+    return (expert_output * dense_gates_.t().unsqueeze(-1).to(expert_output.scalar_type())).sum(0);
+  }
+  bool host_sync_free() const override { return true; }
+
+ private:
+  torch::Tensor dense_gates_;
+};
+
+}  // namespace
+
+std::unique_ptr<TokenDispatcher> make_token_dispatcher(const std::string& name) {
+  if (name == "sparse") return std::make_unique<SparseDispatcher>();
+  if (name == "masked_matmul") return std::make_unique<MaskedDispatcher>();
+  throw UserError("model.dispatcher must be sparse or masked_matmul, got '" + name + "'");
 }
 
 }  // namespace moelab

@@ -4,10 +4,13 @@
 // or, with ec_fallback "topk", is routed softk-style (the seed). Expert choice looks at every
 // token of the batch, future ones included: it is not causal, and a model trained with it
 // routes differently when it generates one token at a time.
+#include <algorithm>
+
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"
 #include "routers/strategy.h"
+#include "util/error.h"
 
 namespace moelab {
 namespace {
@@ -17,6 +20,17 @@ class ExpertChoiceStrategy : public RoutingStrategy {
   ExpertChoiceStrategy(bool fallback, double temperature) : fallback_(fallback), temperature_(temperature) {}
 
   bool applies_capacity() const override { return true; }
+
+  void validate(const RouterConfig& config) const override {
+    if (config.capacity_factor <= 0)
+      throw UserError("'router.capacity_factor' must be > 0 for expert_choice (each expert takes ceil(CF*T*k/E) "
+                      "tokens; there is no dropless expert choice)");
+  }
+
+  // Each expert computes its C = ceil(CF*T*k/E) tokens: CF*k passes per token (at most E).
+  double expert_passes_per_token(const RouterConfig& config) const override {
+    return std::min(static_cast<double>(config.num_experts), config.capacity_factor * static_cast<double>(config.top_k));
+  }
 
   StrategyChoice route(const StrategyInputs& in) const override {
     const int64_t tokens = in.logits.size(0), experts = in.num_experts;

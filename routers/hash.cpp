@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include "routers/strategy.h"
+#include "util/error.h"
+#include "util/strings.h"
 
 namespace moelab {
 namespace {
@@ -14,6 +16,15 @@ class HashStrategy : public RoutingStrategy {
   explicit HashStrategy(bool by_position) : by_position_(by_position) {}
 
   bool uses_gate() const override { return false; }
+
+  // Expert j of a token is (base + 97 j) mod E: the k must be distinct.
+  void validate(const RouterConfig& config) const override {
+    for (int64_t a = 0; a < config.top_k; ++a)
+      for (int64_t b = a + 1; b < config.top_k; ++b)
+        if ((97 * a) % config.num_experts == (97 * b) % config.num_experts)
+          throw UserError(strf("'router.top_k' = %lld gives repeated hash experts with router.num_experts = %lld",
+                               (long long)config.top_k, (long long)config.num_experts));
+  }
 
   StrategyChoice route(const StrategyInputs& in) const override {
     const int64_t tokens = in.token_ids.size(0), experts = in.num_experts;

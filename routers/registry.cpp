@@ -1,5 +1,4 @@
 #include <map>
-#include <numeric>
 
 #include "routers/gate_networks.h"
 #include "routers/strategy.h"
@@ -46,22 +45,11 @@ std::unique_ptr<RoutingStrategy> make_strategy(const RouterConfig& config) {
 
 void validate_router_config(const RouterConfig& config, const std::string& origin) {
   try {
-    make_strategy(config);
+    make_strategy(config)->validate(config);
     validate_gate_name(config.gate);
   } catch (const UserError& e) {
     throw UserError(origin + ": " + e.what());
   }
-  if (config.strategy == "hash") {
-    // Expert j of a token is (base + 97 j) mod E: the k must be distinct.
-    for (int64_t a = 0; a < config.top_k; ++a)
-      for (int64_t b = a + 1; b < config.top_k; ++b)
-        if ((97 * a) % config.num_experts == (97 * b) % config.num_experts)
-          throw UserError(strf("%s: 'router.top_k' = %lld gives repeated hash experts with router.num_experts = %lld",
-                               origin.c_str(), (long long)config.top_k, (long long)config.num_experts));
-  }
-  if (config.strategy == "expert_choice" && config.capacity_factor <= 0)
-    throw UserError(origin + ": 'router.capacity_factor' must be > 0 for expert_choice (each expert takes "
-                             "ceil(CF*T*k/E) tokens; there is no dropless expert choice)");
 }
 
 }  // namespace moelab

@@ -23,7 +23,7 @@ int64_t Router::gate_parameter_count() const {
 }
 
 RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_ids) {
-  const int64_t tokens = x.size(0), experts = config_.num_experts, k = strategy_->experts_per_token(config_.top_k);
+  const int64_t tokens = x.size(0), experts = config_.num_experts, k = strategy_->experts_per_token(config_);
   RoutingPlan plan;
   plan.num_experts = experts;
   plan.top_k = k;

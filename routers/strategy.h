@@ -36,7 +36,14 @@ class RoutingStrategy {
   virtual bool applies_capacity() const { return false; }
   // Experts each token is routed to, which sizes the capacity: top1 routes to one whatever
   // router.top_k says.
-  virtual int64_t experts_per_token(int64_t configured_top_k) const { return configured_top_k; }
+  virtual int64_t experts_per_token(const RouterConfig& config) const { return config.top_k; }
+  // Expert FFN passes per token on average, what FLOPs and MFU count: experts_per_token for
+  // token choice; expert choice computes its E * C slots whatever each token got.
+  virtual double expert_passes_per_token(const RouterConfig& config) const {
+    return static_cast<double>(experts_per_token(config));
+  }
+  // The strategy's own rules on a config it was built from; UserError naming the key.
+  virtual void validate(const RouterConfig& config) const { (void)config; }
 };
 
 using StrategyFactory = std::function<std::unique_ptr<RoutingStrategy>(const RouterConfig&)>;
@@ -45,8 +52,8 @@ using StrategyFactory = std::function<std::unique_ptr<RoutingStrategy>(const Rou
 std::unique_ptr<RoutingStrategy> make_strategy(const RouterConfig& config);
 std::vector<std::string> strategy_names();
 
-// Checks a router config against the registry and the strategies' own rules (k distinct
-// hash experts, expert choice needs a capacity factor, ...); UserError naming the key.
+// Checks a router config against the registry, the gate names and the strategy's own
+// validate(); UserError prefixed with `origin`.
 void validate_router_config(const RouterConfig& config, const std::string& origin);
 
 }  // namespace moelab

@@ -13,7 +13,7 @@ class Top1Strategy : public RoutingStrategy {
  public:
   explicit Top1Strategy(bool prob_gate) : prob_gate_(prob_gate) {}
 
-  int64_t experts_per_token(int64_t) const override { return 1; }
+  int64_t experts_per_token(const RouterConfig&) const override { return 1; }
 
   StrategyChoice route(const StrategyInputs& in) const override {
     torch::Tensor ids, prob;

@@ -17,6 +17,7 @@
 
 #include "dist/communicator.h"
 #include "models/moe_layer.h"
+#include "routers/strategy.h"
 #include "test_support.h"
 #include "util/process.h"
 
@@ -227,7 +228,7 @@ TEST(DistributedWorker, ExpertParallelLayerRank) {
     std::string drop_policy;
   };
   std::vector<Case> cases;
-  for (std::string s : {"top1", "topk_hard", "softk", "hash", "expert_choice", "sinkhorn"})
+  for (const std::string& s : strategy_names())
     for (auto [cf, policy] : std::vector<std::pair<double, std::string>>{{1.0, "position"}, {1.25, "probs"}, {0.0, "position"}})
       if (!(s == "expert_choice" && cf == 0.0)) cases.push_back({s, cf, policy});  // EC has no dropless form
   for (const Case& c : cases) {

@@ -2,28 +2,44 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <torch/torch.h>
 
+#include "kernels/column_sum.h"
+#include "kernels/layer_norm.h"
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
 #include "models/tiny_moe.h"
 #include "routers/capacity.h"
+#include "routers/strategy.h"
 #include "test_support.h"
 
 using namespace moelab;
 
 namespace {
 
+// One expert's FFN from its weights, in plain torch ops: act(x W1_e + b1_e) W2_e + b2_e.
+torch::Tensor expert_ffn(Experts& experts, int64_t e, const torch::Tensor& x, bool swiglu) {
+  torch::Tensor h = torch::matmul(x, experts.w1[e]) + experts.b1[e];
+  if (swiglu) {
+    const int64_t half = h.size(-1) / 2;
+    h = torch::silu(h.narrow(-1, 0, half)) * h.narrow(-1, half, half);
+  } else {
+    h = 0.5 * h * (1.0 + torch::erf(h / std::sqrt(2.0)));  // exact GELU
+  }
+  return torch::matmul(h, experts.w2[e]) + experts.b2[e];
+}
+
 // The MoE layer by its definition: for each token, the gate-weighted sum of its kept experts
-// applied to it one at a time.
-torch::Tensor per_token_reference(MoeLayer& layer, const torch::Tensor& x, const RoutingPlan& plan) {
+// applied to it one at a time. The plan is an input (the router has its own tests).
+torch::Tensor per_token_reference(MoeLayer& layer, const torch::Tensor& x, const RoutingPlan& plan, bool swiglu = false) {
   std::vector<torch::Tensor> rows;
   for (int64_t t = 0; t < x.size(0); ++t) {
     torch::Tensor acc = torch::zeros({x.size(1)});
     for (int64_t j = 0; j < plan.expert_ids.size(1); ++j) {
       if (!plan.kept[t][j].item<bool>()) continue;
       int64_t e = plan.expert_ids[t][j].item<int64_t>();
-      acc = acc + plan.gates[t][j] * layer.experts().expert_forward(e, x[t].unsqueeze(0)).squeeze(0);
+      acc = acc + plan.gates[t][j] * expert_ffn(layer.experts(), e, x[t], swiglu);
     }
     rows.push_back(acc);
   }
@@ -40,8 +56,7 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   plan.kept = torch::tensor({true, true, true, false, true, true}).view({3, 2});
   plan.gates = torch::tensor({0.5, 0.25, 1.0, 0.0, 2.0, 3.0}).view({3, 2});
   torch::Tensor x = torch::tensor({1.0, 10.0, 100.0}).view({3, 1});
-  TokenDispatcher dispatcher;
-  DispatchedTokens d = dispatcher.dispatch(x, plan);
+  PackedTokens d = pack_tokens(x, plan);
   // expert 0: entries 1 (t0), 2 (t1), 5 (t2); expert 1: none kept; expert 2: entries 0 (t0), 4 (t2)
   EXPECT_TRUE(torch::equal(d.expert_rows, torch::tensor({3, 0, 2}, torch::kLong)));
   // Kept rows first (the dropped entry t1 j1 comes last, unused), expert-major.
@@ -50,7 +65,7 @@ TEST(Dispatcher, PacksByExpertInFlatOrderAndCombines) {
   EXPECT_TRUE(torch::equal(d.row_of_entry, torch::tensor({3, 0, 1, -1, 4, 2}, torch::kLong).view({3, 2})));
   // Pretend expert e multiplies by (e + 1): outputs 1, 10, 100, 3, 300 (and an unused row).
   torch::Tensor y = torch::tensor({1.0, 10.0, 100.0, 3.0, 300.0, -7.0}).view({6, 1});
-  torch::Tensor out = dispatcher.combine(y, d);
+  torch::Tensor out = combine_packed(y, d);
   // t0: 0.25*1 + 0.5*3 = 1.75; t1: 1.0*10 = 10; t2: 3*100 + 2*300 = 900
   EXPECT_TRUE(torch::allclose(out.squeeze(1), torch::tensor({1.75, 10.0, 900.0})));
 }
@@ -72,11 +87,10 @@ TEST(Dispatcher, PacksByCapacitySlotsAsBySorting) {
   plan.kept = slots.kept;
   plan.gates = torch::rand({3, 2}) * slots.kept;
   torch::Tensor x = torch::randn({3, 4});
-  TokenDispatcher dispatcher;
-  DispatchedTokens sorted = dispatcher.dispatch(x, plan);
+  PackedTokens sorted = pack_tokens(x, plan);
   plan.slot = slots.slot;
   plan.kept_counts = slots.kept_counts;
-  DispatchedTokens by_slots = dispatcher.dispatch(x, plan);
+  PackedTokens by_slots = pack_tokens(x, plan);
   EXPECT_TRUE(torch::equal(by_slots.row_of_entry, sorted.row_of_entry));
   EXPECT_TRUE(torch::equal(by_slots.row_of_entry, torch::tensor({3, 0, 1, 2, 4, -1}, torch::kLong).view({3, 2})));
   EXPECT_TRUE(torch::equal(by_slots.expert_rows, sorted.expert_rows));
@@ -84,7 +98,7 @@ TEST(Dispatcher, PacksByCapacitySlotsAsBySorting) {
   EXPECT_EQ(by_slots.token_index.size(0), 6);
   EXPECT_EQ(by_slots.token_index[5].item<int64_t>(), 0);  // past the kept rows: token 0, never computed on
   torch::Tensor y = torch::randn({6, 4});
-  EXPECT_TRUE(torch::allclose(dispatcher.combine(y, by_slots), dispatcher.combine(y, sorted)));
+  EXPECT_TRUE(torch::allclose(combine_packed(y, by_slots), combine_packed(y, sorted)));
 }
 
 TEST(Kernels, StableSortByKeyCountsAndPositions) {
@@ -130,6 +144,54 @@ TEST(Kernels, ExpertBiasActivationReference) {
   EXPECT_TRUE(torch::allclose(b.grad()[2], routed.grad().sum(0)));
 }
 
+// The references behind GPU-only kernels, against libtorch's own ops on the CPU (fp32:
+// 1e-5 relative), values and every gradient.
+TEST(Kernels, LayerNormReferencesAreLibtorchs) {
+  torch::manual_seed(8);
+  torch::Tensor x = torch::randn({6, 16}, torch::requires_grad()), branch = torch::randn({6, 16}, torch::requires_grad());
+  torch::Tensor gamma = torch::randn({16}, torch::requires_grad()), beta = torch::randn({16}, torch::requires_grad());
+  torch::Tensor upstream = torch::randn({6, 16}), sum_upstream = torch::randn({6, 16});
+  auto grads = [&](const torch::Tensor& loss) { return torch::autograd::grad({loss}, {x, branch, gamma, beta}, {}, false, false, true); };
+  auto expect_same = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, const char* what) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      ASSERT_EQ(a[i].defined(), b[i].defined()) << what << " gradient " << i;
+      if (a[i].defined()) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-5)) << what << " gradient " << i;
+    }
+  };
+  torch::Tensor ours = kernels::reference::layer_norm(x, gamma, beta, 1e-5, torch::kFloat32);
+  torch::Tensor theirs = torch::layer_norm(x, {16}, gamma, beta, 1e-5);
+  EXPECT_TRUE(torch::allclose(ours, theirs, 1e-5, 1e-5));
+  expect_same(grads((ours * upstream).sum()), grads((theirs * upstream).sum()), "layer_norm");
+
+  kernels::ResidualNorm fused = kernels::reference::add_layer_norm(x, branch, gamma, beta, 1e-5, torch::kFloat32);
+  torch::Tensor sum = x + branch, normed = torch::layer_norm(sum, {16}, gamma, beta, 1e-5);
+  EXPECT_TRUE(torch::allclose(fused.sum, sum, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(fused.normed, normed, 1e-5, 1e-5));
+  expect_same(grads((fused.normed * upstream).sum() + (fused.sum * sum_upstream).sum()),
+              grads((normed * upstream).sum() + (sum * sum_upstream).sum()), "add_layer_norm");
+}
+
+TEST(Kernels, ColumnSumReferenceIsLibtorchs) {
+  torch::manual_seed(9);
+  torch::Tensor x = torch::randn({37, 24});
+  EXPECT_TRUE(torch::allclose(kernels::reference::column_sum(x), x.sum(0), 1e-5, 1e-5));
+  EXPECT_EQ(kernels::reference::column_sum(x).scalar_type(), torch::kFloat32);
+}
+
+TEST(Kernels, ExpertFfnReferenceIsThePerExpertDefinition) {
+  torch::manual_seed(10);
+  for (bool swiglu : {false, true}) {
+    Experts experts(4, 8, 12, swiglu);
+    torch::Tensor rows = torch::tensor({3, 0, 5, 2}, torch::kLong);
+    torch::Tensor x = torch::randn({10, 8});
+    torch::Tensor y = kernels::reference::expert_ffn(x, rows, experts.w1, experts.b1, experts.w2, experts.b2,
+                                                     swiglu ? kernels::kSwiGLU : kernels::kGelu);
+    const int64_t expert_of_row[] = {0, 0, 0, 2, 2, 2, 2, 2, 3, 3};
+    for (int64_t r = 0; r < 10; ++r)
+      EXPECT_TRUE(torch::allclose(y[r], expert_ffn(experts, expert_of_row[r], x[r], swiglu), 1e-5, 1e-6)) << r;
+  }
+}
+
 TEST(Kernels, UnpermuteValuesAndGradients) {
   torch::manual_seed(2);
   torch::Tensor y = torch::randn({5, 4}, torch::requires_grad());
@@ -157,7 +219,7 @@ TEST_P(MoeLayerMatchesPerTokenLoop, OnRandomInputs) {
   torch::Tensor x = torch::randn({37, 16});
   torch::Tensor tokens = torch::randint(0, 50, {37}, torch::kLong);
   torch::Tensor out = layer.forward(x, tokens);
-  const RoutingPlan& plan = layer.last_plan();
+  const RoutingPlan plan = layer.router().forward(x, tokens);
   torch::Tensor expected = per_token_reference(layer, x, plan);
   EXPECT_TRUE(torch::allclose(out, expected, 1e-5, 1e-5)) << (out - expected).abs().max().item<double>();
   if (cf > 0 && strategy != "expert_choice") {
@@ -165,11 +227,14 @@ TEST_P(MoeLayerMatchesPerTokenLoop, OnRandomInputs) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Strategies, MoeLayerMatchesPerTokenLoop,
-                         ::testing::Values(std::make_tuple("softk", 1.25), std::make_tuple("softk", 0.0),
-                                           std::make_tuple("softk", 0.6), std::make_tuple("top1", 1.0),
-                                           std::make_tuple("topk_hard", 1.0), std::make_tuple("hash", 1.0),
-                                           std::make_tuple("expert_choice", 1.0), std::make_tuple("sinkhorn", 1.25)));
+// Every registered strategy at CF 1 and 1.25, and softk dropless and at a CF that drops many.
+std::vector<std::tuple<std::string, double>> layer_cases() {
+  std::vector<std::tuple<std::string, double>> cases = {{"softk", 0.0}, {"softk", 0.6}};
+  for (const std::string& name : strategy_names())
+    for (double cf : {1.0, 1.25}) cases.emplace_back(name, cf);
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Strategies, MoeLayerMatchesPerTokenLoop, ::testing::ValuesIn(layer_cases()));
 
 TEST(MoeLayer, MaskedMatmulDispatcherComputesTheSameLayer) {
   for (const char* strategy : {"softk", "expert_choice", "hash"}) {
@@ -186,21 +251,44 @@ TEST(MoeLayer, MaskedMatmulDispatcherComputesTheSameLayer) {
   }
 }
 
-TEST(MoeLayer, GradientsMatchThePerTokenLoop) {
+// softk with hand-set gate weights, dropless: the whole layer written out in plain torch ops
+// (logits, top-2, softmax over the two, SwiGLU experts from the weights), every gradient
+// compared: the input's, each expert tensor's and the gate's.
+TEST(MoeLayer, GradientsMatchThePlainDefinition) {
   torch::manual_seed(4);
-  MoeLayer layer(moelab::testing::routing_config("softk", 4, 2, 0.75), 8, 16, /*swiglu=*/true);
-  torch::Tensor x = torch::randn({20, 8}, torch::requires_grad());
-  torch::Tensor tokens = torch::zeros({20}, torch::kLong);
-  torch::Tensor upstream = torch::randn({20, 8});
+  const int64_t T = 20, d = 8, E = 4;
+  MoeLayer layer(moelab::testing::routing_config("softk", E, 2, 0.0), d, 16, /*swiglu=*/true);
+  auto params = layer.named_parameters();
+  {
+    torch::NoGradGuard no_grad;
+    params["router.gate.proj.weight"].copy_(torch::randn({E, d}));
+    params["router.gate.proj.bias"].copy_(torch::tensor({0.5, -0.5, 0.25, 0.0}));
+  }
+  torch::Tensor x = torch::randn({T, d}, torch::requires_grad());
+  torch::Tensor tokens = torch::zeros({T}, torch::kLong);
+  torch::Tensor upstream = torch::randn({T, d});
   (layer.forward(x, tokens) * upstream).sum().backward();
-  torch::Tensor grad_fast = x.grad().clone();
-  torch::Tensor w1_grad_fast = layer.experts().w1.grad().clone();
+  std::map<std::string, torch::Tensor> fast = {{"x", x.grad().clone()}};
+  for (const auto& item : params) fast[item.key()] = item.value().grad().clone();
   x.grad().zero_();
   layer.zero_grad();
-  RoutingPlan plan = layer.router().forward(x, tokens);
-  (per_token_reference(layer, x, plan) * upstream).sum().backward();
-  EXPECT_TRUE(torch::allclose(grad_fast, x.grad(), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::allclose(w1_grad_fast, layer.experts().w1.grad(), 1e-5, 1e-6));
+
+  torch::Tensor logits = torch::matmul(x, params["router.gate.proj.weight"].t()) + params["router.gate.proj.bias"];
+  auto [top, ids] = logits.topk(2);
+  torch::Tensor gates = torch::softmax(top, -1);
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < T; ++t) {
+    torch::Tensor acc = torch::zeros({d});
+    for (int64_t j = 0; j < 2; ++j)
+      acc = acc + gates[t][j] * expert_ffn(layer.experts(), ids[t][j].item<int64_t>(), x[t], /*swiglu=*/true);
+    rows.push_back(acc);
+  }
+  (torch::stack(rows) * upstream).sum().backward();
+  EXPECT_TRUE(torch::allclose(fast["x"], x.grad(), 1e-5, 1e-6));
+  for (const auto& item : params) {
+    ASSERT_TRUE(item.value().grad().defined()) << item.key();
+    EXPECT_TRUE(torch::allclose(fast[item.key()], item.value().grad(), 1e-5, 1e-6)) << item.key();
+  }
 }
 
 TEST(TinyMoE, ShapesParameterCountsAndDenseBaseline) {
@@ -238,6 +326,33 @@ TEST(TinyMoE, ShapesParameterCountsAndDenseBaseline) {
   TinyMoE interleaved(m, r);
   EXPECT_EQ(interleaved.moe_layers().size(), 1u);
   EXPECT_EQ(interleaved.forward(tokens).logits.sizes(), (std::vector<int64_t>{3, 16, 50}));
+}
+
+// FLOPs per token count the experts each strategy computes: one for top1 whatever
+// router.top_k says, k for the other token-choice strategies, CF*k for expert choice.
+TEST(TinyMoE, FlopsCountTheExpertsEachStrategyComputes) {
+  ModelConfig m;
+  m.layers = 2;
+  m.dim = 32;
+  m.heads = 4;
+  m.seq_len = 16;
+  m.vocab_size = 50;
+  const int64_t E = 4, k = 2, hidden = m.ffn_mult * m.dim;
+  const int64_t per_expert = m.dim * hidden + hidden + hidden * m.dim + m.dim;  // w1, b1, w2, b2
+  const int64_t attention = 12 * m.layers * m.dim * m.seq_len;
+  for (const std::string& strategy : strategy_names()) {
+    const double cf = 1.25;
+    RouterConfig r = moelab::testing::routing_config(strategy, E, k, cf);
+    TinyMoE model(m, r);
+    int64_t shared = 0;  // everything but embeddings and experts, counted from the parameters
+    for (const auto& item : model.named_parameters())
+      if (item.key().find(".experts.") == std::string::npos && item.key().find("_emb") == std::string::npos)
+        shared += item.value().numel();
+    const double passes = strategy == "top1" ? 1.0 : strategy == "expert_choice" ? cf * k : static_cast<double>(k);
+    const int64_t routed = strategy == "top1" ? 1 : k;
+    EXPECT_EQ(model.active_parameter_count(), shared + m.layers * routed * per_expert) << strategy;
+    EXPECT_DOUBLE_EQ(model.flops_per_token(), 6.0 * (shared + m.layers * passes * per_expert) + attention) << strategy;
+  }
 }
 
 TEST(TinyMoE, AttentionIsCausal) {

@@ -9,11 +9,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "config/run_config.h"
 #include "data/batch_sampler.h"
 #include "data/token_file.h"
 #include "kernels/adamw.h"
+#include "routers/strategy.h"
 #include "test_support.h"
 #include "train/checkpoint.h"
 #include "train/generate.h"
@@ -371,9 +373,14 @@ TEST(Training, BpeRunEvaluatesAndGenerates) {
   EXPECT_GT(a.size(), std::string("Once upon a time").size());
 }
 
+// Every registered strategy trains (the loss falls over 6 steps on the built-in stories) and
+// reports what it routes: expert choice drops nothing, hash's k gates are equal (entropy
+// log k where capacity dropped nothing), top1 has one gate per token and computes one expert
+// per token, so fewer FLOPs than the others; hash has no gate to count.
 TEST(Training, EveryStrategyTrains) {
   Quiet quiet;
-  for (const char* strategy : {"top1", "topk_hard", "softk", "hash", "expert_choice", "sinkhorn"}) {
+  std::map<std::string, double> flops, gate_parameters;
+  for (const std::string& strategy : strategy_names()) {
     TempDir dir;
     RunConfig c = tiny_config(dir / "run");
     c.router.strategy = strategy;
@@ -384,7 +391,25 @@ TEST(Training, EveryStrategyTrains) {
     EXPECT_TRUE(std::isfinite(summary["final_val_loss"].get<double>())) << strategy;
     auto r = rows(dir / "run", "train");
     EXPECT_LT(r.back()["loss"].get<double>(), r.front()["loss"].get<double>()) << strategy;
+    for (const auto& row : r) {
+      const nlohmann::json& routing = row["routing"];
+      int64_t load = 0;
+      for (const auto& l : routing["expert_load"]) load += l.get<int64_t>();
+      EXPECT_GT(load, 0) << strategy;
+      if (strategy == "expert_choice") EXPECT_EQ(routing["drop_rate"].get<double>(), 0.0);
+      if (strategy == "hash" && routing["drop_rate"].get<double>() == 0.0)
+        EXPECT_NEAR(routing["gate_entropy"].get<double>(), std::log(2.0), 1e-6);
+      if (strategy == "hash") EXPECT_LE(routing["gate_entropy"].get<double>(), std::log(2.0) + 1e-9);
+      if (strategy == "top1") EXPECT_EQ(routing["gate_entropy"].get<double>(), 0.0);
+    }
+    flops[strategy] = summary["flops_per_token"].get<double>();
+    gate_parameters[strategy] = summary["router_parameters"].get<double>();
   }
+  EXPECT_LT(flops["top1"], flops["softk"]);
+  EXPECT_EQ(flops["topk_hard"], flops["softk"]);
+  EXPECT_EQ(flops["sinkhorn"], flops["softk"]);
+  EXPECT_EQ(gate_parameters["hash"], 0.0);
+  EXPECT_EQ(flops["hash"] + 6.0 * 2 * gate_parameters["softk"], flops["softk"]);  // 2 MoE layers' gates
 }
 
 #include "data/token_file.h"
@@ -538,7 +563,7 @@ bool gpu_train(const std::string& out, const std::string& strategy, bool graph, 
 TEST(TrainingOnGpu, CapturedStepsReproduceEagerSteps) {
   REQUIRE_CUDA_GRAPHS();
   TempDir dir;
-  for (const std::string strategy : {"softk", "top1", "topk_hard", "hash", "expert_choice", "sinkhorn"}) {
+  for (const std::string& strategy : strategy_names()) {
     ASSERT_TRUE(gpu_train(dir / (strategy + "-eager"), strategy, false)) << read_text_file(dir / (strategy + "-eager.log"));
     ASSERT_TRUE(gpu_train(dir / (strategy + "-graph"), strategy, true)) << read_text_file(dir / (strategy + "-graph.log"));
     EXPECT_NE(read_text_file(dir / (strategy + "-graph.log")).find("captured as a CUDA graph"), std::string::npos);

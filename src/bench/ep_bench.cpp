@@ -9,10 +9,10 @@
 #include <torch/torch.h>
 
 #include "dist/communicator.h"
-#include "kernels/routing_kernels.h"
 #include "models/all_to_all_dispatcher.h"
 #include "models/experts.h"
-#include "routers/capacity.h"
+#include "routers/router.h"
+#include "train/autocast.h"
 #include "util/error.h"
 #include "util/strings.h"
 
@@ -75,39 +75,34 @@ json run_ep_bench(const EpBenchOptions& o) {
   const int64_t T = o.tokens, d = o.hidden, E = o.experts, k = o.top_k, ranks = dist.world, per = E / ranks;
   const int self = dist.expert_group->rank();
 
-  // The same router and expert weights on every rank (the shard of each), its own tokens.
+  // The same router on every rank (the training path's own: gate, strategy, capacity, kept
+  // gates), each rank its shard of the experts and its own tokens.
+  RouterConfig router_config;
+  router_config.strategy = o.strategy == "topk" ? "softk" : "sinkhorn";
+  router_config.num_experts = E;
+  router_config.top_k = k;
+  router_config.capacity_factor = o.capacity_factor;
+  router_config.sinkhorn_iters = 3;
+  router_config.lb_coef = 0;  // the bench times routing, not the balancing term
   torch::manual_seed(o.seed);
-  torch::Tensor router_w = torch::randn({d, E}, options) / std::sqrt(static_cast<double>(d));
+  Router router(router_config, d);
+  router.to(bench.device());  // fp32 parameters under bf16 autocast, as in training
+  if (o.skew_experts > 0) router.named_parameters()["gate.proj.bias"].narrow(0, 0, std::min(o.skew_experts, E)).add_(o.skew_bias);
   torch::manual_seed(o.seed + 1 + static_cast<uint64_t>(dist.rank));
   Experts experts(per, d, o.expand * d, false);
   experts.to(bench.device(), dtype);
   torch::Tensor x = torch::randn({T, d}, options);
+  torch::Tensor token_ids = torch::zeros({T}, options.dtype(torch::kLong));
   AllToAllDispatcher dispatcher(dist.expert_group, E);
-  TokenDispatcher local;
-  const int64_t capacity = expert_capacity(T, k, E, o.capacity_factor);
 
   auto route = [&] {
-    torch::Tensor logits = torch::matmul(x, router_w).to(torch::kFloat32);
-    if (o.skew_experts > 0) logits.narrow(1, 0, std::min(o.skew_experts, E)).add_(o.skew_bias);
-    RoutingPlan plan;
-    plan.num_experts = E;
-    plan.top_k = k;
-    plan.capacity = capacity;
-    kernels::TopKGate gate = kernels::softmax_topk(logits, k, 1.0, true);
-    if (o.strategy == "sinkhorn") {  // select by the balanced scores, weight by the softmax
-      gate.ids = std::get<1>(kernels::sinkhorn(logits, 3, 1.0).topk(k, 1));
-      gate.gates = logits.softmax(1).gather(1, gate.ids);
-    }
-    plan.expert_ids = gate.ids;
-    plan.selected = torch::ones_like(gate.ids, torch::kBool);
-    plan.kept = apply_capacity(gate.ids, plan.selected, gate.gates, E, capacity, "position");
-    plan.gates = gate.gates * plan.kept;
-    return local.dispatch(x, plan);
+    CudaAutocast autocast(dtype == torch::kBFloat16);
+    return pack_tokens(x, router.forward(x, token_ids));
   };
   auto sequential = [&] {
     ExchangedTokens ex = dispatcher.exchange_counts(route());
     dispatcher.exchange_rows(ex);
-    return dispatcher.combine(experts.forward(ex.packed, ex.expert_rows), ex);
+    return dispatcher.combine_exchanged(experts.forward({ex.packed, ex.expert_rows}), ex);
   };
   // Overlapped: the local experts in `chunks` groups, a pipeline over them: group c+1's rows
   // travel in while group c computes, and group c's outputs travel back while c+1 computes.
@@ -169,7 +164,7 @@ json run_ep_bench(const EpBenchOptions& o) {
       if (c + 1 < chunks) launch_in(c + 1);
       Chunk& ch = pipeline[c];
       ch.pending->wait();
-      torch::Tensor y_sorted = experts.forward(ch.received.index_select(0, ch.order), ch.expert_rows);
+      torch::Tensor y_sorted = experts.forward({ch.received.index_select(0, ch.order), ch.expert_rows});
       torch::Tensor y = torch::empty_like(y_sorted).index_copy_(0, ch.order, y_sorted);
       ch.returned = torch::empty({ch.rows.size(0), d}, y.options());
       ch.pending = dist.expert_group->all_to_all_async(y, ch.returned, ch.recv, ch.send);
@@ -179,11 +174,11 @@ json run_ep_bench(const EpBenchOptions& o) {
       ch.pending->wait();
       all.index_copy_(0, ch.rows, ch.returned);
     }
-    return local.combine(all, ex.local);
+    return combine_packed(all, ex.local);
   };
 
   // Phases.
-  DispatchedTokens routed;
+  PackedTokens routed;
   const double t_route = bench.time_ms([&] { routed = route(); });
   ExchangedTokens ex;
   const double t_counts = bench.time_ms([&] { ex = dispatcher.exchange_counts(routed); });
@@ -192,7 +187,7 @@ json run_ep_bench(const EpBenchOptions& o) {
       [&] { received = dist.expert_group->all_to_all(routed.packed.narrow(0, 0, ex.sent), ex.send_rows, ex.recv_rows); });
   dispatcher.exchange_rows(ex);
   torch::Tensor y;
-  const double t_comp = bench.time_ms([&] { y = experts.forward(ex.packed, ex.expert_rows); });
+  const double t_comp = bench.time_ms([&] { y = experts.forward({ex.packed, ex.expert_rows}); });
   const double t_back = bench.time_ms([&] { dist.expert_group->all_to_all(y, ex.recv_rows, ex.send_rows); });
   const double t_sequential = bench.time_ms([&] { sequential(); });
   const double t_overlapped = bench.time_ms([&] { overlapped(); });

@@ -13,7 +13,8 @@
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
 #include "models/token_dispatcher.h"
-#include "routers/capacity.h"
+#include "routers/router.h"
+#include "train/autocast.h"
 #include "train/step_profiler.h"
 #include "util/error.h"
 
@@ -116,29 +117,25 @@ std::vector<json> run_kernel_bench(const KernelBenchOptions& o) {
          {"bw_GiBps_strict", gibps}, {"bytes_per_token_strict", (1.0 + k) * d * bytes}, {"fraction_of_copy", gibps / copy_gibps},
          {"tokens_per_s", T / (kernel_ms / 1e3)}});
   } else if (o.op == "routing") {
-    torch::Tensor w = torch::randn({d, E}, cuda.dtype(dtype)) * 0.02;
-    const int64_t capacity = expert_capacity(T, k, E, o.capacity_factor);
-    torch::Tensor router_logits;
-    kernels::TopKGate g;
-    torch::Tensor kept;
-    const double t_logit = time_ms([&] { router_logits = torch::matmul(x, w).to(torch::kFloat32); }, o.iters);
-    const double t_select = time_ms([&] { g = kernels::softmax_topk(router_logits, k, 1.0, true); }, o.iters);
+    // The training path's own Router (linear gate, softk, capacity, kept gates) and packing:
+    // what a layer spends before its experts.
+    RouterConfig r;
+    r.strategy = "softk";
+    r.num_experts = E;
+    r.top_k = k;
+    r.capacity_factor = o.capacity_factor;
+    r.lb_coef = 0;  // the bench times routing, not the balancing term
+    Router router(r, d);
+    router.to(torch::kCUDA);  // fp32 parameters under bf16 autocast, as in training
+    CudaAutocast autocast(dtype == torch::kBFloat16);
+    if (o.skew_experts > 0) router.named_parameters()["gate.proj.bias"].narrow(0, 0, std::min(o.skew_experts, E)).add_(o.skew_bias);
+    torch::Tensor ids = torch::zeros({T}, cuda.dtype(torch::kLong));
     RoutingPlan plan;
-    TokenDispatcher dispatcher;
-    const double t_pack = time_ms(
-        [&] {
-          kept = apply_capacity(g.ids, torch::ones_like(g.ids, torch::kBool), g.gates, E, capacity, "position");
-          plan.expert_ids = g.ids;
-          plan.kept = kept;
-          plan.gates = g.gates * kept;
-          plan.num_experts = E;
-          dispatcher.dispatch(x, plan);
-        },
-        o.iters);
-    const double drop = 1.0 - kept.to(torch::kFloat32).mean().item<double>();
-    row({{"impl", "kernel"}, {"T_logit_ms", t_logit}, {"T_select_ms", t_select}, {"T_pack_ms", t_pack},
-         {"T_route_ms", t_logit + t_select + t_pack}, {"drop_rate", drop}, {"capacity_factor", o.capacity_factor},
-         {"tokens_per_s", T / ((t_logit + t_select + t_pack) / 1e3)}});
+    const double t_router = time_ms([&] { plan = router.forward(x, ids); }, o.iters);
+    const double t_pack = time_ms([&] { pack_tokens(x, plan); }, o.iters);
+    const double drop = 1.0 - plan.kept.to(torch::kFloat32).mean().item<double>();
+    row({{"impl", "kernel"}, {"T_router_ms", t_router}, {"T_pack_ms", t_pack}, {"T_route_ms", t_router + t_pack},
+         {"drop_rate", drop}, {"capacity_factor", o.capacity_factor}, {"tokens_per_s", T / ((t_router + t_pack) / 1e3)}});
   } else if (o.op == "moe-layer") {
     RouterConfig r;
     r.strategy = "softk";
@@ -179,7 +176,7 @@ std::vector<json> run_kernel_bench(const KernelBenchOptions& o) {
     torch::Tensor packed = torch::randn({T * k, d}, cuda.dtype(dtype));
     torch::Tensor per_expert = torch::full({E}, T * k / E, cuda.dtype(torch::kLong));
     per_expert[0] += T * k - (T * k / E) * E;
-    const double grouped_ms = time_ms([&] { layer.experts().forward(packed, per_expert); }, o.iters);
+    const double grouped_ms = time_ms([&] { layer.experts().forward({packed, per_expert}); }, o.iters);
     torch::Tensor w1 = torch::randn({d, o.expand * d}, cuda.dtype(dtype)), w2 = torch::randn({o.expand * d, d}, cuda.dtype(dtype));
     const double dense_ms = time_ms([&] { torch::matmul(torch::gelu(torch::matmul(packed, w1)), w2); }, o.iters);
     const double flops = 2.0 * 2.0 * (T * k) * d * (o.expand * d);

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "util/strings.h"
+
 namespace moelab {
 namespace {
 
@@ -147,6 +149,18 @@ int64_t GradientSynchronizer::bucket_count() const {
   int64_t n = 0;
   for (const auto& g : groups_) n += static_cast<int64_t>(g->buckets.size());
   return n;
+}
+
+void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& group, const char* what, int64_t step) {
+  if (parameters.empty()) return;
+  std::vector<torch::Tensor> sums;
+  for (const auto& p : parameters) sums.push_back(p.detach().to(torch::kFloat64).sum());
+  torch::Tensor all = group.all_gather(torch::stack(sums)).cpu();
+  for (int64_t r = 1; r < all.size(0); ++r)
+    if (!torch::equal(all[r], all[0]))
+      throw DistributedError(strf("step %lld: the %s differ between ranks (rank %d of the %s group holds other values than "
+                                  "its rank 0); data-parallel replicas diverged",
+                                  (long long)step, what, (int)r, what));
 }
 
 }  // namespace moelab

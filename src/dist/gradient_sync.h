@@ -10,6 +10,7 @@
 // holding the same shard; none when EP = world) and scaled alike: every rank's loss is a mean
 // over its own tokens and the step's loss is the mean over ranks, so each gradient is divided
 // by the world size.
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -37,5 +38,10 @@ class GradientSynchronizer {
   struct Group;
   std::vector<std::unique_ptr<Group>> groups_;
 };
+
+// Data parallelism must keep the replicas identical: a per-tensor checksum gathered from every
+// rank of `group` and compared bit for bit; DistributedError naming the step and `what` when
+// a rank differs. Cheap enough for every log step.
+void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& group, const char* what, int64_t step);
 
 }  // namespace moelab

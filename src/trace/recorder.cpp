@@ -1,10 +1,14 @@
 #include "trace/recorder.h"
 
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include <torch/torch.h>
 
+#include "trace/placement_jsonl.h"
 #include "util/error.h"
+#include "util/files.h"
 #include "util/strings.h"
 
 namespace moelab {
@@ -29,6 +33,17 @@ TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k, bo
   r.experts.assign(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
   r.weights.assign(gates.data_ptr<float>(), gates.data_ptr<float>() + gates.numel());
   return r;
+}
+
+void append_training_routing(const std::string& path, const std::vector<RoutingPlan>& plans,
+                             const std::vector<int64_t>& layer_ids, int64_t step) {
+  ensure_directory(std::filesystem::path(path).parent_path().string());
+  std::ofstream out(path, std::ios::app);
+  for (size_t l = 0; l < plans.size(); ++l) {
+    TraceRecord record = plan_to_record(plans[l], layer_ids[l], plans[l].top_k);
+    record.batch_id = step;
+    write_placement_jsonl(out, record);
+  }
 }
 
 int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,

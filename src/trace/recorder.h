@@ -36,6 +36,12 @@ TraceRecord plan_to_record(const RoutingPlan& plan, int64_t layer, int64_t k, bo
 // position = -1 for prefill records, else the 1-based position the record holds.
 using RecordSink = std::function<void(const TraceRecord& record, int64_t batch, int64_t position)>;
 
+// The routing a training step's batch took (each MoE layer's plan, as used: after capacity),
+// appended to a placement JSONL file with batch_id = step: a run's own traces for moelab
+// place and coact (train.trace_interval).
+void append_training_routing(const std::string& path, const std::vector<RoutingPlan>& plans,
+                             const std::vector<int64_t>& layer_ids, int64_t step);
+
 // Returns the number of tokens whose routing was recorded (per layer).
 int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,
                        const torch::Device& device, const RecordSink& sink);

@@ -1,9 +1,13 @@
 // One dispatch point per kernel: CUDA tensors to the kernels, the rest to the references.
 #include <torch/torch.h>
 
+#include <ATen/autocast_mode.h>
+
 #include "kernels/adamw.h"
 #include "kernels/column_sum.h"
+#include "kernels/grouped_mm_available.h"
 #include "kernels/layer_norm.h"
+#include "kernels/linear.h"
 #include "kernels/routing_kernels.h"
 #ifdef MOELAB_CUDA
 #include "kernels/cuda_ops.h"
@@ -137,6 +141,25 @@ torch::Tensor fused_expert_ffn(const torch::Tensor& x, const torch::Tensor& w1, 
   (void)b1, (void)w2, (void)b2, (void)offsets;
   return torch::Tensor();
 #endif
+}
+
+torch::Tensor expert_ffn(const torch::Tensor& x, const torch::Tensor& expert_rows, const torch::Tensor& w1,
+                         const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
+                         ExpertActivation activation) {
+#ifdef MOELAB_GROUPED_MM
+  if (x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || at::autocast::is_autocast_enabled(at::kCUDA))) {
+    // at::_grouped_mm leaves rows past the last offset unwritten, its gradients ignore them,
+    // and so does the fused bias and activation after each GEMM.
+    const auto bf16 = torch::kBFloat16;
+    torch::Tensor offsets = expert_rows.cumsum(0).to(torch::kInt32);
+    if (activation == kGelu && fused_expert_ffn_available(x, w1))
+      return fused_expert_ffn(x.to(bf16), bf16_operand(w1), b1, bf16_operand(w2), b2, offsets);
+    torch::Tensor h = at::_grouped_mm(x.to(bf16), bf16_operand(w1), offsets);
+    h = expert_bias_activation(h, b1, offsets, activation);
+    return expert_bias_activation(at::_grouped_mm(h, bf16_operand(w2), offsets), b2, offsets, kNoActivation);
+  }
+#endif
+  return reference::expert_ffn(x, expert_rows, w1, b1, w2, b2, activation);
 }
 
 #ifdef MOELAB_CUDA

@@ -1,14 +1,28 @@
 #pragma once
-// A LayerNorm module applied through moelab's fused kernel (kernels/layer_norm.h). Under CUDA
-// autocast the output comes in the autocast dtype, as the GEMM after it wants, while the
-// residual stream it reads stays fp32; elsewhere it keeps the input's dtype. The module
-// (torch::nn::LayerNorm) only holds the parameters, so checkpoints keep their names.
+// torch::nn modules applied through moelab's kernels. The modules only hold the parameters,
+// so checkpoints keep libtorch's names; the arithmetic is kernels::linear and
+// kernels::layer_norm.
+//
+// Linear: libtorch's C++ torch::nn::Linear adds the bias in place after a matmul when the
+// input has more than two dimensions; under bf16 autocast that add is bf16 += fp32 in a slow
+// mixed-type kernel, where at::linear folds the bias into the GEMM (and kernels::linear
+// writes fp32 weight and bias gradients).
+//
+// LayerNorm: under CUDA autocast the output comes in the autocast dtype, as the GEMM after
+// it wants, while the residual stream it reads stays fp32; elsewhere it keeps the input's
+// dtype.
 #include <ATen/autocast_mode.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
 #include "kernels/layer_norm.h"
+#include "kernels/linear.h"
 
 namespace moelab {
+
+inline torch::Tensor apply_linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
+  return kernels::linear(x, layer->weight, layer->bias);
+}
 
 inline torch::ScalarType normed_dtype(const torch::Tensor& x) {
 #ifdef MOELAB_CUDA

@@ -1,0 +1,200 @@
+#include "train/training_run.h"
+
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "routers/strategy.h"
+#include "train/autocast.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/log.h"
+#include "util/strings.h"
+
+namespace moelab {
+namespace {
+
+// Expert parallelism: RUN/checkpoints/latest.pt still holds the whole model, for eval,
+// generate and traces in one process: the first expert group gathers each sharded tensor to
+// its rank 0, which writes it with the step (no optimizer state: training resumes from the
+// shard files). Every rank of the first expert group must call this.
+void save_gathered_model(const TrainingRun& run) {
+  const bool writer = run.dist.is_main();
+  std::unique_ptr<TinyMoE> whole;
+  if (writer) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    const torch::Tensor rng = generator.get_state();  // building a model draws initial weights
+    whole = std::make_unique<TinyMoE>(run.config.model, run.config.router);
+    generator.set_state(rng);
+  }
+  torch::NoGradGuard no_grad;
+  torch::OrderedDict<std::string, torch::Tensor> whole_parameters;
+  if (writer) whole_parameters = whole->named_parameters();
+  for (const auto& item : run.model->named_parameters()) {
+    torch::Tensor value = item.value().detach();
+    bool sharded = false;
+    for (const auto& s : run.expert_shards) sharded = sharded || s.is_same(item.value());
+    if (sharded) {
+      std::vector<int64_t> shape = value.sizes().vec();
+      shape[0] *= run.dist.expert_group->size();
+      value = run.dist.expert_group->all_gather(value).reshape(shape);
+    }
+    if (writer) whole_parameters[item.key()].copy_(value);
+  }
+  if (!writer) return;
+  auto whole_buffers = whole->named_buffers();
+  for (const auto& item : run.model->named_buffers()) whole_buffers[item.key()].copy_(item.value());
+  torch::optim::AdamW no_state(whole->parameters());
+  save_checkpoint(run.checkpoint, *whole, no_state, run.state);
+}
+
+// Where the run writes, after the checks that need no other rank: nobody writes before all pass.
+void resolve_paths(TrainingRun& run, bool resuming) {
+  const int ep = run.dist.expert_parallel;
+  // Expert shards are written by the first expert group's ranks, each its own file.
+  run.rank_checkpoint = ep > 1 ? expert_shard_checkpoint_path(run.run_dir, run.dist.rank % ep, ep) : run.checkpoint;
+  run.writes_checkpoint = ep > 1 ? run.dist.rank < ep : run.main_rank();
+  if (resuming && !file_exists(run.rank_checkpoint))
+    throw UserError(run.rank_checkpoint + ": no checkpoint to resume from" +
+                    (ep > 1 ? strf(" (resume an expert-parallel run with the same parallel.expert_parallel = %d)", ep)
+                            : " (the run stopped before its first checkpoint: start it again with --config " + run.run_dir +
+                                  "/config.json --out " + run.run_dir + ")"));
+}
+
+// Rank 0 prepares the data; the others then find it prepared.
+void prepare_run_data(TrainingRun& run, bool resuming) {
+  if (run.main_rank()) {
+    ensure_directory(run.run_dir + "/checkpoints");
+    // Temporary files of writes that a crash interrupted.
+    const int stale = remove_stale_temp_files(run.run_dir + "/checkpoints") + remove_stale_temp_files(run.run_dir + "/data");
+    if (stale > 0) log::info(strf("%s: removed %d temporary file(s) left by an interrupted run", run.run_dir.c_str(), stale));
+    run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir));
+  }
+  if (run.dist.world_group) run.dist.world_group->barrier();
+  if (!run.main_rank()) run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir));
+  run.config.model.vocab_size = run.data->tokenizer->vocab_size();
+  if (!resuming && run.main_rank())
+    write_file_atomic(run.run_dir + "/config.json", run_config_to_json(run.config).dump(2) + "\n");
+  run.train_tokens = std::make_unique<TokenFile>(run.data->train_tokens);
+  run.valid_tokens = std::make_unique<TokenFile>(run.data->valid_tokens);
+  // What evaluation needs, checked before the first step rather than after training.
+  const DataConfig& dc = run.config.data;
+  if (run.valid_tokens->size() < run.config.model.seq_len + 1)
+    throw UserError(strf("%s: the validation split has %lld tokens, fewer than one window of model.seq_len + 1 = %lld "
+                         "(a longer data.valid, or a larger data.val_fraction)",
+                         (dc.valid ? *dc.valid : dc.train + " (its last data.val_fraction)").c_str(),
+                         (long long)run.valid_tokens->size(), (long long)run.config.model.seq_len + 1));
+  run.chars_per_token = static_cast<double>(run.data->valid_chars) / static_cast<double>(run.data->valid_token_count);
+}
+
+// The model on its device (this rank's experts only under expert parallelism), its optimizer
+// and the batches; from the checkpoint when resuming.
+void build_model(TrainingRun& run, bool resuming) {
+  const TrainConfig& tc = run.config.train;
+  torch::manual_seed(static_cast<uint64_t>(run.config.seed));
+  run.model = std::make_unique<TinyMoE>(run.config.model, run.config.router);
+  run.model->to(run.device);
+  if (run.dist.expert_parallel > 1) run.model->shard_experts(run.dist.expert_group);
+  run.replicated = run.model->replicated_parameters();
+  run.expert_shards = run.model->expert_shard_parameters();
+  run.optimizer = std::make_unique<TrainingOptimizer>(run.model->parameters(), tc);
+  // Every rank draws the same global batch of batch_size x world windows and trains on its
+  // own rows of it: the step equals one process training on the whole global batch.
+  const int64_t global_batch = tc.batch_size * run.dist.world;
+  run.tokens_per_step = global_batch * run.config.model.seq_len;
+  run.sampler = std::make_unique<BatchSampler>(*run.train_tokens, global_batch, run.config.model.seq_len,
+                                               static_cast<uint64_t>(run.config.seed) + 1);
+  run.state.world_size = run.dist.world;
+  if (resuming) {
+    run.state = load_checkpoint(run.rank_checkpoint, *run.model, &run.optimizer->state(), run.device);
+    if (run.state.world_size != run.dist.world)
+      throw UserError(strf("%s: written by a run of %lld ranks; resume it with %lld ranks, not %d", run.rank_checkpoint.c_str(),
+                           (long long)run.state.world_size, (long long)run.state.world_size, run.dist.world));
+    if (run.state.step >= tc.max_steps)
+      throw UserError(strf("%s: finished at step %lld = train.max_steps; nothing to resume", run.run_dir.c_str(),
+                           (long long)run.state.step));
+    run.sampler->restore(run.state.sampler_state);
+    log::info(strf("resuming %s at step %lld", run.run_dir.c_str(), (long long)run.state.step));
+  }
+  run.batches = std::make_unique<TrainBatches>(*run.train_tokens, *run.sampler, global_batch, run.config.model.seq_len,
+                                               run.dist.rank * tc.batch_size, tc.batch_size, run.device);
+  if (run.dist.distributed())
+    run.gradient_sync = std::make_unique<GradientSynchronizer>(run.replicated, run.dist.world_group, run.expert_shards,
+                                                               run.dist.expert_data_group, run.dist.world,
+                                                               run.config.parallel.bucket_mb);
+}
+
+}  // namespace
+
+std::unique_ptr<TrainingRun> start_training_run(RunConfig config, const TrainOptions& options) {
+  auto run = std::make_unique<TrainingRun>();
+  const bool resuming = !options.resume_dir.empty();
+  if (resuming) config = load_run_config_from(options.resume_dir);
+  run->config = std::move(config);
+  run->run_dir = resuming ? options.resume_dir : run->config.out;
+  validate_router_config(run->config.router, "config");
+  run->checkpoint = checkpoint_path(run->run_dir);
+  if (!resuming && file_exists(run->checkpoint))
+    throw UserError(run->run_dir + ": already holds a run; pass --resume " + run->run_dir + " or choose another --out");
+  // An attempt that stopped before its first checkpoint left metrics and no checkpoint: it
+  // has nothing to resume, so it starts again (its rows are dropped).
+  const bool restarting = !resuming && file_exists(run->run_dir + "/metrics.jsonl");
+
+  const TrainConfig& tc = run->config.train;
+  torch::set_num_threads(tc.threads > 0 ? static_cast<int>(tc.threads)
+                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const LaunchEnvironment launch = read_launch_environment();
+  run->device = torch::Device(resolve_device(tc.device));
+  if (run->device.is_cuda() && launch.world > 1)
+    run->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank));
+  if (tc.dtype == "bf16" && !run->device.is_cuda()) throw UserError("train.dtype bf16 needs a CUDA device (CPU training is fp32)");
+  run->bf16 = run->device.is_cuda() && tc.dtype != "fp32";
+  // The checks above ran on every rank before the rendezvous.
+  run->dist = init_distributed(launch, run->config.parallel, run->device.is_cuda());
+  if (!run->main_rank()) log::set_quiet(true);
+  if (run->dist.distributed())
+    log::info(strf("distributed (%s): %d ranks, expert parallel %d, %s", launch.launcher.c_str(), run->dist.world,
+                   run->dist.expert_parallel, run->device.is_cuda() ? "NCCL" : "Gloo"));
+  resolve_paths(*run, resuming);
+  prepare_run_data(*run, resuming);
+  build_model(*run, resuming);
+
+  if (restarting) log::info(run->run_dir + " held no checkpoint (an attempt that stopped before its first one): starting again");
+  if (run->main_rank())
+    run->metrics = std::make_unique<MetricsLog>(run->run_dir + "/metrics.jsonl", resuming || restarting ? run->state.step : -1);
+  log::info(strf("model: %s parameters, %s active per token, %s FLOPs per token; %s on %s",
+                 human_count(run->model->parameter_count()).c_str(), human_count(run->model->active_parameter_count()).c_str(),
+                 human_count(run->model->flops_per_token()).c_str(), run->config.router.strategy.c_str(),
+                 run->device.str().c_str()));
+  return run;
+}
+
+std::string TrainingRun::last_good_checkpoint() const {
+  return file_exists(rank_checkpoint) ? "The last good checkpoint is " + rank_checkpoint
+                                      : "No checkpoint was written yet; start again with --out " + run_dir;
+}
+
+void TrainingRun::save() {
+  state.sampler_state = sampler->state();
+  if (writes_checkpoint) save_checkpoint(rank_checkpoint, *model, optimizer->state(), state);
+  if (dist.expert_parallel > 1 && dist.rank < dist.expert_parallel) save_gathered_model(*this);
+}
+
+EvalResult TrainingRun::evaluate(int64_t step) {
+  const TrainConfig& tc = config.train;
+  EvalResult result;
+  {
+    CudaAutocast autocast(bf16);
+    result = moelab::evaluate(*model, *valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows,
+                              chars_per_token, device, dist);
+  }
+  if (metrics)
+    metrics->write({{"kind", "eval"}, {"step", step}, {"val_loss", result.loss}, {"val_ppl", result.ppl},
+                    {"bits_per_token", result.bits_per_token}, {"bits_per_char", result.bits_per_char},
+                    {"eval_tokens", result.tokens}});
+  log::info(strf("step %lld | val loss %.4f | ppl %.3f | %.3f bits/char", (long long)step, result.loss, result.ppl,
+                 result.bits_per_char));
+  return result;
+}
+
+}  // namespace moelab
