@@ -10,7 +10,7 @@
 //   3. marking, in token order: key > K, or key == K among the first `remaining` such
 //      tokens (ranked by warp ballots and per-warp counts).
 // Work: 5 passes over T keys per column; traffic: T*E scores read (once when cached), T*E
-// flags written. libtorch's segmented sort of [E, T] took 36 us at T = 8192, E = 8 on an H100.
+// flags written. libtorch would sort every column of [E, T] in full to keep its top C.
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/types.h>
 

@@ -12,7 +12,7 @@
 
 namespace moelab::kernels {
 namespace {
-constexpr int64_t kOneHotLimit = int64_t{1} << 20;  // past ~1M counts (E 128 at 8K tokens) the sort is faster on an H100
+constexpr int64_t kOneHotLimit = int64_t{1} << 20;  // past ~1M counts (E 128 at 8K tokens) the one-hot matrix costs more than a sort
 
 // Each flat assignment's place in its expert's queue: assignments queue in `order` (undefined:
 // flat order); those not valid take no place and get N.

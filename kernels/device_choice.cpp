@@ -1,4 +1,7 @@
-// One dispatch point per kernel: CUDA tensors to the kernels, the rest to the references.
+// The one place that chooses, per op, between the CUDA kernel (kernels/<op>.cu, through the
+// autograd wrappers of kernels/cuda_ops.cpp) and the reference (kernels/<op>_ref.cpp): CUDA
+// tensors within the kernel's limits (kernels/kernel_limits.h and the *_supported checks) go
+// to the kernel, everything else to the reference.
 #include <torch/torch.h>
 
 #include <ATen/autocast_mode.h>
@@ -6,6 +9,7 @@
 #include "kernels/adamw.h"
 #include "kernels/column_sum.h"
 #include "kernels/grouped_mm_available.h"
+#include "kernels/kernel_limits.h"
 #include "kernels/layer_norm.h"
 #include "kernels/linear.h"
 #include "kernels/routing_kernels.h"
@@ -31,14 +35,14 @@ bool cuda_kernels_built() {
 
 TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize) {
 #ifdef MOELAB_CUDA
-  if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512 && k <= 8) return cuda::softmax_topk(logits, k, temperature, renormalize);
+  if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= kMaxRowExperts && k <= kMaxGateK) return cuda::softmax_topk(logits, k, temperature, renormalize);
 #endif
   return reference::softmax_topk(logits, k, temperature, renormalize);
 }
 
 torch::Tensor topk_ids(const torch::Tensor& values, int64_t k) {
 #ifdef MOELAB_CUDA
-  if (cuda_enabled && values.is_cuda() && values.dim() == 2 && values.size(1) <= 512 && k <= 8 &&
+  if (cuda_enabled && values.is_cuda() && values.dim() == 2 && values.size(1) <= kMaxRowExperts && k <= kMaxGateK &&
       (values.scalar_type() == torch::kFloat32 || values.scalar_type() == torch::kBFloat16))
     return cuda::topk_ids(values, k);
 #endif
@@ -200,7 +204,7 @@ torch::Tensor column_sum(const torch::Tensor& x) {
 
 torch::Tensor sinkhorn(const torch::Tensor& logits, int64_t iters, double temperature) {
 #ifdef MOELAB_CUDA
-  if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= 512) return cuda::sinkhorn(logits, iters, temperature);
+  if (cuda_enabled && logits.is_cuda() && logits.size(-1) <= kMaxRowExperts) return cuda::sinkhorn(logits, iters, temperature);
 #endif
   return reference::sinkhorn(logits, iters, temperature);
 }

@@ -19,8 +19,8 @@ TopKGate softmax_topk(const torch::Tensor& logits, int64_t k, double temperature
 
 // The indices of each row's k largest values ([T, E] -> int64 [T, k]), by descending value;
 // equal values: the lower index first (a stable descending sort's order). No gradient. On
-// CUDA (fp32 or bf16, E <= 512, k <= 8) the gate kernel's selection, its softmax unused:
-// libtorch's sort of [8192, 8] is a 25 us radix sort on an H100.
+// CUDA (fp32 or bf16, E <= 512, k <= 8) the gate kernel's selection, its softmax unused: a
+// register scan per row where libtorch runs a full radix sort of every row.
 torch::Tensor topk_ids(const torch::Tensor& values, int64_t k);
 
 // Expert choice's selection: a bool [T, E] mask of the `take` largest entries of each column
@@ -41,8 +41,8 @@ struct KeySort {
 KeySort stable_sort_by_key(const torch::Tensor& keys, int64_t buckets);
 
 // Capacity in one pass: the selected flat assignments (expert_ids, selected: [N]) queue per
-// expert in `order` (a permutation of 0..N-1; undefined = flat order, the seed's "position"
-// policy) and the first `capacity` of each queue keep a slot. Returns whether each entry is
+// expert in `order` (a permutation of 0..N-1; undefined = flat order, drop_policy
+// "position") and the first `capacity` of each queue keep a slot. Returns whether each entry is
 // kept, its slot (its place in its expert's queue, -1 when not kept) and the kept entries
 // per expert. CUDA with flat order: the counting sort's kernels writing these directly.
 struct CapacitySlots {

@@ -8,12 +8,13 @@
 #include <torch/types.h>
 
 #include "kernels/cuda_ops.h"
+#include "kernels/kernel_limits.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {
 namespace {
 
-constexpr int kMaxPerLane = 16;  // E <= 512
+constexpr int kMaxPerLane = kRowLogitsPerLane;
 constexpr int kWarps = 8;
 
 __device__ void load_row(const float* logits, int64_t token, int experts, float inv_t, int lane, float* v, float& row_max) {
@@ -51,8 +52,8 @@ __global__ void row_pass(const float* __restrict__ logits, int64_t tokens, int e
     for (int i = 0; i < kMaxPerLane; ++i)
       if (lane + 32 * i < experts) column[i] += v[i] * scale;
   }
-  // [kWarps][experts], sized at launch: a fixed [kWarps][512] block wrote 16 KB of zeros per
-  // block at E = 8 and made the pass 7 us instead of 2.
+  // [kWarps][experts], sized at launch: a fixed [kWarps][512] block would write 16 KB of
+  // zeros per block at E = 8, more than the pass's own traffic.
   extern __shared__ float warp_columns[];
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i)
@@ -66,7 +67,7 @@ __global__ void row_pass(const float* __restrict__ logits, int64_t tokens, int e
 }
 
 // E <= 32: a thread per token, its row in registers, in blocks of kSmallThreads (a warp per
-// token leaves 24 of 32 lanes idle at E = 8; the round took 7 us on 8192 tokens). Column
+// token leaves 24 of 32 lanes idle at E = 8). Column
 // partials: warp sums per expert, then the block's warps in order.
 constexpr int kSmallExperts = 32;
 constexpr int kSmallThreads = 64;
@@ -111,7 +112,7 @@ __global__ void write_q_small(const float* __restrict__ logits, int64_t tokens, 
 }
 
 // A block per expert: strided partial sums, then a shared-memory tree in a fixed order. One
-// thread per expert summing all row-pass blocks serially took 22 us a round at E = 8.
+// thread per expert summing all row-pass blocks serially leaves the GPU idle but for E threads.
 constexpr int kColumnThreads = 256;
 __global__ void column_pass(const float* __restrict__ partial, int blocks, int experts, float target, float* __restrict__ c) {
   __shared__ float sums[kColumnThreads];
@@ -148,7 +149,7 @@ torch::Tensor sinkhorn(const torch::Tensor& logits_in, int64_t iters, double tem
   torch::Tensor logits = logits_in.to(torch::kFloat32).contiguous();
   const int64_t tokens = logits.size(0);
   const int experts = static_cast<int>(logits.size(1));
-  TORCH_CHECK(experts <= 32 * kMaxPerLane, "sinkhorn: E <= 512 on CUDA");
+  TORCH_CHECK(experts <= 32 * kMaxPerLane, "sinkhorn: E <= ", kMaxRowExperts, " on CUDA");
   auto options = logits.options();
   torch::Tensor r = torch::ones({tokens}, options), c = torch::ones({experts}, options), q = torch::empty_like(logits);
   if (tokens == 0) return q;

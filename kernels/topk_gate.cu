@@ -2,8 +2,8 @@
 // 16 logits in registers (E <= 512), the warp reduces the row max and the sum of exponentials,
 // then k rounds of a warp arg-max pick the experts (equal values: the lower expert id, the
 // reference's tie rule). With E <= 32 one thread takes a token instead, its logits in its
-// registers and k serial arg-max scans: a warp per token left most lanes idle and spent 13 us
-// on 8192 tokens x 8 experts on an H100. Traffic: T*E logits read once, 2*T*k values
+// registers and k serial arg-max scans: a warp per token would leave most lanes idle.
+// Traffic: T*E logits read once, 2*T*k values
 // written; work: T*E exp. The backward is one warp per token too: with g the output
 // gradient and S = sum_j g_j gate_j, dlogit[e] = gate_j (g_j - S) / temperature at the
 // chosen e = id_j when renormalised (the gates are a softmax over the k chosen), else
@@ -15,13 +15,14 @@
 #include <torch/types.h>
 
 #include "kernels/cuda_ops.h"
+#include "kernels/kernel_limits.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {
 namespace {
 
-constexpr int kMaxPerLane = 16;  // 512 experts / 32 lanes
-constexpr int kMaxK = 8;
+constexpr int kMaxPerLane = kRowLogitsPerLane;
+constexpr int kMaxK = kMaxGateK;
 
 // A token's k choices, by descending probability: gates (renormalised over the k or not)
 // and expert ids.
@@ -191,7 +192,7 @@ void launch_softmax_topk_backward(const torch::Tensor& logits, const torch::Tens
 void launch_softmax_topk(const torch::Tensor& logits, int64_t k, double temperature, bool renormalize, torch::Tensor& gates,
                          torch::Tensor& ids) {
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous(), "softmax_topk: logits must be a contiguous [T, E] tensor");
-  TORCH_CHECK(logits.size(1) <= 32 * kMaxPerLane && k <= kMaxK && k <= logits.size(1), "softmax_topk: needs E <= 512, k <= 8");
+  TORCH_CHECK(logits.size(1) <= 32 * kMaxPerLane && k <= kMaxK && k <= logits.size(1), "softmax_topk: needs E <= ", kMaxRowExperts, ", k <= ", kMaxGateK);
   const int64_t tokens = logits.size(0);
   if (tokens == 0) return;
   TORCH_CHECK(logits.scalar_type() == torch::kFloat32 || logits.scalar_type() == torch::kBFloat16,

@@ -12,7 +12,7 @@ namespace moelab {
 int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor);
 
 // Which selected assignments keep a slot. policy "position": earlier flat entries t*K+j
-// first (the seed); "probs": higher priority first, ties to the earlier entry (Megatron-Core).
+// first (a token earlier in the batch keeps its slot); "probs": higher priority first, ties to the earlier entry (Megatron-Core).
 torch::Tensor apply_capacity(const torch::Tensor& expert_ids, const torch::Tensor& selected,
                              const torch::Tensor& priority, int64_t experts, int64_t capacity,
                              const std::string& policy);

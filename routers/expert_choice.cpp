@@ -1,7 +1,8 @@
 // expert_choice (Zhou et al. 2022): S = softmax(logits) over experts; each expert takes its
-// top-C tokens by S, C = ceil(CF*T*k/E) (not capped: the seed's cap of 64 made it softk for
-// most tokens); gate = S[t, e]. A token no expert picked passes through the residual only,
-// or, with ec_fallback "topk", is routed softk-style (the seed). Expert choice looks at every
+// top-C tokens by S, C = ceil(CF*T*k/E) (not capped: a fixed cap below that leaves most
+// tokens unpicked, and with the fallback routes them softk-style, so that the run measures
+// softk rather than expert choice); gate = S[t, e]. A token no expert picked passes through
+// the residual only, or, with ec_fallback "topk", is routed softk-style. Expert choice looks at every
 // token of the batch, future ones included: it is not causal, and a model trained with it
 // routes differently when it generates one token at a time.
 #include <algorithm>

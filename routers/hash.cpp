@@ -1,5 +1,5 @@
 // hash (Roller et al. 2021): no learned gate. key = token id (default) or the token's
-// position in the batch (the seed); base = (key * 1315423911 + 2654435761) mod E; expert j =
+// position in the batch (which balances loads whatever the text); base = (key * 1315423911 + 2654435761) mod E; expert j =
 // (base + 97 j) mod E; gates 1/k. 1315423911 is odd, so for E a power of two the map from
 // key to base is a bijection mod E and uniform keys give perfectly balanced loads.
 #include <torch/torch.h>

@@ -1,6 +1,7 @@
 // top1 (Switch Transformer): each token goes to its highest-scoring expert. The gate is the
 // expert's softmax probability, so the router learns from the LM loss; top1_gate = "none"
-// gives the seed's constant 1 (no router gradient).
+// gives a constant 1, with no router gradient from the LM loss (the balancing terms alone
+// train the gate), to compare against.
 #include <torch/torch.h>
 
 #include "kernels/routing_kernels.h"

@@ -1,5 +1,6 @@
-// topk_hard (the seed's): top-k experts by logit, equal weights: 1 each, summed
-// (hard_weight "sum", the seed) or 1/k each ("mean"). The router learns only through the
+// topk_hard: top-k experts by logit, equal weights: 1 each, summed (hard_weight "sum": each
+// expert's full output, as a token sent to k experts gets all k) or 1/k each ("mean": the
+// output keeps the scale of one expert's). The router learns only through the
 // balancing terms; under drop_policy "probs" the softmax probability decides who stays.
 #include <torch/torch.h>
 
