@@ -82,13 +82,42 @@ TEST(Config, ParseErrorNamesFileLineAndColumn) {
   EXPECT_NE(e.find("bad.jsonc:4:"), std::string::npos) << e;
 }
 
-TEST(Config, ResolvedConfigRoundTrips) {
-  RunConfig c = load_run_config("", {"router.strategy=expert_choice", "model.dense=true"});
-  nlohmann::json j = run_config_to_json(c);
-  nlohmann::json base = default_config_json();
-  merge_config(base, j, "round-trip");
-  RunConfig back = run_config_from_json(base, "round-trip");
-  EXPECT_EQ(run_config_to_json(back), j);
+// Every key, each set to a value other than its default: read into the struct (spot checks of
+// each section) and written back unchanged. The key list must be the defaults' exactly, so a
+// key the config gains fails here until it is given a value too.
+TEST(Config, EveryKeyReadsAndWritesBack) {
+  const nlohmann::json all = nlohmann::json::parse(R"({
+    "seed": 3, "out": "elsewhere",
+    "data": {"train": "t.txt", "valid": "v.txt", "val_fraction": 0.2, "tokenizer": "bpe", "bpe_vocab_size": 512,
+             "builtin_stories": 99},
+    "model": {"layers": 3, "dim": 64, "heads": 8, "seq_len": 32, "ffn_mult": 2, "dropout": 0.2, "attention_dropout": 0.05,
+              "init": "pytorch", "position": "rope", "activation": "swiglu", "tie_embeddings": true, "moe_every": 2,
+              "dense": true, "dense_width": 2.5, "dispatcher": "masked_matmul"},
+    "router": {"strategy": "hash", "gate": "mlp", "num_experts": 16, "top_k": 3, "capacity_factor": 2.0,
+               "drop_policy": "probs", "renorm_after_drop": false, "temperature": 0.5, "lb_coef": 0.5, "z_coef": 0.001,
+               "bias_rate": 0.01, "hash_key": "position", "ec_fallback": "topk", "sinkhorn_iters": 7, "top1_gate": "none",
+               "hard_weight": "mean"},
+    "train": {"batch_size": 4, "max_steps": 9, "lr": 0.001, "weight_decay": 0.5, "warmup_steps": 2, "grad_clip": 0.5,
+              "eval_interval": 3, "eval_windows": 5, "log_interval": 2, "checkpoint_interval": 4, "device": "cpu",
+              "dtype": "fp32", "threads": 2, "peak_tflops": 100.0, "trace_interval": 3, "cuda_graph": false,
+              "profile_steps": 2},
+    "parallel": {"expert_parallel": 2, "timeout_s": 30.0, "bucket_mb": 10.0}})");
+  const nlohmann::json defaults = default_config_json();
+  const nlohmann::json given_keys = all.flatten(), default_keys = defaults.flatten();
+  ASSERT_EQ(given_keys.size(), default_keys.size());
+  for (const auto& [key, value] : given_keys.items()) {
+    ASSERT_TRUE(default_keys.contains(key)) << key;
+    EXPECT_NE(default_keys[key], value) << key << " keeps its default: the test cannot see it read";
+  }
+  nlohmann::json merged = defaults;
+  merge_config(merged, all, "all.json");
+  RunConfig c = run_config_from_json(merged, "all.json");
+  EXPECT_EQ(c.data.valid.value_or(""), "v.txt");
+  EXPECT_EQ(c.model.dispatcher, "masked_matmul");
+  EXPECT_EQ(c.router.hard_weight, "mean");
+  EXPECT_DOUBLE_EQ(c.train.lr, 0.001);
+  EXPECT_DOUBLE_EQ(c.parallel.bucket_mb, 10.0);
+  EXPECT_EQ(run_config_to_json(c), all);
 }
 
 // ---- corpus and generator ----

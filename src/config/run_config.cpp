@@ -1,6 +1,7 @@
 #include "config/run_config.h"
 
 #include <cmath>
+#include <functional>
 
 #include "util/error.h"
 #include "util/files.h"
@@ -10,65 +11,6 @@ namespace moelab {
 using nlohmann::json;
 
 json default_config_json() { return run_config_to_json(RunConfig{}); }
-
-json run_config_to_json(const RunConfig& c) {
-  json j;
-  j["seed"] = c.seed;
-  j["out"] = c.out;
-  j["data"] = {{"train", c.data.train},
-               {"valid", c.data.valid ? json(*c.data.valid) : json(nullptr)},
-               {"val_fraction", c.data.val_fraction},
-               {"tokenizer", c.data.tokenizer},
-               {"bpe_vocab_size", c.data.bpe_vocab_size},
-               {"builtin_stories", c.data.builtin_stories}};
-  j["model"] = {{"layers", c.model.layers},     {"dim", c.model.dim},
-                {"heads", c.model.heads},       {"seq_len", c.model.seq_len},
-                {"ffn_mult", c.model.ffn_mult}, {"dropout", c.model.dropout},
-                {"attention_dropout", c.model.attention_dropout}, {"init", c.model.init},
-                {"position", c.model.position}, {"activation", c.model.activation},
-                {"tie_embeddings", c.model.tie_embeddings},
-                {"moe_every", c.model.moe_every}, {"dense", c.model.dense},
-                {"dense_width", c.model.dense_width}, {"dispatcher", c.model.dispatcher}};
-  const RouterConfig& r = c.router;
-  j["router"] = {{"strategy", r.strategy},
-                 {"gate", r.gate},
-                 {"num_experts", r.num_experts},
-                 {"top_k", r.top_k},
-                 {"capacity_factor", r.capacity_factor},
-                 {"drop_policy", r.drop_policy},
-                 {"renorm_after_drop", r.renorm_after_drop},
-                 {"temperature", r.temperature},
-                 {"lb_coef", r.lb_coef},
-                 {"z_coef", r.z_coef},
-                 {"bias_rate", r.bias_rate},
-                 {"hash_key", r.hash_key},
-                 {"ec_fallback", r.ec_fallback},
-                 {"sinkhorn_iters", r.sinkhorn_iters},
-                 {"top1_gate", r.top1_gate},
-                 {"hard_weight", r.hard_weight}};
-  const TrainConfig& t = c.train;
-  j["train"] = {{"batch_size", t.batch_size},
-                {"max_steps", t.max_steps},
-                {"lr", t.lr},
-                {"weight_decay", t.weight_decay},
-                {"warmup_steps", t.warmup_steps},
-                {"grad_clip", t.grad_clip},
-                {"eval_interval", t.eval_interval},
-                {"eval_windows", t.eval_windows},
-                {"log_interval", t.log_interval},
-                {"checkpoint_interval", t.checkpoint_interval},
-                {"device", t.device},
-                {"dtype", t.dtype},
-                {"threads", t.threads},
-                {"peak_tflops", t.peak_tflops},
-                {"trace_interval", t.trace_interval},
-                {"cuda_graph", t.cuda_graph},
-                {"profile_steps", t.profile_steps}};
-  j["parallel"] = {{"expert_parallel", c.parallel.expert_parallel},
-                   {"timeout_s", c.parallel.timeout_s},
-                   {"bucket_mb", c.parallel.bucket_mb}};
-  return j;
-}
 
 json parse_jsonc_text(const std::string& text, const std::string& origin) {
   try {
@@ -168,7 +110,7 @@ struct Reader {
   [[noreturn]] void fail(const std::string& section, const std::string& key, const std::string& what) const {
     throw UserError(strf("%s: '%s' %s", origin.c_str(), path(section, key).c_str(), what.c_str()));
   }
-  int64_t integer(const std::string& s, const std::string& k, int64_t lo, int64_t hi = INT64_MAX) const {
+  int64_t integer(const std::string& s, const std::string& k, int64_t lo, int64_t hi) const {
     const json& value = at(s, k);
     if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
       fail(s, k, strf("must be at most %lld, got %llu", (long long)hi, (unsigned long long)value.get<uint64_t>()));
@@ -179,104 +121,161 @@ struct Reader {
                                         (long long)v));
     return v;
   }
-  double number(const std::string& s, const std::string& k, double lo, double hi, bool lo_open = false) const {
+  double number(const std::string& s, const std::string& k, double lo, double hi, bool lo_open) const {
     double v = at(s, k).get<double>();
     if (!std::isfinite(v) || v < lo || v > hi || (lo_open && v == lo))
       fail(s, k, strf("must be in %s%g, %g], got %g", lo_open ? "(" : "[", lo, hi, v));
     return v;
   }
-  std::string choice(const std::string& s, const std::string& k, std::initializer_list<const char*> options) const {
-    std::string v = at(s, k).get<std::string>();
-    std::string list;
-    for (const char* o : options) {
-      if (v == o) return v;
-      list += (list.empty() ? "" : "|") + std::string(o);
-    }
-    fail(s, k, strf("must be one of %s, got '%s'", list.c_str(), v.c_str()));
-  }
-  std::string text(const std::string& s, const std::string& k) const { return at(s, k).get<std::string>(); }
-  bool flag(const std::string& s, const std::string& k) const { return at(s, k).get<bool>(); }
 };
+
+// How a key's value is read and checked.
+template <typename T>
+using Check = std::function<T(const Reader&, const std::string& section, const std::string& key)>;
+
+Check<int64_t> integer(int64_t lo, int64_t hi = INT64_MAX) {
+  return [=](const Reader& r, const std::string& s, const std::string& k) { return r.integer(s, k, lo, hi); };
+}
+Check<double> number(double lo, double hi, bool lo_open = false) {
+  return [=](const Reader& r, const std::string& s, const std::string& k) { return r.number(s, k, lo, hi, lo_open); };
+}
+Check<bool> flag() {
+  return [](const Reader& r, const std::string& s, const std::string& k) { return r.at(s, k).get<bool>(); };
+}
+// Any string (strategy and gate names are checked against their registries later); with
+// `required`, an empty one is refused with that message.
+Check<std::string> text(const std::string& required = "") {
+  return [=](const Reader& r, const std::string& s, const std::string& k) {
+    std::string v = r.at(s, k).get<std::string>();
+    if (v.empty() && !required.empty()) r.fail(s, k, required);
+    return v;
+  };
+}
+Check<std::string> one_of(std::vector<std::string> options) {
+  return [=](const Reader& r, const std::string& s, const std::string& k) {
+    std::string v = r.at(s, k).get<std::string>(), list;
+    for (const std::string& o : options) {
+      if (v == o) return v;
+      list += (list.empty() ? "" : "|") + o;
+    }
+    r.fail(s, k, strf("must be one of %s, got '%s'", list.c_str(), v.c_str()));
+  };
+}
+
+// One config key: where it sits in the JSON and in RunConfig, and its check. The table below
+// is the only place a key is written: the defaults, to-JSON and from-JSON all come from it.
+struct Field {
+  std::string section, key;
+  std::function<json(const RunConfig&)> get;
+  std::function<void(const Reader&, RunConfig&)> set;
+};
+
+template <typename Part, typename T>
+Field field(const char* section, Part RunConfig::*part, const char* key, T Part::*member, Check<T> check) {
+  return {section, key, [=](const RunConfig& c) { return json((c.*part).*member); },
+          [=](const Reader& r, RunConfig& c) { (c.*part).*member = check(r, section, key); }};
+}
+template <typename T>
+Field field(const char* key, T RunConfig::*member, Check<T> check) {
+  return {"", key, [=](const RunConfig& c) { return json(c.*member); },
+          [=](const Reader& r, RunConfig& c) { c.*member = check(r, "", key); }};
+}
+
+const std::vector<Field>& fields() {
+  using R = RunConfig;
+  static const std::vector<Field> all = {
+      field("seed", &R::seed, integer(0)),
+      field("out", &R::out, text("must name a run directory")),
+
+      field("data", &R::data, "train", &DataConfig::train, text("must be \"builtin\" or a path")),
+      // null = the last data.val_fraction of data.train
+      Field{"data", "valid", [](const R& c) { return c.data.valid ? json(*c.data.valid) : json(nullptr); },
+            [](const Reader& r, R& c) {
+              if (!r.at("data", "valid").is_null()) c.data.valid = r.at("data", "valid").get<std::string>();
+            }},
+      field("data", &R::data, "val_fraction", &DataConfig::val_fraction, number(0.0, 0.9, /*lo_open=*/true)),
+      field("data", &R::data, "tokenizer", &DataConfig::tokenizer, one_of({"char", "bpe"})),
+      field("data", &R::data, "bpe_vocab_size", &DataConfig::bpe_vocab_size, integer(64, 1 << 20)),
+      field("data", &R::data, "builtin_stories", &DataConfig::builtin_stories, integer(10, 2000000)),
+
+      field("model", &R::model, "layers", &ModelConfig::layers, integer(1, 256)),
+      field("model", &R::model, "dim", &ModelConfig::dim, integer(8, 65536)),
+      field("model", &R::model, "heads", &ModelConfig::heads, integer(1, 4096)),
+      field("model", &R::model, "seq_len", &ModelConfig::seq_len, integer(1, 1 << 20)),
+      field("model", &R::model, "ffn_mult", &ModelConfig::ffn_mult, integer(1, 64)),
+      field("model", &R::model, "dropout", &ModelConfig::dropout, number(0.0, 0.9)),
+      field("model", &R::model, "attention_dropout", &ModelConfig::attention_dropout, number(0.0, 0.9)),
+      field("model", &R::model, "init", &ModelConfig::init, one_of({"normal", "pytorch"})),
+      field("model", &R::model, "position", &ModelConfig::position, one_of({"learned", "rope"})),
+      field("model", &R::model, "activation", &ModelConfig::activation, one_of({"gelu", "swiglu"})),
+      field("model", &R::model, "tie_embeddings", &ModelConfig::tie_embeddings, flag()),
+      field("model", &R::model, "moe_every", &ModelConfig::moe_every, integer(1)),
+      field("model", &R::model, "dense", &ModelConfig::dense, flag()),
+      field("model", &R::model, "dense_width", &ModelConfig::dense_width, number(0.0, 1e6)),
+      field("model", &R::model, "dispatcher", &ModelConfig::dispatcher, one_of({"sparse", "masked_matmul"})),
+
+      field("router", &R::router, "strategy", &RouterConfig::strategy, text()),
+      field("router", &R::router, "gate", &RouterConfig::gate, text()),
+      field("router", &R::router, "num_experts", &RouterConfig::num_experts, integer(1, 4096)),
+      field("router", &R::router, "top_k", &RouterConfig::top_k, integer(1)),
+      field("router", &R::router, "capacity_factor", &RouterConfig::capacity_factor, number(-1e9, 1e9)),
+      field("router", &R::router, "drop_policy", &RouterConfig::drop_policy, one_of({"position", "probs"})),
+      field("router", &R::router, "renorm_after_drop", &RouterConfig::renorm_after_drop, flag()),
+      field("router", &R::router, "temperature", &RouterConfig::temperature, number(0.0, 1e6, /*lo_open=*/true)),
+      field("router", &R::router, "lb_coef", &RouterConfig::lb_coef, number(0.0, 1e3)),
+      field("router", &R::router, "z_coef", &RouterConfig::z_coef, number(0.0, 1e3)),
+      field("router", &R::router, "bias_rate", &RouterConfig::bias_rate, number(0.0, 1e3)),
+      field("router", &R::router, "hash_key", &RouterConfig::hash_key, one_of({"token_id", "position"})),
+      field("router", &R::router, "ec_fallback", &RouterConfig::ec_fallback, one_of({"none", "topk"})),
+      field("router", &R::router, "sinkhorn_iters", &RouterConfig::sinkhorn_iters, integer(0, 10000)),
+      field("router", &R::router, "top1_gate", &RouterConfig::top1_gate, one_of({"prob", "none"})),
+      field("router", &R::router, "hard_weight", &RouterConfig::hard_weight, one_of({"sum", "mean"})),
+
+      field("train", &R::train, "batch_size", &TrainConfig::batch_size, integer(1, 1 << 20)),
+      field("train", &R::train, "max_steps", &TrainConfig::max_steps, integer(1)),
+      field("train", &R::train, "lr", &TrainConfig::lr, number(0.0, 10.0, /*lo_open=*/true)),
+      field("train", &R::train, "weight_decay", &TrainConfig::weight_decay, number(0.0, 10.0)),
+      field("train", &R::train, "warmup_steps", &TrainConfig::warmup_steps, integer(0)),
+      field("train", &R::train, "grad_clip", &TrainConfig::grad_clip, number(0.0, 1e9)),
+      field("train", &R::train, "eval_interval", &TrainConfig::eval_interval, integer(0)),
+      field("train", &R::train, "eval_windows", &TrainConfig::eval_windows, integer(0)),
+      field("train", &R::train, "log_interval", &TrainConfig::log_interval, integer(1)),
+      field("train", &R::train, "checkpoint_interval", &TrainConfig::checkpoint_interval, integer(0)),
+      field("train", &R::train, "device", &TrainConfig::device, one_of({"auto", "cpu", "cuda"})),
+      field("train", &R::train, "dtype", &TrainConfig::dtype, one_of({"auto", "fp32", "bf16"})),
+      field("train", &R::train, "threads", &TrainConfig::threads, integer(0, 1024)),
+      field("train", &R::train, "peak_tflops", &TrainConfig::peak_tflops, number(0.0, 1e6)),
+      field("train", &R::train, "trace_interval", &TrainConfig::trace_interval, integer(0)),
+      field("train", &R::train, "cuda_graph", &TrainConfig::cuda_graph, flag()),
+      field("train", &R::train, "profile_steps", &TrainConfig::profile_steps, integer(0)),
+
+      field("parallel", &R::parallel, "expert_parallel", &ParallelConfig::expert_parallel, integer(1, 4096)),
+      field("parallel", &R::parallel, "timeout_s", &ParallelConfig::timeout_s, number(0.0, 86400.0, /*lo_open=*/true)),
+      field("parallel", &R::parallel, "bucket_mb", &ParallelConfig::bucket_mb, number(0.0, 4096.0, /*lo_open=*/true)),
+  };
+  return all;
+}
 }  // namespace
+
+json run_config_to_json(const RunConfig& c) {
+  json j = json::object();
+  for (const Field& f : fields()) (f.section.empty() ? j : j[f.section])[f.key] = f.get(c);
+  return j;
+}
 
 RunConfig run_config_from_json(const json& config, const std::string& origin) {
   Reader r{config, origin};
   RunConfig c;
-  c.seed = r.integer("", "seed", 0);
-  c.out = r.text("", "out");
-  if (c.out.empty()) r.fail("", "out", "must name a run directory");
-
-  c.data.train = r.text("data", "train");
-  if (c.data.train.empty()) r.fail("data", "train", "must be \"builtin\" or a path");
-  if (!config["data"]["valid"].is_null()) c.data.valid = r.text("data", "valid");
-  c.data.val_fraction = r.number("data", "val_fraction", 0.0, 0.9, /*lo_open=*/true);
-  c.data.tokenizer = r.choice("data", "tokenizer", {"char", "bpe"});
-  c.data.bpe_vocab_size = r.integer("data", "bpe_vocab_size", 64, 1 << 20);
-  c.data.builtin_stories = r.integer("data", "builtin_stories", 10, 2000000);
-
-  ModelConfig& m = c.model;
-  m.layers = r.integer("model", "layers", 1, 256);
-  m.dim = r.integer("model", "dim", 8, 65536);
-  m.heads = r.integer("model", "heads", 1, 4096);
-  if (m.dim % m.heads != 0) r.fail("model", "heads", strf("must divide model.dim = %lld, got %lld", (long long)m.dim, (long long)m.heads));
-  m.seq_len = r.integer("model", "seq_len", 1, 1 << 20);
-  m.ffn_mult = r.integer("model", "ffn_mult", 1, 64);
-  m.dropout = r.number("model", "dropout", 0.0, 0.9);
-  m.attention_dropout = r.number("model", "attention_dropout", 0.0, 0.9);
-  m.init = r.choice("model", "init", {"normal", "pytorch"});
-  m.position = r.choice("model", "position", {"learned", "rope"});
+  for (const Field& f : fields()) f.set(r, c);
+  // The rules between keys.
+  const ModelConfig& m = c.model;
+  if (m.dim % m.heads != 0)
+    r.fail("model", "heads", strf("must divide model.dim = %lld, got %lld", (long long)m.dim, (long long)m.heads));
   if (m.position == "rope" && (m.dim / m.heads) % 2 != 0) r.fail("model", "position", "rope needs an even head dimension");
-  m.activation = r.choice("model", "activation", {"gelu", "swiglu"});
-  m.tie_embeddings = r.flag("model", "tie_embeddings");
-  m.moe_every = r.integer("model", "moe_every", 1);
-  m.dense = r.flag("model", "dense");
-  m.dense_width = r.number("model", "dense_width", 0.0, 1e6);
-  m.dispatcher = r.choice("model", "dispatcher", {"sparse", "masked_matmul"});
-
-  RouterConfig& ro = c.router;
-  ro.strategy = r.text("router", "strategy");
-  ro.gate = r.text("router", "gate");
-  ro.num_experts = r.integer("router", "num_experts", 1, 4096);
-  ro.top_k = r.integer("router", "top_k", 1);
-  if (ro.top_k > ro.num_experts)
-    r.fail("router", "top_k", strf("must be <= router.num_experts = %lld, got %lld", (long long)ro.num_experts, (long long)ro.top_k));
-  ro.capacity_factor = r.number("router", "capacity_factor", -1e9, 1e9);
-  ro.drop_policy = r.choice("router", "drop_policy", {"position", "probs"});
-  ro.renorm_after_drop = r.flag("router", "renorm_after_drop");
-  ro.temperature = r.number("router", "temperature", 0.0, 1e6, /*lo_open=*/true);
-  ro.lb_coef = r.number("router", "lb_coef", 0.0, 1e3);
-  ro.z_coef = r.number("router", "z_coef", 0.0, 1e3);
-  ro.bias_rate = r.number("router", "bias_rate", 0.0, 1e3);
-  ro.hash_key = r.choice("router", "hash_key", {"token_id", "position"});
-  ro.ec_fallback = r.choice("router", "ec_fallback", {"none", "topk"});
-  ro.sinkhorn_iters = r.integer("router", "sinkhorn_iters", 0, 10000);
-  ro.top1_gate = r.choice("router", "top1_gate", {"prob", "none"});
-  ro.hard_weight = r.choice("router", "hard_weight", {"sum", "mean"});
-
-  TrainConfig& t = c.train;
-  t.batch_size = r.integer("train", "batch_size", 1, 1 << 20);
-  t.max_steps = r.integer("train", "max_steps", 1);
-  t.lr = r.number("train", "lr", 0.0, 10.0, /*lo_open=*/true);
-  t.weight_decay = r.number("train", "weight_decay", 0.0, 10.0);
-  t.warmup_steps = r.integer("train", "warmup_steps", 0);
-  t.grad_clip = r.number("train", "grad_clip", 0.0, 1e9);
-  t.eval_interval = r.integer("train", "eval_interval", 0);
-  t.eval_windows = r.integer("train", "eval_windows", 0);
-  t.log_interval = r.integer("train", "log_interval", 1);
-  t.checkpoint_interval = r.integer("train", "checkpoint_interval", 0);
-  t.device = r.choice("train", "device", {"auto", "cpu", "cuda"});
-  t.dtype = r.choice("train", "dtype", {"auto", "fp32", "bf16"});
-  t.threads = r.integer("train", "threads", 0, 1024);
-  t.peak_tflops = r.number("train", "peak_tflops", 0.0, 1e6);
-  t.trace_interval = r.integer("train", "trace_interval", 0);
-  t.cuda_graph = r.flag("train", "cuda_graph");
-  t.profile_steps = r.integer("train", "profile_steps", 0);
-
-  ParallelConfig& p = c.parallel;
-  p.expert_parallel = r.integer("parallel", "expert_parallel", 1, 4096);
-  p.timeout_s = r.number("parallel", "timeout_s", 0.0, 86400.0, /*lo_open=*/true);
-  p.bucket_mb = r.number("parallel", "bucket_mb", 0.0, 4096.0, /*lo_open=*/true);
-  if (c.router.num_experts % p.expert_parallel != 0)
+  if (c.router.top_k > c.router.num_experts)
+    r.fail("router", "top_k", strf("must be <= router.num_experts = %lld, got %lld", (long long)c.router.num_experts,
+                                   (long long)c.router.top_k));
+  if (c.router.num_experts % c.parallel.expert_parallel != 0)
     r.fail("parallel", "expert_parallel", "must divide router.num_experts (" + std::to_string(c.router.num_experts) + ")");
   return c;
 }
