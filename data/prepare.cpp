@@ -31,20 +31,67 @@ static int64_t text_chars(const std::string& text) {
   return chars;  // each story's end-of-text counts as one character
 }
 
-PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir) {
+json data_source(const DataConfig& data, int64_t seed) {
+  json source = {{"train", data.train}, {"valid", data.valid ? json(*data.valid) : json(nullptr)},
+                 {"tokenizer", data.tokenizer}};
+  if (!data.valid) source["val_fraction"] = data.val_fraction;
+  if (data.tokenizer == "bpe") source["bpe_vocab_size"] = data.bpe_vocab_size;
+  if (data.train == "builtin") {
+    source["builtin_stories"] = data.builtin_stories;
+    source["seed"] = seed;  // the generator's
+  }
+  // A corpus file's size: the same path holding another text is other data.
+  if (data.train != "builtin" && file_exists(data.train)) source["train_bytes"] = file_size(data.train);
+  if (data.valid && file_exists(*data.valid)) source["valid_bytes"] = file_size(*data.valid);
+  return source;
+}
+
+namespace {
+// The keys on which `prepared` (from info.json) and `wanted` differ, as "key: prepared -> wanted".
+// A corpus size that the prepared data recorded but the file no longer has (moved or removed)
+// is no difference: the prepared files are the data.
+std::string source_differences(const json& prepared, const json& wanted) {
+  std::string out;
+  for (auto it = wanted.begin(); it != wanted.end(); ++it) {
+    const json before = prepared.contains(it.key()) ? prepared[it.key()] : json(nullptr);
+    if (before != it.value())
+      out += (out.empty() ? "" : ", ") + it.key() + ": " + before.dump() + " -> " + it.value().dump();
+  }
+  for (auto it = prepared.begin(); it != prepared.end(); ++it)
+    if (!wanted.contains(it.key()) && it.key().find("_bytes") == std::string::npos)
+      out += (out.empty() ? "" : ", ") + it.key() + ": " + it.value().dump() + " -> (none)";
+  return out;
+}
+}  // namespace
+
+PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir, bool resuming) {
   PreparedData out;
   std::string dir = run_dir + "/data";
   out.train_tokens = dir + "/train.bin";
   out.valid_tokens = dir + "/valid.bin";
   std::string info_path = dir + "/info.json";
-  if (file_exists(info_path) && file_exists(out.train_tokens) && file_exists(out.valid_tokens) &&
-      file_exists(run_dir + "/tokenizer.json")) {
-    json info = json::parse(read_text_file(info_path));
-    out.tokenizer = load_tokenizer(run_dir);
-    out.valid_chars = info.at("valid_chars").get<int64_t>();
-    out.valid_token_count = info.at("valid_tokens").get<int64_t>();
-    out.unigram_entropy = info.at("unigram_entropy").get<double>();
-    return out;
+  const json wanted = data_source(data, seed);
+  if (file_exists(info_path)) {
+    json info = json::parse(read_text_file(info_path), nullptr, /*allow_exceptions=*/false);
+    if (!info.is_object() || !info.contains("valid_chars") || !info["valid_chars"].is_number_integer() ||
+        !info.contains("valid_tokens") || !info.contains("unigram_entropy"))
+      throw UserError(info_path + ": not the prepared data's description (the run's data/ folder is damaged)");
+    const std::string differences = source_differences(info.value("source", json::object()), wanted);
+    const bool complete = file_exists(out.train_tokens) && file_exists(out.valid_tokens) && file_exists(run_dir + "/tokenizer.json");
+    if (differences.empty() && complete) {
+      out.tokenizer = load_tokenizer(run_dir);
+      out.valid_chars = info.at("valid_chars").get<int64_t>();
+      out.valid_token_count = info.at("valid_tokens").get<int64_t>();
+      out.unigram_entropy = info.at("unigram_entropy").get<double>();
+      return out;
+    }
+    // A resumed run must train on the data its checkpoint was trained on.
+    if (resuming)
+      throw UserError(info_path + ": " +
+                      (complete ? "the run's data was prepared from another source than its config and corpus give now (" +
+                                      differences + "); restore them, or start a new run"
+                                : std::string("the prepared token files are incomplete; start a new run")));
+    log::info(info_path + ": prepared by an earlier attempt from other data (" + differences + "); preparing again");
   }
   ensure_directory(dir);
 
@@ -82,7 +129,8 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   json info = {{"train_tokens", train_ids.size()},   {"valid_tokens", valid_ids.size()},
                {"train_chars", text_chars(train_text)}, {"valid_chars", out.valid_chars},
                {"vocab_size", out.tokenizer->vocab_size()}, {"tokenizer", out.tokenizer->kind()},
-               {"unknown_in_valid", unknown_valid}, {"unigram_entropy", out.unigram_entropy}};
+               {"unknown_in_valid", unknown_valid}, {"unigram_entropy", out.unigram_entropy},
+               {"source", wanted}};
   write_file_atomic(info_path, info.dump(2) + "\n");
   log::info(strf("data: %s train tokens, %s validation tokens, vocab %lld (%s), unigram entropy %.3f nats/token",
                  human_count(train_ids.size()).c_str(), human_count(valid_ids.size()).c_str(),

@@ -4,6 +4,8 @@
 #include <memory>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "config/run_config.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
@@ -19,7 +21,12 @@ struct PreparedData {
                                // context can reach, the bar that learning must clear
 };
 
-PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir);
+// RUN/data/info.json records what produced the files (data_source: the data.* keys, the
+// generator's seed for built-in stories, the corpus files' sizes). Files of another source are
+// prepared again, but a resumed run refuses them (`resuming`): its checkpoint was trained on
+// the old ones. A damaged info.json is a UserError naming it.
+PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir, bool resuming = false);
+nlohmann::json data_source(const DataConfig& data, int64_t seed);
 
 // Encodes a text file with a run's tokenizer into a token file.
 int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, const std::string& token_path);

@@ -172,7 +172,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& run_dir) {
       if (!file_exists(model)) throw UserError(path + ": the BPE model " + model + " is missing");
       return std::make_unique<BpeTokenizer>(model, j.at("vocab_size").get<int64_t>());
     }
-    throw UserError(path + ": 'type' must be char or bpe, got '" + type + "'");
+    throw UserError(path + ": 'type' must be char or bpe, got '" + printable(type) + "'");
   } catch (const json::exception& e) {
     throw UserError(path + ": not a moelab tokenizer file (" + e.what() + ")");
   }

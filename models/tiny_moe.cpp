@@ -112,30 +112,26 @@ torch::Tensor TinyMoE::embed(const torch::Tensor& tokens) {
   return dropout_(x);
 }
 
+kernels::ResidualNorm TinyMoE::through_blocks(const torch::Tensor& tokens, size_t count) {
+  // The LayerNorm after block i: the next block's ln1, or the final one after the last.
+  auto norm_after = [&](size_t i) -> const torch::nn::LayerNorm& { return i < blocks_.size() ? blocks_[i]->ln1() : ln_f_; };
+  torch::Tensor x = embed(tokens);
+  kernels::ResidualNorm stream{x, apply_layer_norm(norm_after(0), x)};
+  for (size_t i = 0; i < count; ++i) stream = blocks_[i]->forward(stream.sum, stream.normed, tokens, norm_after(i + 1));
+  return stream;
+}
+
 void TinyMoE::route(const torch::Tensor& tokens) {
   size_t last = blocks_.size();
   for (size_t i = 0; i < blocks_.size(); ++i)
     if (blocks_[i]->moe) last = i;
   if (last == blocks_.size()) return;
-  torch::Tensor x = embed(tokens);
-  torch::Tensor normed = apply_layer_norm(blocks_.front()->ln1(), x);
-  for (size_t i = 0; i < last; ++i) {
-    kernels::ResidualNorm stream = blocks_[i]->forward(x, normed, tokens, blocks_[i + 1]->ln1());
-    x = stream.sum;
-    normed = stream.normed;
-  }
-  blocks_[last]->route(x, normed, tokens);
+  kernels::ResidualNorm stream = through_blocks(tokens, last);
+  blocks_[last]->route(stream.sum, stream.normed, tokens);
 }
 
 ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
-  torch::Tensor x = embed(tokens);
-  torch::Tensor normed = apply_layer_norm(blocks_.empty() ? ln_f_ : blocks_.front()->ln1(), x);
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    const torch::nn::LayerNorm& next_norm = i + 1 < blocks_.size() ? blocks_[i + 1]->ln1() : ln_f_;
-    kernels::ResidualNorm stream = blocks_[i]->forward(x, normed, tokens, next_norm);
-    x = stream.sum;
-    normed = stream.normed;
-  }
+  const torch::Tensor normed = through_blocks(tokens, blocks_.size()).normed;
   ModelOutput out;
   out.logits = head_ ? apply_linear(head_, normed) : torch::matmul(normed, tok_emb_->weight.t());
   out.aux_loss = torch::zeros({}, out.logits.options().dtype(torch::kFloat32));

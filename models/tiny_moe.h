@@ -84,6 +84,9 @@ class TinyMoE : public torch::nn::Module {
 
  private:
   torch::Tensor embed(const torch::Tensor& tokens);  // token + position embeddings, dropout
+  // The embedding and blocks [0, count): the residual stream and its LayerNorm for what comes
+  // next (block `count`'s ln1, or the final LayerNorm after the last block).
+  kernels::ResidualNorm through_blocks(const torch::Tensor& tokens, size_t count);
   struct ParameterSplit {
     int64_t shared = 0, per_expert = 0;
   };

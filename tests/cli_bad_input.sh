@@ -33,6 +33,8 @@ expect_error parse "broken.json:2:" -- "$moelab" train --config "$dir/broken.jso
 expect_error strategy "router.strategy must be one of" -- "$moelab" train --set router.strategy=top3 --out "$dir/x"
 expect_error missing-config "cannot open" -- "$moelab" train --config "$dir/nope.json"
 expect_error missing-corpus "cannot open" -- "$moelab" train --set data.train="$dir/none.txt" --out "$dir/y"
+mkdir "$dir/corpus-dir"
+expect_error corpus-directory "corpus-dir: is a directory, not a file" -- "$moelab" train --set data.train="$dir/corpus-dir" --out "$dir/d"
 printf 'ok\n\xff\xfe\n' >"$dir/binary.txt"
 expect_error bad-corpus "binary.txt:2: not valid UTF-8" -- "$moelab" train --set data.train="$dir/binary.txt" --out "$dir/z"
 expect_error bad-flag "moelab train" -- "$moelab" train --no-such-flag
@@ -47,6 +49,18 @@ expect_error not-a-run "not a moelab run directory" -- "$moelab" eval --run "$di
 expect_error huge-dim "'model.dim' must be in \[8, 65536\], got 4000000000" -- "$moelab" train --set model.dim=4000000000 --out "$dir/big"
 expect_error huge-corpus "'data.builtin_stories' must be in \[10, 2000000\]" -- "$moelab" train --set data.builtin_stories=100000000000 --out "$dir/big"
 expect_error u64-layers "'model.layers' must be at most 256, got 18446744073709551615" -- "$moelab" train --set model.layers=18446744073709551615 --out "$dir/big"
+
+# Help is usage, exit 0, for every command and subcommand set.
+for cmd in "plot" "bench" "bench capacity" "train" "trace synth"; do
+  out=$($moelab $cmd --help 2>&1); rc=$?
+  if [ "$rc" -ne 0 ] || ! grep -qi "usage" <<<"$out"; then
+    echo "FAIL help '$cmd': exit $rc"; echo "$out" | head -3; failures=$((failures + 1))
+  else
+    echo "ok   help '$cmd'"
+  fi
+done
+grep -q "default: 16384" <<<"$($moelab bench capacity --help)" || { echo "FAIL bench capacity --help shows no defaults"; failures=$((failures + 1)); }
+grep -q "(required)" <<<"$($moelab eval --help)" || { echo "FAIL eval --help marks no required option"; failures=$((failures + 1)); }
 
 # Traces: a non-finite score names its line and column; a failed convert leaves no temp file.
 printf 'layer_id,token_id,expert_0,expert_1\n0,0,0.5,0.25\n0,1,nan,0.5\n' >"$dir/nan.csv"

@@ -8,6 +8,7 @@
 #include "config/run_config.h"
 #include "data/batch_sampler.h"
 #include "data/corpus.h"
+#include "data/prepare.h"
 #include "data/story_generator.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
@@ -118,6 +119,52 @@ TEST(Config, EveryKeyReadsAndWritesBack) {
   EXPECT_DOUBLE_EQ(c.train.lr, 0.001);
   EXPECT_DOUBLE_EQ(c.parallel.bucket_mb, 10.0);
   EXPECT_EQ(run_config_to_json(c), all);
+}
+
+// ---- prepared data ----
+
+// RUN/data is keyed by what produced it: another source is prepared again, or refused when
+// resuming; a damaged info.json is named.
+TEST(PreparedData, AnotherSourceIsPreparedAgainAndRefusedOnResume) {
+  TempDir dir;
+  const std::string run = dir / "run";
+  write_file_atomic(dir / "a.txt", std::string(400, 'a') + "\n<|endoftext|>\nab ab ab ab ab ab ab ab ab ab\n");
+  DataConfig from_file;
+  from_file.train = dir / "a.txt";
+  PreparedData a = prepare_data(from_file, 1, run);
+  const int64_t file_tokens = TokenFile(a.train_tokens).size();
+  DataConfig builtin;
+  builtin.builtin_stories = 50;
+  // The same source again: reused as it is.
+  EXPECT_EQ(TokenFile(prepare_data(from_file, 1, run).train_tokens).size(), file_tokens);
+  EXPECT_EQ(TokenFile(prepare_data(from_file, 1, run, /*resuming=*/true).train_tokens).size(), file_tokens);
+  // Resuming onto other data: refused, naming what differs.
+  try {
+    prepare_data(builtin, 1, run, /*resuming=*/true);
+    ADD_FAILURE() << "resumed onto other data";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("info.json: the run's data was prepared from another source"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("train: \""), std::string::npos) << e.what();
+  }
+  // A new attempt with other data: prepared again, from the new source.
+  PreparedData b = prepare_data(builtin, 1, run);
+  TempDir fresh;
+  EXPECT_EQ(TokenFile(b.train_tokens).size(), TokenFile(prepare_data(builtin, 1, fresh / "run").train_tokens).size());
+  EXPECT_NE(TokenFile(b.train_tokens).size(), file_tokens);
+  EXPECT_EQ(nlohmann::json::parse(read_text_file(run + "/data/info.json"))["source"]["train"], "builtin");
+  // The built-in stories' seed is part of the source; the same corpus path holding other text too.
+  EXPECT_THROW(prepare_data(builtin, 2, run, /*resuming=*/true), UserError);
+  prepare_data(from_file, 1, run);
+  write_file_atomic(dir / "a.txt", std::string(300, 'b') + "\n");
+  EXPECT_THROW(prepare_data(from_file, 1, run, /*resuming=*/true), UserError);
+  // A damaged description.
+  write_file_atomic(run + "/data/info.json", "{\"valid_chars\": ");
+  try {
+    prepare_data(from_file, 1, run);
+    ADD_FAILURE() << "a damaged info.json was used";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("info.json: not the prepared data's description"), std::string::npos) << e.what();
+  }
 }
 
 // ---- corpus and generator ----

@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "dist/communicator.h"
+#include "dist/gradient_sync.h"
 #include "models/moe_layer.h"
 #include "routers/strategy.h"
 #include "test_support.h"
@@ -206,6 +207,53 @@ TEST(ExpertParallelBench, TwoRanksPrintTheSeedMetricsAndTheOverlappedLayerEquals
     EXPECT_GT(row[key].get<double>(), 0.0) << key;
   EXPECT_GT(row["load_skew"].get<double>(), 1.5);  // two of six experts favoured by +2 logits
   EXPECT_LT(row["overlap_max_abs_diff"].get<double>(), 1e-5);
+}
+
+// ---- the replica check -------------------------------------------------------------------
+
+// Runs as a rank spawned by ReplicaCheck.*: replicas whose bytes differ stop every rank with
+// one line, even where a sum of the values (what the check once compared) is equal.
+TEST(DistributedWorker, ReplicaCheckRank) {
+  if (!std::getenv("MOELAB_TEST_WORKER")) GTEST_SKIP() << "runs only as a rank started by ReplicaCheck.*";
+  const LaunchEnvironment env = read_launch_environment();
+  ParallelConfig parallel;
+  parallel.timeout_s = 60;
+  const DistributedContext dist = init_distributed(env, parallel, false);
+  const bool odd = dist.rank % 2 == 1;
+  auto diverges = [&](const std::vector<torch::Tensor>& mine) {
+    try {
+      check_replicas(mine, *dist.world_group, "replicated parameters", 7);
+    } catch (const DistributedError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("step 7: the replicated parameters differ between ranks"), std::string::npos) << what;
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+      return true;
+    }
+    return false;
+  };
+  const torch::Tensor same = torch::arange(10, torch::kFloat32) / 3;
+  EXPECT_FALSE(diverges({same, same * 2}));
+  // The same values in another order: equal sums, other bytes.
+  EXPECT_TRUE(diverges({same, odd ? torch::tensor({2.0f, 1.0f}) : torch::tensor({1.0f, 2.0f})}));
+  // One bit of one value.
+  torch::Tensor flipped = torch::tensor({1e8f, 0.0f});
+  if (odd) flipped.view(torch::kInt32)[0] += 1;
+  EXPECT_TRUE(diverges({same, flipped}));
+  finish_distributed(dist, false);
+}
+
+TEST(ReplicaCheck, ADivergedByteStopsEveryRank) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  char self[4096] = {0};
+  ASSERT_GT(::readlink("/proc/self/exe", self, sizeof self - 1), 0);
+  const std::vector<std::string> argv = {self, "--gtest_filter=DistributedWorker.ReplicaCheckRank"};
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r)
+    pids.push_back(spawn_rank(argv, r, 2, port, dir / ("rank" + std::to_string(r) + ".log"), {"MOELAB_TEST_WORKER=1"}));
+  for (int r = 0; r < 2; ++r)
+    EXPECT_EQ(wait_exit(pids[r], 120), 0) << "rank " << r << ":\n" << read_text(dir / ("rank" + std::to_string(r) + ".log"));
 }
 
 // ---- the expert-parallel layer against the single-process layer ----------------------------

@@ -5,11 +5,15 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
+#include <thread>
 
 #include "config/run_config.h"
 #include "data/batch_sampler.h"
@@ -478,6 +482,70 @@ TEST(Tracing, RecordedRoutingIsWhatTheModelUsedAndChangesNothing) {
 
 #include "trace/neupims_csv.h"
 #include "util/process.h"
+
+// Crash consistency: `moelab train` killed (SIGKILL) at random moments — in data preparation,
+// mid-step, inside a checkpoint write or an evaluation — then resumed (or started again when
+// it died before its first checkpoint), six times over: the run that finally finishes has
+// logged exactly the losses of the uninterrupted one, step for step, and its evaluations.
+TEST(Training, KilledAtRandomMomentsAndResumedEndsWithTheUninterruptedLosses) {
+  TempDir dir;
+  RunConfig c = tiny_config(dir / "unused");
+  c.train.max_steps = 24;
+  c.train.checkpoint_interval = 2;
+  write_file_atomic(dir / "config.json", run_config_to_json(c).dump(2));
+  auto start = [&](const std::string& run, const std::string& log) {
+    std::vector<std::string> argv = {MOELAB_BINARY, "train", "--sample", "0"};
+    if (file_exists(run + "/checkpoints/latest.pt")) argv.insert(argv.end(), {"--resume", run});
+    else argv.insert(argv.end(), {"--config", dir / "config.json", "--out", run});
+    return spawn_logged(argv, dir / log);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(wait_for(start(dir / "straight", "straight.log")).second) << read_text_file(dir / "straight.log");
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("kill times drawn with seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> moment(0.05 * wall, wall);
+  int kills = 0;
+  for (int attempt = 0; attempt < 40; ++attempt) {
+    const std::string log = "attempt" + std::to_string(attempt) + ".log";
+    const pid_t pid = start(dir / "killed", log);
+    ASSERT_GT(pid, 0);
+    if (kills == 6) {
+      ASSERT_TRUE(wait_for(pid).second) << read_text_file(dir / log);
+      break;
+    }
+    // Sleep to the drawn moment unless the attempt ends first.
+    const auto kill_at = std::chrono::steady_clock::now() + std::chrono::duration<double>(moment(rng));
+    int status = 0;
+    bool exited = false;
+    while (!exited && std::chrono::steady_clock::now() < kill_at) {
+      exited = ::waitpid(pid, &status, WNOHANG) == pid;
+      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (exited) {
+      ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_text_file(dir / log);
+      if (file_exists(dir / "killed/summary.json")) break;  // finished before the kill came
+      continue;
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    ++kills;
+  }
+  ASSERT_TRUE(file_exists(dir / "killed/summary.json")) << "the killed run never finished";
+  auto a = rows(dir / "straight", "train"), b = rows(dir / "killed", "train");
+  ASSERT_EQ(a.size(), 24u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(b[i]["step"], a[i]["step"]);
+    EXPECT_EQ(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()) << "step " << a[i]["step"];
+    EXPECT_EQ(b[i]["step_loss"].get<double>(), a[i]["step_loss"].get<double>()) << "step " << a[i]["step"];
+  }
+  auto ea = rows(dir / "straight", "eval"), eb = rows(dir / "killed", "eval");
+  ASSERT_EQ(eb.size(), ea.size());
+  for (size_t i = 0; i < ea.size(); ++i) EXPECT_EQ(eb[i]["val_loss"].get<double>(), ea[i]["val_loss"].get<double>());
+}
 
 // `moelab trace --format neupims` on a run whose capacity drops assignments: every row holds
 // the router's k choices (exactly k non-zero scores, layer_id 0), so that moelab's own

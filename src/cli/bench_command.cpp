@@ -26,14 +26,24 @@ void write_rows(const std::vector<nlohmann::json>& rows, const std::string& path
 
 int capacity(int argc, char** argv) {
   cxxopts::Options options("moelab bench capacity", "Drop rate and routing throughput over capacity factor x E x k, random logits.");
+  // Defaults: CapacityBenchOptions's, or the --config grid's; a flag given overrides either.
+  const CapacityBenchOptions d;
+  auto list = [](const auto& values) {
+    std::string out;
+    for (const auto& v : values) out += (out.empty() ? "" : ",") + strf("%g", static_cast<double>(v));
+    return out;
+  };
   options.add_options()("config", "JSONC with the grid (see experiments/capacity*.jsonc)", cxxopts::value<std::string>()->default_value(""))(
-      "tokens", "tokens per batch", cxxopts::value<int64_t>())("experts", "comma-separated E values", cxxopts::value<std::string>())(
-      "top-k", "comma-separated k values", cxxopts::value<std::string>())(
-      "capacity-factors", "comma-separated CF values", cxxopts::value<std::string>())(
-      "iters", "timed iterations per point", cxxopts::value<int64_t>())(
-      "skew-experts", "add --skew-bias to the first N experts", cxxopts::value<int64_t>())(
-      "skew-bias", "logit bias of the skewed experts", cxxopts::value<double>())(
-      "device", "auto|cpu|cuda", cxxopts::value<std::string>())("out", "JSONL file", cxxopts::value<std::string>()->default_value(""));
+      "tokens", "tokens per batch (default: " + std::to_string(d.tokens) + ")", cxxopts::value<int64_t>())(
+      "experts", "comma-separated E values (default: " + list(d.experts) + ")", cxxopts::value<std::string>())(
+      "top-k", "comma-separated k values (default: " + list(d.top_k) + ")", cxxopts::value<std::string>())(
+      "capacity-factors", "comma-separated CF values (default: " + list(d.capacity_factors) + ")", cxxopts::value<std::string>())(
+      "iters", "timed iterations per point (default: " + std::to_string(d.iters) + ")", cxxopts::value<int64_t>())(
+      "skew-experts", "add --skew-bias to the first N experts (default: " + std::to_string(d.skew_experts) + ")",
+      cxxopts::value<int64_t>())("skew-bias", "logit bias of the skewed experts (default: " + strf("%g", d.skew_bias) + ")",
+                                 cxxopts::value<double>())(
+      "device", "auto|cpu|cuda (default: " + d.device + ")", cxxopts::value<std::string>())(
+      "out", "JSONL file", cxxopts::value<std::string>()->default_value(""));
   auto args = parse_options(options, argc, argv);
   CapacityBenchOptions o = args["config"].as<std::string>().empty() ? CapacityBenchOptions{} : load_capacity_bench(args["config"].as<std::string>());
   if (args.count("tokens")) o.tokens = args["tokens"].as<int64_t>();
@@ -204,6 +214,20 @@ int trace_writer(int argc, char** argv) {
 
 int bench_command(int argc, char** argv) {
   const std::string op = argc >= 2 ? argv[1] : "";
+  if (op == "--help" || op == "-h") {
+    std::cout << "usage: moelab bench <benchmark> [options]     (moelab bench <benchmark> --help for its options)\n\n"
+                 "benchmarks:\n"
+                 "  topk          fused softmax + top-k gate against libtorch's ops (CUDA)\n"
+                 "  sinkhorn      Sinkhorn balancing kernel against libtorch's ops (CUDA)\n"
+                 "  pack          dispatch (token -> expert rows) against index_select (CUDA)\n"
+                 "  combine       gate-weighted combine against libtorch's ops (CUDA)\n"
+                 "  routing       the training path's Router and packing, phase by phase (CUDA)\n"
+                 "  moe-layer     MoE layer forward + backward, kernels on and off; grouped GEMM (CUDA)\n"
+                 "  capacity      drop rate and routing throughput over CF x E x k (CPU or CUDA)\n"
+                 "  ep            expert-parallel layer over N ranks (torchrun; NCCL or Gloo)\n"
+                 "  trace-writer  placement JSONL writer throughput (CPU)\n";
+    return 0;
+  }
   if (op == "capacity") return capacity(argc - 1, argv + 1);
   if (op == "ep") return expert_parallel(argc - 1, argv + 1);
   if (op == "trace-writer") return trace_writer(argc - 1, argv + 1);

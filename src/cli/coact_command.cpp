@@ -12,10 +12,10 @@ namespace moelab::cli {
 
 int coact_command(int argc, char** argv) {
   cxxopts::Options options("moelab coact", "Expert co-activation counts of one trace layer (E x E CSV, no header).");
-  options.add_options()("trace", "placement JSONL trace", cxxopts::value<std::string>())(
+  options.add_options()("trace", "placement JSONL trace (required)", cxxopts::value<std::string>())(
       "layer", "MoE layer", cxxopts::value<int64_t>()->default_value("0"))(
       "experts", "number of experts (default: the largest id + 1)", cxxopts::value<int64_t>()->default_value("0"))(
-      "out", "CSV to write", cxxopts::value<std::string>())("png", "heatmap picture", cxxopts::value<std::string>()->default_value(""));
+      "out", "CSV to write (required)", cxxopts::value<std::string>())("png", "heatmap picture", cxxopts::value<std::string>()->default_value(""));
   auto args = parse_options(options, argc, argv);
   const std::string trace = required<std::string>(args, "trace", "moelab coact");
   const std::string out = required<std::string>(args, "out", "moelab coact");

@@ -13,7 +13,7 @@ namespace moelab::cli {
 
 int eval_command(int argc, char** argv) {
   cxxopts::Options options("moelab eval", "Score a run's checkpoint: its validation split, or --data TEXT.");
-  options.add_options()("run", "run directory", cxxopts::value<std::string>())(
+  options.add_options()("run", "run directory (required)", cxxopts::value<std::string>())(
       "data", "a text file (TinyStories format or plain text)", cxxopts::value<std::string>())(
       "windows", "score at most this many seq_len windows (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "device", "auto|cpu|cuda", cxxopts::value<std::string>()->default_value("auto"));

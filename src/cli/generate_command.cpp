@@ -10,7 +10,7 @@ namespace moelab::cli {
 
 int generate_command(int argc, char** argv) {
   cxxopts::Options options("moelab generate", "Sample a story from a run's checkpoint.");
-  options.add_options()("run", "run directory", cxxopts::value<std::string>())(
+  options.add_options()("run", "run directory (required)", cxxopts::value<std::string>())(
       "prompt", "text to continue (empty: a new story)", cxxopts::value<std::string>()->default_value(""))(
       "tokens", "tokens to generate at most", cxxopts::value<int64_t>()->default_value("400"))(
       "temperature", "sampling temperature (0 = greedy)", cxxopts::value<double>()->default_value("0.8"))(

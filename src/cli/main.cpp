@@ -9,6 +9,7 @@
 #include "dist/communicator.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/strings.h"
 
 namespace {
 
@@ -51,7 +52,8 @@ int main(int argc, char** argv) {
     std::cerr << "moelab " << command << ": error: " << e.what() << std::endl;
     std::_Exit(1);
   } catch (const moelab::UserError& e) {
-    std::cerr << "moelab " << command << ": error: " << e.what() << std::endl;
+    // One line whatever the message quotes of the user's input.
+    std::cerr << "moelab " << command << ": error: " << moelab::printable(e.what()) << std::endl;
     return 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "moelab " << command << ": error: out of memory: the model or data sizes asked for do not fit this machine"

@@ -6,7 +6,7 @@ namespace moelab::cli {
 
 int place_command(int argc, char** argv) {
   cxxopts::Options options("moelab place", "Find where expert instances should live on a device mesh (seed 000's simulator).");
-  options.add_options()("system", "system config (JSONC)", cxxopts::value<std::string>())(
+  options.add_options()("system", "system config (JSONC) (required)", cxxopts::value<std::string>())(
       "search", "search config (JSONC; default: none)", cxxopts::value<std::string>()->default_value(""))(
       "initial", "initial-placement config (JSONC; default: balance by rows)", cxxopts::value<std::string>()->default_value(""))(
       "trace", "trace file (overrides the system config's)", cxxopts::value<std::string>()->default_value(""))(

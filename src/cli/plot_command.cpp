@@ -10,13 +10,21 @@
 
 namespace moelab::cli {
 
+namespace {
+const char* kPlotUsage = "usage: moelab plot sweep --config SWEEP.jsonc [--out DIR] | moelab plot run --run DIR [--out PREFIX] [--data TEXT]";
+}
+
 int plot_command(int argc, char** argv) {
-  if (argc < 2) throw UserError("moelab plot: usage: moelab plot sweep --config SWEEP.jsonc | moelab plot run --run DIR");
+  if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::cout << "Pictures from a sweep's results or a run.\n" << kPlotUsage << "\n(moelab plot sweep --help, moelab plot run --help: the options)\n";
+    return 0;
+  }
+  if (argc < 2) throw UserError(std::string("moelab plot: ") + kPlotUsage);
   const std::string what = argv[1];
   cxxopts::Options options("moelab plot " + what, "Pictures from a sweep's results or a run.");
-  options.add_options()("config", "sweep file (plot sweep)", cxxopts::value<std::string>())(
+  options.add_options()("config", "sweep file (required by plot sweep)", cxxopts::value<std::string>())(
       "out", "sweep directory (plot sweep) or picture prefix (plot run)", cxxopts::value<std::string>()->default_value(""))(
-      "run", "run directory (plot run)", cxxopts::value<std::string>())(
+      "run", "run directory (required by plot run)", cxxopts::value<std::string>())(
       "data", "text to route for the heatmap and coloured tokens (plot run; default: the run's validation text)",
       cxxopts::value<std::string>()->default_value(""));
   auto args = parse_options(options, argc - 1, argv + 1);

@@ -13,7 +13,7 @@ namespace moelab::cli {
 
 int sweep_command(int argc, char** argv) {
   cxxopts::Options options("moelab sweep", "Run a grid of training runs; finished cells are skipped on a rerun.");
-  options.add_options()("config", "sweep file (JSON with comments)", cxxopts::value<std::string>())(
+  options.add_options()("config", "sweep file (JSON with comments) (required)", cxxopts::value<std::string>())(
       "out", "sweep directory (overrides the file's \"out\")", cxxopts::value<std::string>()->default_value(""))(
       "parallel", "cells to train at once", cxxopts::value<int>()->default_value("1"));
   auto args = parse_options(options, argc, argv);

@@ -115,12 +115,12 @@ struct LayerSummaries {
 
 int record(int argc, char** argv) {
   cxxopts::Options options("moelab trace", "Record the routing of a trained run over a text file.");
-  options.add_options()("run", "run directory", cxxopts::value<std::string>())(
-      "data", "text file (TinyStories format or plain)", cxxopts::value<std::string>())(
+  options.add_options()("run", "run directory (required)", cxxopts::value<std::string>())(
+      "data", "text file (TinyStories format or plain) (required)", cxxopts::value<std::string>())(
       "mode", "prefill (every token) | decode (--positions)", cxxopts::value<std::string>()->default_value("prefill"))(
       "positions", "1-based positions for decode, e.g. 1,2,3", cxxopts::value<std::string>()->default_value(""))(
       "format", "jsonl | neupims | coact | freq", cxxopts::value<std::string>()->default_value("jsonl"))(
-      "out", "file (jsonl), folder (neupims) or prefix (coact, freq)", cxxopts::value<std::string>())(
+      "out", "file (jsonl), folder (neupims) or prefix (coact, freq) (required)", cxxopts::value<std::string>())(
       "rows", "mesh rows for origin rows", cxxopts::value<int64_t>()->default_value("16"))(
       "origin", "round-robin (by sequence) | random", cxxopts::value<std::string>()->default_value("round-robin"))(
       "batch-size", "sequences per forward pass (default: the run's batch size)", cxxopts::value<int64_t>()->default_value("0"))(
@@ -191,7 +191,7 @@ int record(int argc, char** argv) {
 int synth(int argc, char** argv) {
   cxxopts::Options options("moelab trace synth", "Write a synthetic routing trace (placement JSONL).");
   SyntheticTraceOptions d;
-  options.add_options()("out", "JSONL file to write", cxxopts::value<std::string>())(
+  options.add_options()("out", "JSONL file to write (required)", cxxopts::value<std::string>())(
       "layers", "MoE layers", cxxopts::value<int64_t>()->default_value(std::to_string(d.layers)))(
       "batches", "batches", cxxopts::value<int64_t>()->default_value(std::to_string(d.batches)))(
       "tokens-per-batch", "tokens per batch", cxxopts::value<int64_t>()->default_value(std::to_string(d.tokens_per_batch)))(
@@ -227,8 +227,8 @@ int synth(int argc, char** argv) {
 
 int import_npz(int argc, char** argv) {
   cxxopts::Options options("moelab trace import-npz", "Convert a folder of per-request .npz routing files to placement JSONL.");
-  options.add_options()("data-dir", "folder of .npz files", cxxopts::value<std::string>())(
-      "out", "JSONL file to write", cxxopts::value<std::string>())(
+  options.add_options()("data-dir", "folder of .npz files (required)", cxxopts::value<std::string>())(
+      "out", "JSONL file to write (required)", cxxopts::value<std::string>())(
       "token-slice", "all | prompt | output", cxxopts::value<std::string>()->default_value("all"))(
       "layers", "comma-separated layers (default: all)", cxxopts::value<std::string>()->default_value(""))(
       "max-requests", "files to convert at most (0 = all)", cxxopts::value<int64_t>()->default_value("0"));
@@ -253,8 +253,8 @@ int import_npz(int argc, char** argv) {
 
 int convert(int argc, char** argv) {
   cxxopts::Options options("moelab trace convert", "NeuPIMs-MoE CSV to placement JSONL (each row's top-k scores).");
-  options.add_options()("in", "NeuPIMs CSV", cxxopts::value<std::vector<std::string>>())(
-      "out", "JSONL file to write", cxxopts::value<std::string>())(
+  options.add_options()("in", "NeuPIMs CSV (required)", cxxopts::value<std::vector<std::string>>())(
+      "out", "JSONL file to write (required)", cxxopts::value<std::string>())(
       "top-k", "experts per token (also --k; default: the most nonzero scores in a row)", cxxopts::value<int>()->default_value("0"))(
       "layer", "layer id to write (default: the file's layer_id column)", cxxopts::value<int64_t>()->default_value("-1"))(
       "rows", "assign origin rows round-robin over this many rows (0 = none)", cxxopts::value<int64_t>()->default_value("0"));
@@ -307,7 +307,7 @@ StatsReport stats_report(const std::string& path, int64_t layer, int64_t seq_len
 
 int stats(int argc, char** argv) {
   cxxopts::Options options("moelab trace stats", "Recompute the top-k statistics files of a NeuPIMs-MoE CSV, as its producer writes them.");
-  options.add_options()("in", "NeuPIMs CSV", cxxopts::value<std::string>())(
+  options.add_options()("in", "NeuPIMs CSV (required)", cxxopts::value<std::string>())(
       "out-prefix", "prefix of the _top{k}_stats files (default: the CSV path without .csv)",
       cxxopts::value<std::string>()->default_value(""))("top-k", "the model's k (also --k; default: inferred)",
                                                          cxxopts::value<int>()->default_value("0"))(

@@ -30,6 +30,8 @@ json parse_jsonc_text(const std::string& text, const std::string& origin) {
     size_t colon = what.find("syntax error");
     throw UserError(strf("%s:%zu:%zu: not valid JSON: %s", origin.c_str(), line, column,
                          (colon == std::string::npos ? what : what.substr(colon)).c_str()));
+  } catch (const json::exception& e) {  // a number beyond double's range (out_of_range 406)
+    throw UserError(origin + ": not valid JSON: " + e.what());
   }
 }
 
@@ -59,7 +61,7 @@ static void merge_at(json& base, const json& user, const std::string& origin, co
                          prefix.empty() ? "the config" : prefix.c_str(), type_word(user)));
   for (auto it = user.begin(); it != user.end(); ++it) {
     std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
-    if (!base.contains(it.key())) throw UserError(strf("%s: unknown key '%s'", origin.c_str(), key.c_str()));
+    if (!base.contains(it.key())) throw UserError(strf("%s: unknown key '%s'", origin.c_str(), printable(key).c_str()));
     json& slot = base[it.key()];
     if (slot.is_object()) {
       merge_at(slot, it.value(), origin, key);
@@ -67,7 +69,7 @@ static void merge_at(json& base, const json& user, const std::string& origin, co
     }
     if (!same_kind(slot, it.value())) {
       const char* expected = slot.is_null() ? "a string or null" : type_word(slot);
-      throw UserError(strf("%s: '%s' must be %s, got %s", origin.c_str(), key.c_str(), expected,
+      throw UserError(strf("%s: '%s' must be %s, got %s", origin.c_str(), printable(key).c_str(), expected,
                            type_word(it.value())));
     }
     // Keep float-typed fields float so that later merges still type-check them as numbers.
@@ -88,6 +90,8 @@ void apply_override(json& config, const std::string& assignment) {
     value = json::parse(text);
   } catch (const json::parse_error&) {
     value = text;  // bare words are strings: --set router.strategy=top1
+  } catch (const json::exception& e) {
+    throw UserError("--set " + assignment + ": " + e.what());
   }
   // Build {"a": {"b": value}} and merge it, so --set gets the same checks as a file.
   json patch = value;
@@ -158,7 +162,7 @@ Check<std::string> one_of(std::vector<std::string> options) {
       if (v == o) return v;
       list += (list.empty() ? "" : "|") + o;
     }
-    r.fail(s, k, strf("must be one of %s, got '%s'", list.c_str(), v.c_str()));
+    r.fail(s, k, strf("must be one of %s, got '%s'", list.c_str(), printable(v).c_str()));
   };
 }
 

@@ -153,12 +153,19 @@ int64_t GradientSynchronizer::bucket_count() const {
 
 void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& group, const char* what, int64_t step) {
   if (parameters.empty()) return;
+  // Two checksums of each tensor's bytes, in int64 on its device: their plain sum and their
+  // sum weighted by position. Any changed byte moves the first; bytes that trade places move
+  // the second. (A float sum of the values would miss differences that cancel or round away.)
   std::vector<torch::Tensor> sums;
-  for (const auto& p : parameters) sums.push_back(p.detach().to(torch::kFloat64).sum());
-  torch::Tensor all = group.all_gather(torch::stack(sums)).cpu();
+  for (const auto& p : parameters) {
+    torch::Tensor bytes = p.detach().contiguous().view(-1).view(torch::kUInt8).to(torch::kLong);
+    torch::Tensor weight = torch::arange(bytes.numel(), bytes.options()).remainder(65521) + 1;
+    sums.push_back(torch::stack({bytes.sum(), (bytes * weight).sum()}));
+  }
+  torch::Tensor all = group.all_gather(torch::stack(sums).reshape({1, -1})).cpu();
   for (int64_t r = 1; r < all.size(0); ++r)
     if (!torch::equal(all[r], all[0]))
-      throw DistributedError(strf("step %lld: the %s differ between ranks (rank %d of the %s group holds other values than "
+      throw DistributedError(strf("step %lld: the %s differ between ranks (rank %d of the %s group holds other bytes than "
                                   "its rank 0); data-parallel replicas diverged",
                                   (long long)step, what, (int)r, what));
 }

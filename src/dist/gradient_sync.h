@@ -39,9 +39,9 @@ class GradientSynchronizer {
   std::vector<std::unique_ptr<Group>> groups_;
 };
 
-// Data parallelism must keep the replicas identical: a per-tensor checksum gathered from every
-// rank of `group` and compared bit for bit; DistributedError naming the step and `what` when
-// a rank differs. Cheap enough for every log step.
+// Data parallelism must keep the replicas identical: checksums of every tensor's bytes gathered
+// from every rank of `group` and compared; DistributedError naming the step and `what` when a
+// rank's bytes differ. Cheap enough for every log step.
 void check_replicas(const std::vector<torch::Tensor>& parameters, Communicator& group, const char* what, int64_t step);
 
 }  // namespace moelab

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/run_config.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/strings.h"
@@ -71,12 +72,7 @@ std::string placement_to_json(const SystemConfig& system, const Replication& rep
 
 void read_placement_json(const std::string& path, const SystemConfig& system, Replication& replication,
                          Placement& placement) {
-  json in;
-  try {
-    in = json::parse(read_text_file(path));
-  } catch (const json::parse_error& e) {
-    throw UserError(path + ": not valid JSON (" + std::string(e.what()) + ")");
-  }
+  const json in = parse_jsonc_text(read_text_file(path), path);
   if (!in.is_object()) throw UserError(path + ": expected an object from expert id to a list of placements");
   const int64_t total = system.experts + system.num_shared_experts;
   std::vector<std::vector<int32_t>> devices(total);

@@ -31,7 +31,7 @@ void one_of(const std::string& path, const std::string& key, const std::string& 
     if (v == o) return;
     list += (list.empty() ? "" : "|") + std::string(o);
   }
-  refuse(path, key, "must be one of " + list + ", got '" + v + "'");
+  refuse(path, key, "must be one of " + list + ", got '" + printable(v) + "'");
 }
 
 }  // namespace
@@ -123,7 +123,7 @@ SearchConfig load_search_config(const std::string& path) {
     one_of(path, key + ".type", step.type, {"local", "anneal", "random"});
     for (auto it = s.begin(); it != s.end(); ++it)
       if (it.key() != "type" && it.key() != "iters" && it.key() != "t0" && it.key() != "t1")
-        refuse(path, key, "unknown key '" + it.key() + "' (expected type, iters, t0, t1)");
+        refuse(path, key, "unknown key '" + printable(it.key()) + "' (expected type, iters, t0, t1)");
     step.iters = s.value("iters", int64_t{0});
     step.t0 = s.value("t0", c.anneal_t0);
     step.t1 = s.value("t1", c.anneal_t1);

@@ -36,14 +36,14 @@ SweepPlan load_sweep(const std::string& path, const std::string& out_override,
   ordered_json sweep;
   try {
     sweep = ordered_json::parse(read_text_file(path), nullptr, true, /*ignore_comments=*/true);
-  } catch (const ordered_json::parse_error&) {
+  } catch (const ordered_json::exception&) {
     parse_jsonc_file(path);  // re-parse for the error with a line and column
     throw;
   }
   if (!sweep.is_object()) throw UserError(path + ": a sweep file must be a JSON object");
   for (auto it = sweep.begin(); it != sweep.end(); ++it)
     if (it.key() != "base" && it.key() != "grid" && it.key() != "out" && it.key() != "set")
-      throw UserError(path + ": unknown key '" + it.key() + "' (expected base, grid, out, set)");
+      throw UserError(path + ": unknown key '" + printable(it.key()) + "' (expected base, grid, out, set)");
   SweepPlan plan;
   plan.base = default_config_json();
   if (sweep.contains("base")) {
@@ -159,7 +159,7 @@ int run_sweep(const SweepPlan& plan, const SweepOptions& options) {
       report += "| " + cell.name + " | failed | | | | |\n";
       continue;
     }
-    json s = json::parse(read_text_file(summary_path));
+    json s = parse_jsonc_file(summary_path);
     const json& r = s["routing"];
     report += strf("| %s | %.4f | %.3f | %.0f | %s | %s |\n", cell.name.c_str(), s["final_val_loss"].get<double>(),
                    s["final_ppl"].get<double>(), s["tokens_per_s"].get<double>(),
@@ -183,7 +183,7 @@ std::string sweep_summary_csv(const SweepPlan& plan) {
   for (const SweepCell& cell : plan.cells) {
     std::string summary_path = cell_dir(plan, cell) + "/summary.json";
     if (!file_exists(summary_path)) continue;
-    json s = json::parse(read_text_file(summary_path));
+    json s = parse_jsonc_file(summary_path);
     json r = s.value("routing", json::object());
     csv += cell.name + "," + s["strategy"].get<std::string>() + "," + s["gate"].get<std::string>() + "," +
            number(s["capacity_factor"]) + "," + number(s["num_experts"]) + "," + number(s["top_k"]) + "," +

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/run_config.h"
 #include "plot/gnuplot.h"
 #include "util/files.h"
 
@@ -17,7 +18,7 @@ std::vector<std::string> draw_sweep_plots(const SweepPlan& plan) {
   for (const SweepCell& cell : plan.cells) {
     const std::string dir = plan.out + "/" + cell.name;
     if (!file_exists(dir + "/summary.json")) continue;
-    json s = json::parse(read_text_file(dir + "/summary.json"));
+    json s = parse_jsonc_file(dir + "/summary.json");
     const std::string strategy = s["strategy"];
     const json r = s.value("routing", json::object());
     auto add = [&](std::map<std::string, plot::Series>& m, double x, double y) {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "config/run_config.h"
 #include "data/corpus.h"
 #include "data/token_file.h"
 #include "plot/gnuplot.h"
@@ -83,7 +84,7 @@ void draw_run_pictures(const std::string& run_dir, const std::string& prefix) {
   }
   plot::line_chart(prefix + "_curves.png", "training curves: " + run_dir, "step", "loss (nats/token)", {train, valid}, true);
   if (!file_exists(run_dir + "/summary.json")) return;
-  auto summary = nlohmann::json::parse(read_text_file(run_dir + "/summary.json"));
+  auto summary = parse_jsonc_file(run_dir + "/summary.json");
   const auto& routing = summary["routing"];
   if (!routing.contains("expert_load")) return;
   std::vector<std::string> labels;

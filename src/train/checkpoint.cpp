@@ -115,8 +115,12 @@ TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::op
       if (device.is_cuda() && archive.try_read("rng_cuda", rng_cuda))
         at::Generator(at::globalContext().defaultGenerator(device)).set_state(rng_cuda.cpu());
     }
+  } catch (const UserError&) {
+    throw;
   } catch (const c10::Error& e) {
     throw UserError(path + ": not a readable moelab checkpoint for this run's model (" + first_line(e.what_without_backtrace()) + ")");
+  } catch (const std::exception& e) {  // libtorch's archive readers also throw std::out_of_range and kin
+    throw UserError(path + ": not a readable moelab checkpoint for this run's model (" + first_line(e.what()) + ")");
   }
   return state;
 }

@@ -68,10 +68,10 @@ void prepare_run_data(TrainingRun& run, bool resuming) {
     // Temporary files of writes that a crash interrupted.
     const int stale = remove_stale_temp_files(run.run_dir + "/checkpoints") + remove_stale_temp_files(run.run_dir + "/data");
     if (stale > 0) log::info(strf("%s: removed %d temporary file(s) left by an interrupted run", run.run_dir.c_str(), stale));
-    run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir));
+    run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir, resuming));
   }
   if (run.dist.world_group) run.dist.world_group->barrier();
-  if (!run.main_rank()) run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir));
+  if (!run.main_rank()) run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir, resuming));
   run.config.model.vocab_size = run.data->tokenizer->vocab_size();
   if (!resuming && run.main_rank())
     write_file_atomic(run.run_dir + "/config.json", run_config_to_json(run.config).dump(2) + "\n");

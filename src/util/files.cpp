@@ -18,6 +18,8 @@ namespace moelab {
 namespace fs = std::filesystem;
 
 std::string read_text_file(const std::string& path) {
+  // An ifstream opens a directory and reads nothing from it: it would pass for an empty file.
+  if (fs::is_directory(path)) throw UserError(path + ": is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError(path + ": cannot open for reading (" + std::strerror(errno) + ")");
   std::ostringstream buffer;
@@ -111,6 +113,12 @@ void ensure_directory(const std::string& path) {
 }
 
 bool file_exists(const std::string& path) { return fs::exists(path); }
+
+int64_t file_size(const std::string& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  return ec ? -1 : static_cast<int64_t>(size);
+}
 
 std::string executable_directory() {
   std::error_code ec;

@@ -1,5 +1,6 @@
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace moelab {
@@ -30,6 +31,7 @@ class AtomicFileWriter {
 };
 void ensure_directory(const std::string& path);
 bool file_exists(const std::string& path);
+int64_t file_size(const std::string& path);  // -1 when it cannot be read (a directory, missing)
 std::string executable_directory();  // folder of the running binary (to find moelab-bpe)
 std::string temp_path_beside(const std::string& path);
 // Removes the temporary files (temp_path_beside's "NAME.tmp.PID.N") in `dir` whose writing

@@ -45,4 +45,16 @@ std::string human_count(double value) {
   return strf("%.0f", value);
 }
 
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7f) out += strf("\\x%02x", c);
+    else out += static_cast<char>(c);
+  }
+  return out;
+}
+
 }  // namespace moelab

@@ -13,5 +13,8 @@ std::vector<std::string> split(const std::string& s, char sep);
 std::string human_duration(double seconds);
 // "12.3k", "2.05M": for token rates.
 std::string human_count(double value);
+// `text` with control characters written as escapes (\n, \r, \t, \xHH): user data quoted in
+// an error message keeps the message on one line.
+std::string printable(const std::string& text);
 
 }  // namespace moelab
