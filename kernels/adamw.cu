@@ -10,7 +10,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/types.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/adamw.h"
 
 namespace moelab::kernels::cuda {
 namespace {

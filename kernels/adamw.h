@@ -29,4 +29,12 @@ void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::T
                 double beta1, double beta2, double eps);
 }  // namespace reference
 
+#ifdef MOELAB_CUDA
+namespace cuda {
+bool adamw_supported(const AdamWState& state);
+void adamw_step(const AdamWState& state, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& grad_scale,
+                double beta1, double beta2, double eps);
+}  // namespace cuda
+#endif
+
 }  // namespace moelab::kernels

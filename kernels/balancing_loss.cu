@@ -13,7 +13,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/torch.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/balancing_loss.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {

@@ -2,7 +2,7 @@
 // softmax; the counts are integers and carry no gradient).
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/balancing_loss.h"
 
 namespace moelab::kernels::reference {
 

@@ -13,4 +13,13 @@ namespace reference {
 torch::Tensor column_sum(const torch::Tensor& x);
 }  // namespace reference
 
+#ifdef MOELAB_CUDA
+namespace cuda {
+// out (fp32 [N]) = the column sums of x ([M, N], bf16 or fp32, N % 8 == 0).
+void launch_column_sum(const torch::Tensor& x, torch::Tensor& out);
+// out (fp32 [W]) = the column sums of partials (fp32 [G, W]), G small: one kernel.
+void launch_sum_partial_rows(const torch::Tensor& partials, torch::Tensor& out);
+}  // namespace cuda
+#endif
+
 }  // namespace moelab::kernels

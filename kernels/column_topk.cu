@@ -14,7 +14,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/types.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/column_topk.h"
 
 namespace moelab::kernels::cuda {
 namespace {

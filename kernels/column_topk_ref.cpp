@@ -2,7 +2,7 @@
 // Work: E sorts of T values; traffic: T*E values in, T*E flags out.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/column_topk.h"
 
 namespace moelab::kernels::reference {
 

@@ -20,7 +20,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/torch.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/counting_sort.h"
 
 namespace moelab::kernels::cuda {
 namespace {

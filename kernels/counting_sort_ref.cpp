@@ -8,7 +8,7 @@
 // (8 passes of several kernels). Past kOneHotLimit elements it falls back to that sort.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/counting_sort.h"
 
 namespace moelab::kernels {
 namespace {

@@ -24,7 +24,7 @@
 #include <c10/util/BFloat16.h>
 #include <torch/types.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/expert_bias_act.h"
 #include "kernels/gelu.cuh"
 #include "kernels/vector_io.cuh"
 

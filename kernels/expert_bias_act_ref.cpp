@@ -5,7 +5,7 @@
 // the last expert's bias gradient.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/expert_bias_act.h"
 
 namespace moelab::kernels::reference {
 

@@ -1,7 +1,7 @@
 // The expert FFN reference: one addmm per expert over its rows, in plain libtorch ops.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/expert_ffn.h"
 
 namespace moelab::kernels::reference {
 

@@ -10,7 +10,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/torch.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/kept_gates.h"
 
 namespace moelab::kernels::cuda {
 namespace {

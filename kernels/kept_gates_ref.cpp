@@ -1,7 +1,7 @@
 // Reference kept gates with libtorch ops (autograd differentiates them).
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/kept_gates.h"
 
 namespace moelab::kernels::reference {
 

@@ -24,7 +24,8 @@
 #include <c10/util/BFloat16.h>
 #include <torch/torch.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/column_sum.h"
+#include "kernels/layer_norm.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {

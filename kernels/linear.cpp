@@ -4,9 +4,6 @@
 #include <torch/torch.h>
 
 #include "kernels/column_sum.h"
-#ifdef MOELAB_CUDA
-#include "kernels/cuda_ops.h"
-#endif
 
 // at::mm with an fp32 output from bf16 inputs (PyTorch 2.8+, CUDA).
 #if defined(MOELAB_CUDA) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))

@@ -16,4 +16,12 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const 
 // libtorch's element-by-element conversion; elsewhere plain Tensor::to.
 torch::Tensor bf16_operand(const torch::Tensor& weight);
 
+#ifdef MOELAB_CUDA
+namespace cuda {
+// Contiguous bf16 (numel a multiple of 8, 16-byte aligned) -> a new fp32 tensor.
+bool bf16_to_fp32_supported(const torch::Tensor& in);
+torch::Tensor bf16_to_fp32(const torch::Tensor& in);
+}  // namespace cuda
+#endif
+
 }  // namespace moelab::kernels

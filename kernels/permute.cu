@@ -14,7 +14,7 @@
 #include <c10/util/BFloat16.h>
 #include <torch/types.h>
 
-#include "kernels/cuda_ops.h"
+#include "kernels/permute.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {

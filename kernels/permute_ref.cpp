@@ -3,7 +3,7 @@
 // it is deterministic. Autograd gives both backwards.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/permute.h"
 
 namespace moelab::kernels::reference {
 

@@ -7,8 +7,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/types.h>
 
-#include "kernels/cuda_ops.h"
-#include "kernels/kernel_limits.h"
+#include "kernels/sinkhorn.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {

@@ -2,7 +2,7 @@
 // floats read and written twice. Computed without gradient, as in Megatron-Core.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/sinkhorn.h"
 
 namespace moelab::kernels::reference {
 

@@ -14,8 +14,7 @@
 #include <c10/util/BFloat16.h>
 #include <torch/types.h>
 
-#include "kernels/cuda_ops.h"
-#include "kernels/kernel_limits.h"
+#include "kernels/topk_gate.h"
 #include "kernels/vector_io.cuh"
 
 namespace moelab::kernels::cuda {

@@ -3,7 +3,7 @@
 // first, which is the tie rule the CUDA kernel must reproduce.
 #include <torch/torch.h>
 
-#include "kernels/routing_kernels.h"
+#include "kernels/topk_gate.h"
 
 namespace moelab::kernels::reference {
 
