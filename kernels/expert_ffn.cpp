@@ -1,10 +1,9 @@
 #include "kernels/expert_ffn.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "kernels/device.h"
-#include <ATen/autocast_mode.h>
-
 #include "kernels/grouped_mm_available.h"
 #include "kernels/linear.h"
 #ifdef MOELAB_CUDA

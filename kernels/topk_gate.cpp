@@ -3,9 +3,6 @@
 #include <torch/torch.h>
 
 #include "kernels/device.h"
-#ifdef MOELAB_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
 namespace moelab::kernels {
 
