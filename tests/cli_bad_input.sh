@@ -86,8 +86,12 @@ expect_error rerun "already holds a run" -- "$moelab" train --out "$dir/run" --s
 head -c 1000 "$dir/run/checkpoints/latest.pt" >"$dir/truncated.pt"
 cp "$dir/run/checkpoints/latest.pt" "$dir/good.pt"
 cp "$dir/truncated.pt" "$dir/run/checkpoints/latest.pt"
-expect_error corrupt-checkpoint "latest.pt: not a readable moelab checkpoint" -- "$moelab" generate --run "$dir/run"
+expect_error corrupt-checkpoint "latest.pt: not a moelab checkpoint, or a damaged one" -- "$moelab" generate --run "$dir/run"
 cmp -s "$dir/truncated.pt" "$dir/run/checkpoints/latest.pt" || { echo "FAIL corrupt checkpoint was modified"; failures=$((failures + 1)); }
+# One byte changed inside: the checksum catches it before libtorch parses the archive.
+cp "$dir/good.pt" "$dir/run/checkpoints/latest.pt"
+printf '\x7f' | dd of="$dir/run/checkpoints/latest.pt" bs=1 seek=3000 conv=notrunc 2>/dev/null
+expect_error flipped-checkpoint "latest.pt: damaged: its contents do not match the checksum" -- "$moelab" eval --run "$dir/run"
 cp "$dir/good.pt" "$dir/run/checkpoints/latest.pt"
 after=$(cat "$dir/run/metrics.jsonl" "$dir/run/checkpoints/latest.pt" | md5sum)
 [ "$before" = "$after" ] || { echo "FAIL the finished run changed"; failures=$((failures + 1)); }

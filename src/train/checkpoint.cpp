@@ -1,5 +1,11 @@
 #include "train/checkpoint.h"
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <vector>
+
 #include <torch/torch.h>
 
 #include "util/error.h"
@@ -11,6 +17,61 @@ namespace {
 constexpr const char* kFormat = "moelab-checkpoint-v1";
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// A checksum of the whole file rides in the zip archive's comment (zip readers, libtorch's
+// included, skip it): libtorch's reader trusts an archive's contents, and a damaged record can
+// crash it, so load_checkpoint verifies the bytes before libtorch sees them. The file ends
+// with the end-of-central-directory record (22 bytes, its comment length set) and the comment,
+// kChecksumTag and 16 hex digits of FNV-1a over every byte before the comment.
+constexpr char kChecksumTag[] = "moelab-fnv1a64:";
+constexpr size_t kTagLength = sizeof kChecksumTag - 1;
+constexpr size_t kCommentLength = kTagLength + 16;
+constexpr size_t kEndRecordLength = 22;
+
+struct Fnv1a {
+  uint64_t value = 1469598103934665603ull;
+  void add(const char* data, size_t size) {
+    for (size_t i = 0; i < size; ++i) {
+      value ^= static_cast<unsigned char>(data[i]);
+      value *= 1099511628211ull;
+    }
+  }
+};
+
+bool is_end_record(const std::string& record, size_t comment_length) {
+  return record.size() == kEndRecordLength && record.compare(0, 4, "PK\x05\x06") == 0 &&
+         static_cast<unsigned char>(record[20]) == (comment_length & 0xff) &&
+         static_cast<unsigned char>(record[21]) == (comment_length >> 8);
+}
+
+// UserError unless `path` ends with a checksum comment that matches its contents.
+void verify_checksum(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw UserError(path + ": cannot open for reading (" + std::strerror(errno) + ")");
+  const auto size = static_cast<size_t>(in.tellg());
+  if (size < kEndRecordLength + kCommentLength) throw UserError(path + ": not a moelab checkpoint (too short)");
+  std::string end(kEndRecordLength + kCommentLength, '\0');
+  in.seekg(static_cast<std::streamoff>(size - end.size()));
+  in.read(&end[0], static_cast<std::streamsize>(end.size()));
+  const std::string comment = end.substr(kEndRecordLength);
+  char* parsed_end = nullptr;
+  const std::string digits = comment.substr(kTagLength);
+  const uint64_t stored = std::strtoull(digits.c_str(), &parsed_end, 16);
+  if (!is_end_record(end.substr(0, kEndRecordLength), kCommentLength) || comment.compare(0, kTagLength, kChecksumTag) != 0 ||
+      parsed_end != digits.c_str() + digits.size() || digits.find_first_not_of("0123456789abcdef") != std::string::npos)
+    throw UserError(path + ": not a moelab checkpoint, or a damaged one (no moelab checksum at its end)");
+  in.seekg(0);
+  Fnv1a hash;
+  std::vector<char> buffer(1 << 20);
+  for (size_t left = size - kCommentLength; left > 0;) {
+    const size_t n = std::min(left, buffer.size());
+    if (!in.read(buffer.data(), static_cast<std::streamsize>(n))) throw UserError(path + ": cannot read it to the end");
+    hash.add(buffer.data(), n);
+    left -= n;
+  }
+  if (hash.value != stored)
+    throw UserError(path + ": damaged: its contents do not match the checksum written with it (a torn or altered file)");
+}
 }  // namespace
 
 std::string checkpoint_path(const std::string& run_dir) { return run_dir + "/checkpoints/latest.pt"; }
@@ -54,17 +115,34 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
   archive.write("optimizer", optimizer_archive);
   // Through our own writer: libtorch's file writer aborts the process when a write fails (it
   // throws from a destructor); this one reports the full disk and keeps the last checkpoint.
+  // The archive's last 22 bytes (its end record) are held back to set their comment length.
   AtomicFileWriter file(path);
+  Fnv1a hash;
+  std::string tail;
   archive.save_to([&](const void* data, size_t size) {
-    file.write(data, size);
+    tail.append(static_cast<const char*>(data), size);
+    if (tail.size() > kEndRecordLength) {
+      const size_t ready = tail.size() - kEndRecordLength;
+      hash.add(tail.data(), ready);
+      file.write(tail.data(), ready);
+      tail.erase(0, ready);
+    }
     return size;
   });
+  if (!is_end_record(tail, 0)) throw std::runtime_error("save_checkpoint: libtorch's archive does not end with a zip end record");
+  tail[20] = static_cast<char>(kCommentLength & 0xff);
+  tail[21] = static_cast<char>(kCommentLength >> 8);
+  hash.add(tail.data(), tail.size());
+  file.write(tail.data(), tail.size());
+  const std::string comment = kChecksumTag + strf("%016llx", static_cast<unsigned long long>(hash.value));
+  file.write(comment.data(), comment.size());
   file.commit();
 }
 
 TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
                               const torch::Device& device) {
   if (!file_exists(path)) throw UserError(path + ": no checkpoint there");
+  verify_checksum(path);
   TrainingState state;
   try {
     torch::serialize::InputArchive archive;
