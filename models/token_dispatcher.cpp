@@ -9,10 +9,10 @@ namespace moelab {
 
 PackedTokens pack_tokens(const torch::Tensor& x, const RoutingPlan& plan) {
   const int64_t tokens = x.size(0), columns = plan.expert_ids.size(1), entries = tokens * columns;
-  // The buffer's size is a bound known on the host, T*K or, with a capacity C, at most E*C
-  // kept (expert choice: K = E columns, of which only C per expert are kept), so no size is
-  // read back from the device; its rows past the kept ones are never read.
-  const int64_t rows = plan.capacity > 0 ? std::min(entries, plan.num_experts * plan.capacity) : entries;
+  // The buffer's size is the plan's bound known on the host (T*K, or E*C under a capacity C;
+  // expert choice: K = E columns, of which only C per expert are kept), so no size is read
+  // back from the device; its rows past the kept ones are never read.
+  const int64_t rows = plan.kept_bound > 0 ? std::min(entries, plan.kept_bound) : entries;
   PackedTokens out;
   out.gates = plan.gates;
   if (plan.slot.defined()) {  // capacity already queued every expert's entries: rows = start + slot

@@ -21,6 +21,7 @@ class ExpertChoiceStrategy : public RoutingStrategy {
   ExpertChoiceStrategy(bool fallback, double temperature) : fallback_(fallback), temperature_(temperature) {}
 
   bool applies_capacity() const override { return true; }
+  bool keeps_within_capacity() const override { return !fallback_; }
 
   void validate(const RouterConfig& config) const override {
     if (config.capacity_factor <= 0)

@@ -28,6 +28,7 @@ RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_i
   plan.num_experts = experts;
   plan.top_k = k;
   plan.capacity = expert_capacity(tokens, k, experts, config_.capacity_factor);
+  if (plan.capacity > 0 && strategy_->keeps_within_capacity()) plan.kept_bound = experts * plan.capacity;
 
   StrategyInputs in;
   in.token_ids = token_ids;

@@ -23,6 +23,9 @@ struct RoutingPlan {
   int64_t num_experts = 0;
   int64_t top_k = 0;
   int64_t capacity = 0;      // slots per expert; 0 = dropless
+  // A bound on the kept assignments, known on the host (the dispatcher sizes its buffer by it
+  // without a read-back): T*K, or E*C when no expert keeps more than its capacity.
+  int64_t kept_bound = 0;
   torch::Tensor lb_loss;     // scalar, already scaled by lb_coef (zero when off)
   torch::Tensor z_loss;      // scalar, already scaled by z_coef (zero when off)
 };

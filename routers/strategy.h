@@ -34,6 +34,9 @@ class RoutingStrategy {
   virtual bool uses_gate() const { return true; }
   // True when the strategy enforces capacity itself (expert choice).
   virtual bool applies_capacity() const { return false; }
+  // False when an expert may keep more than the capacity (expert choice's fallback routes
+  // the tokens no expert picked on top of the experts' C).
+  virtual bool keeps_within_capacity() const { return true; }
   // Experts each token is routed to, which sizes the capacity: top1 routes to one whatever
   // router.top_k says.
   virtual int64_t experts_per_token(const RouterConfig& config) const { return config.top_k; }

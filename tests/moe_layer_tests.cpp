@@ -236,6 +236,20 @@ std::vector<std::tuple<std::string, double>> layer_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Strategies, MoeLayerMatchesPerTokenLoop, ::testing::ValuesIn(layer_cases()));
 
+// Expert choice's fallback routes the tokens no expert picked on top of the experts' C: more
+// kept assignments than E * C, which the packed buffer must still hold.
+TEST(MoeLayer, ExpertChoiceFallbackBeyondCapacityMatchesThePerTokenLoop) {
+  torch::manual_seed(12);
+  RouterConfig c = moelab::testing::routing_config("expert_choice", 4, 2, 0.5);
+  c.ec_fallback = "topk";
+  MoeLayer layer(c, 16, 24, /*swiglu=*/false);
+  torch::Tensor x = torch::randn({40, 16}), tokens = torch::zeros({40}, torch::kLong);
+  torch::Tensor out = layer.forward(x, tokens);
+  const RoutingPlan plan = layer.router().forward(x, tokens);
+  EXPECT_GT(plan.kept.sum().item<int64_t>(), 4 * plan.capacity);  // the case itself
+  EXPECT_TRUE(torch::allclose(out, per_token_reference(layer, x, plan), 1e-5, 1e-5));
+}
+
 TEST(MoeLayer, MaskedMatmulDispatcherComputesTheSameLayer) {
   for (const char* strategy : {"softk", "expert_choice", "hash"}) {
     torch::manual_seed(6);

@@ -11,5 +11,6 @@ int coact_command(int argc, char** argv);
 int trace_command(int argc, char** argv);
 int plot_command(int argc, char** argv);
 int bench_command(int argc, char** argv);
+int export_command(int argc, char** argv);
 
 }  // namespace moelab::cli

@@ -24,6 +24,7 @@ commands:
   place      expert-placement simulator: replicate, place and search on a device mesh
   coact      expert co-activation matrix of a trace layer
   plot       pictures: plot sweep --config SWEEP | plot run --run DIR
+  export     a run's model as ONNX                        moelab export --run DIR --out model.onnx
   bench      benchmarks: bench topk|routing|pack|combine|moe-layer (CUDA) | capacity | ep (N ranks)
 )";
 
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
     if (command == "coact") return moelab::cli::coact_command(argc - 1, argv + 1);
     if (command == "plot") return moelab::cli::plot_command(argc - 1, argv + 1);
     if (command == "bench") return moelab::cli::bench_command(argc - 1, argv + 1);
+    if (command == "export") return moelab::cli::export_command(argc - 1, argv + 1);
     std::cerr << "moelab: unknown command '" << command << "'\n" << kUsage;
     return 2;
   } catch (const moelab::DistributedError& e) {
