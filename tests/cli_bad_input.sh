@@ -94,6 +94,12 @@ printf '\x7f' | dd of="$dir/run/checkpoints/latest.pt" bs=1 seek=3000 conv=notru
 expect_error flipped-checkpoint "latest.pt: damaged: its contents do not match the checksum" -- "$moelab" eval --run "$dir/run"
 cp "$dir/good.pt" "$dir/run/checkpoints/latest.pt"
 after=$(cat "$dir/run/metrics.jsonl" "$dir/run/checkpoints/latest.pt" | md5sum)
+# Export: an unknown format, a folder that does not exist, a run without a checkpoint; nothing written.
+expect_error export-format "--format must be onnx, got 'tflite'" -- "$moelab" export --run "$dir/run" --format tflite --out "$dir/m.onnx"
+expect_error export-folder "cannot be written (no folder" -- "$moelab" export --run "$dir/run" --out "$dir/nowhere/m.onnx"
+mkdir -p "$dir/no-ckpt" && cp "$dir/run/config.json" "$dir/run/tokenizer.json" "$dir/no-ckpt/"
+expect_error export-no-checkpoint "no checkpoint" -- "$moelab" export --run "$dir/no-ckpt" --out "$dir/m.onnx"
+ls "$dir" | grep -q 'm.onnx' && { echo "FAIL a refused export left $(ls "$dir" | grep m.onnx)"; failures=$((failures + 1)); }
 [ "$before" = "$after" ] || { echo "FAIL the finished run changed"; failures=$((failures + 1)); }
 "$moelab" eval --run "$dir/run" >/dev/null || { echo "FAIL eval of the intact run"; failures=$((failures + 1)); }
 

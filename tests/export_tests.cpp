@@ -74,14 +74,17 @@ RunConfig small_config(const std::string& out) {
 
 // Exports `c`'s trained run, runs its logits and a greedy continuation in ONNX Runtime, and
 // compares them with moelab's.
-void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name) {
+void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name, bool external_data = false) {
   SCOPED_TRACE(name);
   const std::string run = dir / name;
   c.out = run;
   train(c, {});
   const std::string model_path = dir / (name + ".onnx");
-  ASSERT_TRUE(wait_for(spawn_logged({MOELAB_BINARY, "export", "--run", run, "--out", model_path}, dir / (name + "-export.log"))).second)
-      << read_text_file(dir / (name + "-export.log"));
+  std::vector<std::string> args = {MOELAB_BINARY, "export", "--run", run, "--out", model_path};
+  if (external_data) args.push_back("--external-data");
+  ASSERT_TRUE(wait_for(spawn_logged(args, dir / (name + "-export.log"))).second) << read_text_file(dir / (name + "-export.log"));
+  // With external data the weights are in MODEL.data and the graph file holds almost none.
+  if (external_data) EXPECT_GT(file_size(model_path + ".data"), 10 * file_size(model_path));
   if (std::system("/usr/bin/python3 -c 'import onnx' > /dev/null 2>&1") == 0) {
     const std::string check = "/usr/bin/python3 -c 'import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)' " +
                               model_path + " > " + (dir / (name + "-check.log")) + " 2>&1";
@@ -170,5 +173,6 @@ TEST(Export, OnnxRuntimeComputesMoelabsLogitsForOtherModelShapes) {
   e.router.capacity_factor = 0.5;
   e.router.ec_fallback = "topk";
   expect_round_trip(e, dir, "expert-choice-fallback");
+  expect_round_trip(small_config(""), dir, "external-data", /*external_data=*/true);
   log::set_quiet(false);
 }
