@@ -69,12 +69,16 @@ RunConfig small_config(const std::string& out) {
   c.train.max_steps = 3;
   c.train.eval_windows = 4;
   c.train.threads = 2;
+  c.train.device = "cpu";
   return c;
 }
 
 // Exports `c`'s trained run, runs its logits and a greedy continuation in ONNX Runtime, and
 // compares them with moelab's.
-void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name, bool external_data = false) {
+// `weights`: the storage dtype asked of the export; moelab's side then computes with its
+// weights rounded to it, which is what the exported graph holds.
+void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name, bool external_data = false,
+                       const std::string& weights = "float32") {
   SCOPED_TRACE(name);
   const std::string run = dir / name;
   c.out = run;
@@ -82,6 +86,7 @@ void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name,
   const std::string model_path = dir / (name + ".onnx");
   std::vector<std::string> args = {MOELAB_BINARY, "export", "--run", run, "--out", model_path};
   if (external_data) args.push_back("--external-data");
+  args.insert(args.end(), {"--dtype", weights});
   ASSERT_TRUE(wait_for(spawn_logged(args, dir / (name + "-export.log"))).second) << read_text_file(dir / (name + "-export.log"));
   // With external data the weights are in MODEL.data and the graph file holds almost none.
   if (external_data) EXPECT_GT(file_size(model_path + ".data"), 10 * file_size(model_path));
@@ -92,6 +97,13 @@ void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name,
   }
 
   LoadedRun loaded = load_run(run, "cpu");
+  if (weights != "float32") {
+    torch::NoGradGuard no_grad;
+    const auto dtype = weights == "float16" ? torch::kHalf : torch::kBFloat16;
+    for (auto& p : loaded.model->parameters()) p.copy_(p.to(dtype).to(torch::kFloat32));
+    for (auto& b : loaded.model->named_buffers())  // the buffers the graph reads
+      if (b.key().find("expert_bias") != std::string::npos) b.value().copy_(b.value().to(dtype).to(torch::kFloat32));
+  }
   torch::manual_seed(5);
   const int64_t batch = 3, seq = c.model.seq_len;
   torch::Tensor tokens = torch::randint(1, loaded.config.model.vocab_size, {batch, seq}, torch::kLong);
@@ -144,7 +156,8 @@ TEST(Export, OnnxRuntimeComputesMoelabsLogitsForEveryStrategy) {
 }
 
 // The other shapes a config can give the graph: MLP gates, SwiGLU, RoPE, interleaved dense
-// blocks, tied embeddings, an expert bias, hash by position, expert choice's fallback.
+// blocks, tied embeddings, an expert bias, hash by position, expert choice's fallback; and the
+// export's forms: external data, float16 and bfloat16 weights.
 TEST(Export, OnnxRuntimeComputesMoelabsLogitsForOtherModelShapes) {
   const std::string missing = missing_tools();
   if (!missing.empty()) GTEST_SKIP() << missing;
@@ -174,5 +187,7 @@ TEST(Export, OnnxRuntimeComputesMoelabsLogitsForOtherModelShapes) {
   e.router.ec_fallback = "topk";
   expect_round_trip(e, dir, "expert-choice-fallback");
   expect_round_trip(small_config(""), dir, "external-data", /*external_data=*/true);
+  expect_round_trip(small_config(""), dir, "float16-weights", false, "float16");
+  expect_round_trip(small_config(""), dir, "bfloat16-weights", false, "bfloat16");
   log::set_quiet(false);
 }

@@ -56,6 +56,7 @@ RunConfig tiny_config(const std::string& out, const std::string& train_path = "b
   c.train.log_interval = 1;
   c.train.checkpoint_interval = 4;
   c.train.threads = 2;
+  c.train.device = "cpu";  // bit-exact comparisons: a GPU's atomics add in no fixed order
   return c;
 }
 

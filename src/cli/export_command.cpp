@@ -16,7 +16,9 @@ int export_command(int argc, char** argv) {
   options.add_options()("run", "run directory (required)", cxxopts::value<std::string>())(
       "format", "onnx", cxxopts::value<std::string>()->default_value("onnx"))(
       "out", "file to write (required)", cxxopts::value<std::string>())(
-      "external-data", "weights in OUT.data beside the graph (ONNX external data)");
+      "external-data", "weights in OUT.data beside the graph (ONNX external data)")(
+      "dtype", "the weights' storage: float32 | float16 | bfloat16 (computation stays float32)",
+      cxxopts::value<std::string>()->default_value("float32"));
   auto args = parse_options(options, argc, argv);
   const std::string run_dir = required<std::string>(args, "run", "moelab export");
   const std::string out = required<std::string>(args, "out", "moelab export");
@@ -32,6 +34,9 @@ int export_command(int argc, char** argv) {
   OnnxExportOptions o;
   o.out = out;
   o.external_data = args.count("external-data") > 0;
+  o.weight_dtype = args["dtype"].as<std::string>();
+  if (o.weight_dtype != "float32" && o.weight_dtype != "float16" && o.weight_dtype != "bfloat16")
+    throw UserError("moelab export: --dtype must be float32, float16 or bfloat16, got '" + printable(o.weight_dtype) + "'");
   o.doc = "moelab TinyMoE, step " + std::to_string(run.step) + ", dropless routing; config: " + run_config_to_json(run.config).dump();
   export_onnx(*run.model, run.config, o);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -78,13 +78,16 @@ class Graph {
     return name;
   }
 
-  // A tensor of the model (float32) or a constant (int64, float64 or float32) as an initializer.
+  // A tensor of the model or a constant as an initializer: int64, float64, float16 and
+  // bfloat16 keep their type, anything else is stored as float32.
   std::string tensor(const std::string& name, const torch::Tensor& value) {
     torch::Tensor t = value.detach().cpu().contiguous();
     onnx::TensorProto* p = graph_->add_initializer();
     p->set_name(name);
     if (t.scalar_type() == torch::kLong) p->set_data_type(onnx::TensorProto::INT64);
     else if (t.scalar_type() == torch::kDouble) p->set_data_type(onnx::TensorProto::DOUBLE);
+    else if (t.scalar_type() == torch::kHalf) p->set_data_type(onnx::TensorProto::FLOAT16);
+    else if (t.scalar_type() == torch::kBFloat16) p->set_data_type(onnx::TensorProto::BFLOAT16);
     else {
       t = t.to(torch::kFloat32);
       p->set_data_type(onnx::TensorProto::FLOAT);
@@ -125,8 +128,9 @@ class Graph {
 // Builds the TinyMoE graph from the model's named tensors and its config.
 class Exporter {
  public:
-  Exporter(TinyMoE& model, const RunConfig& config, Graph& g)
-      : m_(config.model), r_(config.router), g_(g), params_(model.named_parameters()), buffers_(model.named_buffers()) {}
+  Exporter(TinyMoE& model, const RunConfig& config, Graph& g, torch::ScalarType weight_dtype)
+      : m_(config.model), r_(config.router), g_(g), params_(model.named_parameters()), buffers_(model.named_buffers()),
+        weight_dtype_(weight_dtype) {}
 
   void build() {
     const std::string tokens = "tokens";
@@ -163,14 +167,18 @@ class Exporter {
   }
 
  private:
+  // A model tensor under its checkpoint name; stored in another dtype, it is read through a
+  // Cast to float32.
   std::string param(const std::string& name) {
+    const std::string value = weight_dtype_ == torch::kFloat32 ? name : name + "/float32";
     if (done_.insert(name).second) {
       const torch::Tensor* t = params_.find(name);
       if (!t) t = buffers_.find(name);
       if (!t) throw UserError("moelab export: the model has no tensor '" + name + "'");
-      g_.tensor(name, *t);
+      g_.tensor(name, t->to(weight_dtype_));
+      if (value != name) g_.op("Cast", {name}, value, {attr_int("to", onnx::TensorProto::FLOAT)});
     }
-    return name;
+    return value;
   }
 
   std::string layer_norm(const std::string& x, const std::string& module, const std::string& name) {
@@ -387,6 +395,7 @@ class Exporter {
   const RouterConfig& r_;
   Graph& g_;
   torch::OrderedDict<std::string, torch::Tensor> params_, buffers_;
+  torch::ScalarType weight_dtype_;
   std::set<std::string> done_;
   std::string seq_, n_tokens_, zero_, one_, flat_, flat_tokens_, causal_, rope_cos_, rope_sin_;
 };
@@ -406,7 +415,10 @@ void export_onnx(TinyMoE& model, const RunConfig& config, const OnnxExportOption
   graph->set_name("tinymoe");
   const std::string data_file = options.out + ".data";
   Graph g(graph, options.external_data, data_file);
-  Exporter(model, config, g).build();
+  const torch::ScalarType dtype = options.weight_dtype == "float16"    ? torch::kHalf
+                                  : options.weight_dtype == "bfloat16" ? torch::kBFloat16
+                                                                       : torch::kFloat32;
+  Exporter(model, config, g, dtype).build();
 
   onnx::ValueInfoProto* in = graph->add_input();
   in->set_name("tokens");

@@ -18,6 +18,9 @@ namespace moelab {
 struct OnnxExportOptions {
   std::string out;           // model.onnx
   bool external_data = false;  // weights in OUT.data beside the graph (ONNX external data)
+  // The weights' storage type: float32, or float16 / bfloat16 (half the file; each weight is
+  // Cast to float32 where it is read, so the computation stays float32).
+  std::string weight_dtype = "float32";
   std::string doc;           // the model's doc string (the run's config)
 };
 
