@@ -91,8 +91,11 @@ void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name,
   // With external data the weights are in MODEL.data and the graph file holds almost none.
   if (external_data) EXPECT_GT(file_size(model_path + ".data"), 10 * file_size(model_path));
   if (std::system("/usr/bin/python3 -c 'import onnx' > /dev/null 2>&1") == 0) {
-    const std::string check = "/usr/bin/python3 -c 'import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)' " +
-                              model_path + " > " + (dir / (name + "-check.log")) + " 2>&1";
+    // The full check, and the blocks as local functions block0, block1, ... in order.
+    const std::string check = "/usr/bin/python3 -c 'import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True); "
+                              "names = [f.name for f in onnx.load(sys.argv[1]).functions]; "
+                              "assert names == [\"block%d\" % i for i in range(int(sys.argv[2]))], names' " +
+                              model_path + " " + std::to_string(c.model.layers) + " > " + (dir / (name + "-check.log")) + " 2>&1";
     EXPECT_EQ(std::system(check.c_str()), 0) << read_text_file(dir / (name + "-check.log"));
   }
 

@@ -118,6 +118,8 @@ class Graph {
   std::string scalar(const std::string& name, double v) { return tensor(name, torch::tensor({static_cast<float>(v)})); }
 
   const std::string& external_bytes() const { return external_bytes_; }
+  onnx::GraphProto* graph() const { return graph_; }
+  void set_graph(onnx::GraphProto* graph) { graph_ = graph; }
 
  private:
   onnx::GraphProto* graph_;
@@ -128,9 +130,9 @@ class Graph {
 // Builds the TinyMoE graph from the model's named tensors and its config.
 class Exporter {
  public:
-  Exporter(TinyMoE& model, const RunConfig& config, Graph& g, torch::ScalarType weight_dtype)
+  Exporter(TinyMoE& model, const RunConfig& config, Graph& g, torch::ScalarType weight_dtype, onnx::ModelProto* proto)
       : m_(config.model), r_(config.router), g_(g), params_(model.named_parameters()), buffers_(model.named_buffers()),
-        weight_dtype_(weight_dtype) {}
+        weight_dtype_(weight_dtype), proto_(proto) {}
 
   void build() {
     const std::string tokens = "tokens";
@@ -160,7 +162,7 @@ class Exporter {
                               g_.op("Concat", {seq_, seq_}, "attention/mask_ends", {attr_int("axis", 0)}),
                               g_.ints("const/axes01", {0, 1})},
                     "attention/causal_mask");
-    for (int64_t i = 0; i < m_.layers; ++i) x = block(x, i);
+    for (int64_t i = 0; i < m_.layers; ++i) x = block_function(x, i);
     std::string normed = layer_norm(x, "ln_f", "ln_f");
     std::string head = m_.tie_embeddings ? param("tok_emb.weight") : param("head.weight");
     g_.op("MatMul", {normed, g_.op("Transpose", {head}, "head/weight_t", {attr_ints("perm", {1, 0})})}, "logits");
@@ -209,7 +211,7 @@ class Exporter {
 
   std::string scalar(double v) {
     const std::string name = strf("const/%.9g", v);
-    if (done_.insert(name).second) g_.scalar(name, v);
+    if (consts_.insert(name).second) g_.scalar(name, v);
     return name;
   }
 
@@ -381,6 +383,64 @@ class Exporter {
     return g_.op("Reshape", {out, g_.op("Shape", {x}, p + "/shape")}, p + "/out");
   }
 
+  // Block i as an ONNX local function (domain "moelab", name block<i>), one node of the main
+  // graph that Netron opens into the block's own graph: its inputs are the values the block
+  // reads from outside (the residual stream, the weights, the mask...), its constants are
+  // Constant nodes inside it, its weights stay initializers of the main graph.
+  std::string block_function(const std::string& x, int64_t i) {
+    const std::string name = "block" + std::to_string(i);
+    onnx::GraphProto body;
+    onnx::GraphProto* main = g_.graph();
+    g_.set_graph(&body);
+    std::set<std::string> outer_consts;
+    outer_consts.swap(consts_);
+    const std::string out = block(x, i);
+    consts_.swap(outer_consts);
+    g_.set_graph(main);
+
+    onnx::FunctionProto* f = proto_->add_functions();
+    f->set_name(name);
+    f->set_domain("moelab");
+    f->set_doc_string("TinyMoE block " + std::to_string(i));
+    onnx::OperatorSetIdProto* opset = f->add_opset_import();
+    opset->set_domain("");
+    opset->set_version(17);
+    std::set<std::string> made;
+    for (const onnx::TensorProto& t : body.initializer()) {
+      if (params_.contains(t.name()) || buffers_.contains(t.name())) {
+        *main->add_initializer() = t;
+        continue;
+      }
+      onnx::NodeProto* c = f->add_node();
+      c->set_op_type("Constant");
+      c->set_name(t.name());
+      c->add_output(t.name());
+      onnx::AttributeProto* a = c->add_attribute();
+      a->set_name("value");
+      a->set_type(onnx::AttributeProto::TENSOR);
+      *a->mutable_t() = t;
+      made.insert(t.name());
+    }
+    for (const onnx::NodeProto& node : body.node())
+      for (const std::string& o : node.output()) made.insert(o);
+    std::vector<std::string> inputs;
+    std::set<std::string> seen;
+    for (const onnx::NodeProto& node : body.node()) {
+      *f->add_node() = node;
+      for (const std::string& in : node.input())
+        if (!made.count(in) && seen.insert(in).second) inputs.push_back(in);
+    }
+    for (const std::string& in : inputs) f->add_input(in);
+    f->add_output(out);
+    onnx::NodeProto* call = main->add_node();
+    call->set_op_type(name);
+    call->set_domain("moelab");
+    call->set_name(name);
+    for (const std::string& in : inputs) call->add_input(in);
+    call->add_output(out);
+    return out;
+  }
+
   std::string block(const std::string& x, int64_t i) {
     const std::string module = "block" + std::to_string(i), p = module;
     const bool is_moe = !m_.dense && (i % m_.moe_every == m_.moe_every - 1);
@@ -396,7 +456,8 @@ class Exporter {
   Graph& g_;
   torch::OrderedDict<std::string, torch::Tensor> params_, buffers_;
   torch::ScalarType weight_dtype_;
-  std::set<std::string> done_;
+  onnx::ModelProto* proto_;
+  std::set<std::string> done_, consts_;  // model tensors and constants already in the graph
   std::string seq_, n_tokens_, zero_, one_, flat_, flat_tokens_, causal_, rope_cos_, rope_sin_;
 };
 
@@ -418,7 +479,10 @@ void export_onnx(TinyMoE& model, const RunConfig& config, const OnnxExportOption
   const torch::ScalarType dtype = options.weight_dtype == "float16"    ? torch::kHalf
                                   : options.weight_dtype == "bfloat16" ? torch::kBFloat16
                                                                        : torch::kFloat32;
-  Exporter(model, config, g, dtype).build();
+  onnx::OperatorSetIdProto* blocks = proto.add_opset_import();  // the blocks' local functions
+  blocks->set_domain("moelab");
+  blocks->set_version(1);
+  Exporter(model, config, g, dtype, &proto).build();
 
   onnx::ValueInfoProto* in = graph->add_input();
   in->set_name("tokens");
