@@ -6,15 +6,9 @@
 
 namespace moelab::kernels {
 
-#ifdef MOELAB_CUDA
-namespace {
-bool storable(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }
-}  // namespace
-#endif
-
 torch::Tensor column_sum(const torch::Tensor& x) {
 #ifdef MOELAB_CUDA
-  if (cuda_kernels_enabled() && x.is_cuda() && x.dim() == 2 && storable(x.scalar_type()) && x.size(1) % 8 == 0) {
+  if (cuda_kernels_enabled() && x.is_cuda() && x.dim() == 2 && kernel_storable(x.scalar_type()) && x.size(1) % 8 == 0) {
     torch::Tensor out = torch::empty({x.size(1)}, x.options().dtype(torch::kFloat32));
     cuda::launch_column_sum(x.contiguous(), out);
     return out;

@@ -34,6 +34,15 @@ torch::Tensor fused_expert_ffn(const torch::Tensor& x, const torch::Tensor& w1, 
 #endif
 }
 
+bool expert_ffn_host_sync_free(bool bf16) {
+#ifdef MOELAB_GROUPED_MM
+  return bf16;
+#else
+  (void)bf16;
+  return false;
+#endif
+}
+
 torch::Tensor expert_ffn(const torch::Tensor& x, const torch::Tensor& expert_rows, const torch::Tensor& w1,
                          const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
                          ExpertActivation activation) {

@@ -32,6 +32,10 @@ torch::Tensor expert_ffn(const torch::Tensor& x, const torch::Tensor& expert_row
                          const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
                          ExpertActivation activation);
 
+// Whether expert_ffn on CUDA tensors under bf16 (`bf16`) reads no row counts back to the
+// host, so that a CUDA graph can capture it: the grouped-GEMM path, where libtorch has it.
+bool expert_ffn_host_sync_free(bool bf16);
+
 namespace reference {
 torch::Tensor expert_ffn(const torch::Tensor& x, const torch::Tensor& expert_rows, const torch::Tensor& w1,
                          const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,

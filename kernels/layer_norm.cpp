@@ -6,16 +6,10 @@
 
 namespace moelab::kernels {
 
-#ifdef MOELAB_CUDA
-namespace {
-bool storable(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }
-}  // namespace
-#endif
-
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                          torch::ScalarType out_dtype) {
 #ifdef MOELAB_CUDA
-  if (cuda_kernels_enabled() && x.is_cuda() && storable(x.scalar_type()) && storable(out_dtype) && cuda::layer_norm_supported(x.size(-1)))
+  if (cuda_kernels_enabled() && x.is_cuda() && kernel_storable(x.scalar_type()) && kernel_storable(out_dtype) && cuda::layer_norm_supported(x.size(-1)))
     return cuda::layer_norm(x, gamma, beta, eps, out_dtype);
 #endif
   return reference::layer_norm(x, gamma, beta, eps, out_dtype);
@@ -24,8 +18,8 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& gamma, con
 ResidualNorm add_layer_norm(const torch::Tensor& residual, const torch::Tensor& branch, const torch::Tensor& gamma,
                             const torch::Tensor& beta, double eps, torch::ScalarType out_dtype) {
 #ifdef MOELAB_CUDA
-  if (cuda_kernels_enabled() && residual.is_cuda() && residual.sizes() == branch.sizes() && storable(residual.scalar_type()) &&
-      storable(branch.scalar_type()) && storable(out_dtype) && cuda::layer_norm_supported(residual.size(-1)))
+  if (cuda_kernels_enabled() && residual.is_cuda() && residual.sizes() == branch.sizes() && kernel_storable(residual.scalar_type()) &&
+      kernel_storable(branch.scalar_type()) && kernel_storable(out_dtype) && cuda::layer_norm_supported(residual.size(-1)))
     return cuda::add_layer_norm(residual, branch, gamma, beta, eps, out_dtype);
 #endif
   return reference::add_layer_norm(residual, branch, gamma, beta, eps, out_dtype);

@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include "kernels/grouped_mm_available.h"
 #include "kernels/routing_kernels.h"
 
 namespace moelab {
@@ -29,15 +28,6 @@ std::shared_ptr<Experts> Experts::slice(int64_t first, int64_t count) const {
   part->w2.copy_(w2.narrow(0, first, count));
   part->b2.copy_(b2.narrow(0, first, count));
   return part;
-}
-
-bool Experts::packed_host_sync_free(bool bf16) {
-#ifdef MOELAB_GROUPED_MM
-  return bf16;
-#else
-  (void)bf16;
-  return false;
-#endif
 }
 
 torch::Tensor Experts::forward(const ExpertInput& in) {

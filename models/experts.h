@@ -22,9 +22,6 @@ class Experts : public torch::nn::Module {
 
   // Experts [first, first + count) as a module of their own (copies of the weights).
   std::shared_ptr<Experts> slice(int64_t first, int64_t count) const;
-  // Whether forward on the packed layout reads no row counts back to the host (CUDA, bf16,
-  // a libtorch with a grouped GEMM): a CUDA graph can capture it.
-  static bool packed_host_sync_free(bool bf16);
 
   torch::Tensor w1, b1, w2, b2;
 

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "kernels/expert_ffn.h"
 #include "util/error.h"
 
 namespace moelab {
@@ -18,7 +19,7 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& x, const torch::Tensor& tok
 }
 
 bool MoeLayer::host_sync_free(bool bf16) const {
-  return dispatcher_->host_sync_free() && (uniform_rows_ || Experts::packed_host_sync_free(bf16));
+  return dispatcher_->host_sync_free() && (uniform_rows_ || kernels::expert_ffn_host_sync_free(bf16));
 }
 
 void MoeLayer::shard_experts(const std::shared_ptr<Communicator>& expert_group) {

@@ -143,7 +143,6 @@ class Exporter {
     zero_ = g_.ints("const/zero", {0});
     one_ = g_.ints("const/one", {1});
     flat_ = g_.ints("const/flat_shape", {-1, m_.dim});
-    flat_tokens_ = g_.op("Reshape", {tokens, g_.ints("const/flat", {-1})}, "tokens_flat");
 
     std::string x = g_.op("Gather", {param("tok_emb.weight"), tokens}, "embed/tokens", {attr_int("axis", 0)});
     if (m_.position == "learned") {
@@ -280,7 +279,7 @@ class Exporter {
                                               g_.op("Squeeze", {n_tokens_, zero_}, p + "/n"),
                                               g_.tensor(p + "/range_step", torch::scalar_tensor(1, torch::kLong))},
                                      p + "/positions")
-                             : flat_tokens_;
+                             : g_.op("Reshape", {"tokens", g_.ints(p + "/flat", {-1})}, p + "/token_ids");
       std::string e = g_.ints(p + "/E", {E});
       std::string base = g_.op("Mod", {keys, e}, p + "/key_mod");
       base = g_.op("Mul", {base, g_.ints(p + "/a_mod", {1315423911LL % E})}, p + "/times_a");
@@ -458,7 +457,7 @@ class Exporter {
   torch::ScalarType weight_dtype_;
   onnx::ModelProto* proto_;
   std::set<std::string> done_, consts_;  // model tensors and constants already in the graph
-  std::string seq_, n_tokens_, zero_, one_, flat_, flat_tokens_, causal_, rope_cos_, rope_sin_;
+  std::string seq_, n_tokens_, zero_, one_, flat_, causal_, rope_cos_, rope_sin_;
 };
 
 }  // namespace

@@ -27,7 +27,7 @@ json log_training_step(TrainingRun& run, int64_t step, double lr, double interva
   const json routing = routing_report(out.plans);
   const double steps = static_cast<double>(s.interval_steps);
   const double tokens_per_s = steps * static_cast<double>(run.tokens_per_step) / s.interval_seconds;
-  const double flops_per_token = run.model->flops_per_token();
+  const double flops_per_token = run.flops_per_token;
   json row = {{"kind", "train"},
               {"step", step},
               {"lr", lr},
@@ -54,7 +54,7 @@ json log_training_step(TrainingRun& run, int64_t step, double lr, double interva
 json training_summary(const TrainingRun& run, const EvalResult& eval, const json& routing) {
   const RunConfig& c = run.config;
   const TinyMoE& model = *run.model;
-  const double flops_per_token = model.flops_per_token();
+  const double flops_per_token = run.flops_per_token;
   const double tokens_per_s = static_cast<double>(run.state.tokens_seen) / run.state.train_seconds;
   json summary = {{"steps", run.state.step},
                   {"final_val_loss", eval.loss},

@@ -162,9 +162,10 @@ std::unique_ptr<TrainingRun> start_training_run(RunConfig config, const TrainOpt
   if (restarting) log::info(run->run_dir + " held no checkpoint (an attempt that stopped before its first one): starting again");
   if (run->main_rank())
     run->metrics = std::make_unique<MetricsLog>(run->run_dir + "/metrics.jsonl", resuming || restarting ? run->state.step : -1);
+  run->flops_per_token = run->model->flops_per_token();
   log::info(strf("model: %s parameters, %s active per token, %s FLOPs per token; %s on %s",
                  human_count(run->model->parameter_count()).c_str(), human_count(run->model->active_parameter_count()).c_str(),
-                 human_count(run->model->flops_per_token()).c_str(), run->config.router.strategy.c_str(),
+                 human_count(run->flops_per_token).c_str(), run->config.router.strategy.c_str(),
                  run->device.str().c_str()));
   return run;
 }

@@ -48,6 +48,7 @@ struct TrainingRun {
   std::unique_ptr<MetricsLog> metrics;                  // rank 0 only
   TrainingState state;
   int64_t tokens_per_step = 0;  // over all ranks
+  double flops_per_token = 0;   // the model's (TinyMoE::flops_per_token), fixed for the run
 
   bool main_rank() const { return dist.is_main(); }
   // "The last good checkpoint is ..." or how to start again: for a message that stops the run.
