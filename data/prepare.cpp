@@ -31,13 +31,15 @@ static int64_t text_chars(const std::string& text) {
   return chars;  // each story's end-of-text counts as one character
 }
 
-json data_source(const DataConfig& data, int64_t seed) {
+json data_source(const DataConfig& data, int64_t seed, const std::string& tokenizer_run) {
   json source = {{"train", data.train}, {"valid", data.valid ? json(*data.valid) : json(nullptr)},
                  {"tokenizer", data.tokenizer}};
+  if (!tokenizer_run.empty()) source["tokenizer_from"] = tokenizer_run;
   if (!data.valid) source["val_fraction"] = data.val_fraction;
   if (data.tokenizer == "bpe") source["bpe_vocab_size"] = data.bpe_vocab_size;
   if (data.train == "builtin") {
     source["builtin_stories"] = data.builtin_stories;
+    if (data.builtin_style != "tales") source["builtin_style"] = data.builtin_style;
     source["seed"] = seed;  // the generator's
   }
   // A corpus file's size: the same path holding another text is other data.
@@ -64,13 +66,14 @@ std::string source_differences(const json& prepared, const json& wanted) {
 }
 }  // namespace
 
-PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir, bool resuming) {
+PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir, bool resuming,
+                          const std::string& tokenizer_run) {
   PreparedData out;
   std::string dir = run_dir + "/data";
   out.train_tokens = dir + "/train.bin";
   out.valid_tokens = dir + "/valid.bin";
   std::string info_path = dir + "/info.json";
-  const json wanted = data_source(data, seed);
+  const json wanted = data_source(data, seed, tokenizer_run);
   if (file_exists(info_path)) {
     json info = json::parse(read_text_file(info_path), nullptr, /*allow_exceptions=*/false);
     if (!info.is_object() || !info.contains("valid_chars") || !info["valid_chars"].is_number_integer() ||
@@ -95,7 +98,7 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   }
   ensure_directory(dir);
 
-  std::string train_text = data.train == "builtin" ? generate_stories(data.builtin_stories, static_cast<uint64_t>(seed))
+  std::string train_text = data.train == "builtin" ? generate_stories(data.builtin_stories, static_cast<uint64_t>(seed), data.builtin_style)
                                                    : read_corpus_file(data.train);
   std::string valid_text;
   if (data.valid) {
@@ -108,13 +111,18 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   if (split_stories(train_text).empty()) throw UserError(data.train + ": no text left for training");
   if (split_stories(valid_text).empty()) throw UserError("data: the validation text is empty");
 
-  if (data.tokenizer == "char") {
+  if (!tokenizer_run.empty()) {
+    out.tokenizer = load_tokenizer(tokenizer_run);
+  } else if (data.tokenizer == "char") {
     out.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::train(train_text));
   } else {
     out.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::train(train_text, data.bpe_vocab_size, run_dir));
   }
   std::vector<uint32_t> train_ids = out.tokenizer->encode(train_text);
   int64_t unknown_before = out.tokenizer->unknown_count();
+  if (unknown_before > 0)
+    log::warn(strf("%s: %lld characters not in %s's tokenizer map to <unk>", data.train.c_str(), (long long)unknown_before,
+                   tokenizer_run.c_str()));
   std::vector<uint32_t> valid_ids = out.tokenizer->encode(valid_text);
   int64_t unknown_valid = out.tokenizer->unknown_count() - unknown_before;
   if (unknown_valid > 0)

@@ -25,8 +25,11 @@ struct PreparedData {
 // generator's seed for built-in stories, the corpus files' sizes). Files of another source are
 // prepared again, but a resumed run refuses them (`resuming`): its checkpoint was trained on
 // the old ones. A damaged info.json is a UserError naming it.
-PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir, bool resuming = false);
-nlohmann::json data_source(const DataConfig& data, int64_t seed);
+// `tokenizer_run`: a run directory whose tokenizer encodes the text (fine-tuning keeps its
+// base's); empty: a tokenizer is trained on the training split.
+PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::string& run_dir, bool resuming = false,
+                          const std::string& tokenizer_run = "");
+nlohmann::json data_source(const DataConfig& data, int64_t seed, const std::string& tokenizer_run = "");
 
 // Encodes a text file with a run's tokenizer into a token file.
 int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, const std::string& token_path);

@@ -138,14 +138,119 @@ class Teller {
   std::mt19937_64 rng_;
 };
 
+// Fables: a second domain for fine-tuning studies. Animal characters named by their kind,
+// past-tense narration in an older register, one closing moral; the same alphabet as the
+// tales (so a tokenizer trained on tales encodes fables without unknown characters) but other
+// words, plots and sentence shapes, so that a model trained on tales scores clearly worse here.
+struct Beast {
+  const char* name;      // capitalised, as fables name their characters
+  const char* pronoun;   // he / she
+  const char* trait;     // what it is known for
+};
+
+const std::vector<Beast> kBeasts = {
+    {"Fox", "he", "cunning"},     {"Crow", "she", "vain"},      {"Lion", "he", "mighty"},   {"Mouse", "she", "humble"},
+    {"Hare", "he", "swift"},      {"Tortoise", "she", "patient"}, {"Wolf", "he", "greedy"}, {"Ant", "she", "diligent"},
+    {"Dove", "she", "gentle"},    {"Bear", "he", "lazy"},       {"Stork", "she", "clever"}, {"Raven", "he", "wise"},
+    {"Boar", "he", "stubborn"},   {"Owl", "she", "solemn"},     {"Heron", "she", "proud"},  {"Ox", "he", "strong"}};
+const std::vector<const char*> kRealms = {"a deep wood", "the edge of a marsh", "a meadow beside a river", "the foot of a mountain",
+                                          "an old orchard", "a wide plain", "a valley of thorns", "the banks of a cold stream"};
+const std::vector<const char*> kTreasures = {"a piece of cheese", "a bunch of ripe grapes", "a fat worm", "a store of grain",
+                                             "a golden acorn", "a honeycomb", "a silver fish", "a ripe pear"};
+const std::vector<const char*> kSeasons = {"summer", "autumn", "the long winter", "a dry season", "the spring rains"};
+const std::vector<const char*> kMorals = {
+    "Slow and steady wins the race.", "Flattery is the food of fools.", "No act of kindness is ever wasted.",
+    "Pride goes before a fall.", "Work today, and you will eat tomorrow.", "Do not count your grain before it is gathered.",
+    "The greedy often lose what they have.", "A friend in need is a friend indeed.", "Think before you leap."};
+const std::vector<const char*> kOpenings = {"Long ago", "In the days when beasts could speak", "There was once a time when",
+                                            "Many years past", "In an age now forgotten"};
+
+class Fabulist {
+ public:
+  explicit Fabulist(uint64_t seed) : rng_(seed) {}
+
+  std::string fable() {
+    const Beast& a = pick(kBeasts);
+    const Beast* b = &pick(kBeasts);
+    while (std::string(b->name) == a.name) b = &pick(kBeasts);
+    std::string s = std::string(pick(kOpenings)) + ", in " + pick(kRealms) + ", there dwelt a " + a.trait + " " + a.name +
+                    " and a " + b->trait + " " + b->name + ". ";
+    switch (rng_() % 4) {
+      case 0: boast(s, a, *b); break;
+      case 1: flattery(s, a, *b); break;
+      case 2: repaid(s, a, *b); break;
+      default: seasons(s, a, *b); break;
+    }
+    s += std::string("\n\nAnd so the ") + (rng_() % 2 ? "fable teaches" : "old ones say") + " that " + lower_first(pick(kMorals));
+    return s;
+  }
+
+ private:
+  template <typename T>
+  const T& pick(const std::vector<T>& items) {
+    return items[rng_() % items.size()];
+  }
+  static std::string lower_first(std::string text) {
+    if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z') text[0] = static_cast<char>(text[0] - 'A' + 'a');
+    return text;
+  }
+  static std::string possessive(const Beast& x) { return std::string(x.pronoun) == "he" ? "his" : "her"; }
+
+  void boast(std::string& s, const Beast& a, const Beast& b) {
+    s += "The " + std::string(a.name) + " boasted to every creature that none could match " + possessive(a) + " speed. ";
+    s += "\"I shall race thee,\" replied the " + std::string(b.name) + ", \"from this stone to the far hill.\" ";
+    s += "The " + std::string(a.name) + " laughed aloud, and when the race began " + a.pronoun + " ran so far ahead that " +
+         a.pronoun + " lay down beneath a tree to rest. ";
+    s += "Meanwhile the " + std::string(b.name) + " plodded on, never pausing, until at last " + b.pronoun +
+         " passed the sleeping " + a.name + ". ";
+    s += "When the " + std::string(a.name) + " awoke, the " + b.name + " had already reached the hill, and all the beasts " +
+         "cheered the one who had been mocked.";
+  }
+
+  void flattery(std::string& s, const Beast& a, const Beast& b) {
+    const std::string prize = pick(kTreasures);
+    s += "One morning the " + std::string(b.name) + " found " + prize + " and carried it to a high branch. ";
+    s += "The " + std::string(a.name) + " saw this, and wishing to have it, " + a.pronoun + " spoke sweetly. ";
+    s += "\"How fine thou art, good " + std::string(b.name) + "! Surely thy voice is finer still. Wilt thou not sing?\" ";
+    s += "Pleased by such praise, the " + std::string(b.name) + " opened " + possessive(b) + " mouth to sing, and " + prize +
+         " fell to the ground. ";
+    s += "The " + std::string(a.name) + " seized it at once and departed, saying, \"Thy voice is well enough, but thy wits are wanting.\"";
+  }
+
+  void repaid(std::string& s, const Beast& a, const Beast& b) {
+    s += "It befell that the " + std::string(a.name) + " caught the " + b.name + " and meant to devour " +
+         (std::string(b.pronoun) == "he" ? "him" : "her") + ". ";
+    s += "\"Spare me,\" begged the " + std::string(b.name) + ", \"and one day I shall repay thy mercy.\" ";
+    s += "The " + std::string(a.name) + " scoffed, yet " + a.pronoun + " let " + (std::string(b.pronoun) == "he" ? "him" : "her") +
+         " go. ";
+    s += "Not long after, the " + std::string(a.name) + " was snared in a hunter's net and could not free " +
+         (std::string(a.pronoun) == "he" ? "himself" : "herself") + ". ";
+    s += "Hearing the cries, the " + std::string(b.name) + " came and worked at the ropes through the night, until the " +
+         a.name + " walked free.";
+  }
+
+  void seasons(std::string& s, const Beast& a, const Beast& b) {
+    const std::string season = pick(kSeasons);
+    s += "All through " + season + " the " + std::string(b.name) + " labored, gathering " + pick(kTreasures) +
+         " and storing it away, while the " + a.name + " idled in the sun and mocked such toil. ";
+    s += "Then came the frost, and the fields lay bare. ";
+    s += "The hungry " + std::string(a.name) + " went to the " + b.name + " and begged for a share. ";
+    s += "\"What didst thou do while I worked?\" asked the " + std::string(b.name) + ". ";
+    s += "\"I rested,\" said the " + std::string(a.name) + ". \"Then rest now,\" came the reply, and the door was shut.";
+  }
+
+  std::mt19937_64 rng_;
+};
+
 }  // namespace
 
-std::string generate_stories(int64_t stories, uint64_t seed) {
+std::string generate_stories(int64_t stories, uint64_t seed, const std::string& style) {
   Teller teller(seed);
+  Fabulist fabulist(seed);
   std::string out;
   out.reserve(static_cast<size_t>(stories) * 700);
   for (int64_t i = 0; i < stories; ++i) {
-    out += teller.story();
+    out += style == "fables" ? fabulist.fable() : teller.story();
     out += "\n";
     out += kEndOfText;
     out += "\n";

@@ -8,7 +8,8 @@
 
 namespace moelab {
 
-// `stories` stories in the TinyStories file format (each followed by "<|endoftext|>").
-std::string generate_stories(int64_t stories, uint64_t seed);
+// `stories` stories in the TinyStories file format (each followed by "<|endoftext|>"), in
+// `style` "tales" (children's stories) or "fables" (a different domain of the same alphabet).
+std::string generate_stories(int64_t stories, uint64_t seed, const std::string& style = "tales");
 
 }  // namespace moelab

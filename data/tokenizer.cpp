@@ -151,6 +151,9 @@ std::string BpeTokenizer::decode(const std::vector<uint32_t>& ids) const {
 }
 
 void BpeTokenizer::save(const std::string& run_dir) const {
+  // A tokenizer loaded from another run (a fine-tuning run's base) brings its model file along.
+  const std::string model_path = run_dir + "/tokenizer.model";
+  if (model_path_ != model_path) write_file_atomic(model_path, read_text_file(model_path_));
   json j = {{"type", "bpe"}, {"model", "tokenizer.model"}, {"vocab_size", vocab_size_}};
   write_file_atomic(run_dir + "/tokenizer.json", j.dump() + "\n");
 }

@@ -21,6 +21,12 @@ CausalSelfAttention::CausalSelfAttention(int64_t dim, int64_t heads, int64_t max
   }
 }
 
+void CausalSelfAttention::add_lora(int64_t rank) {
+  const int64_t dim = proj_->weight.size(0);
+  qkv_lora_ = register_module("adapter_lora_qkv", std::make_shared<LowRankUpdate>(dim, 3 * dim, rank, 0, true));
+  proj_lora_ = register_module("adapter_lora_proj", std::make_shared<LowRankUpdate>(dim, dim, rank, 0, true));
+}
+
 // Rotates (x1, x2) pairs of the two head-dimension halves by position-dependent angles.
 static torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   auto halves = x.chunk(2, -1);
@@ -33,7 +39,7 @@ torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   // unbind's backward stacks the three gradients back into the GEMM's layout in one kernel;
   // indexing a permuted [3, B, H, S, hd] view would zero-fill a full-size gradient per part
   // and add the three.
-  auto qkv = apply_linear(qkv_, x).view({batch, seq, 3, heads_, head_dim}).unbind(2);  // 3 x [B, S, H, hd]
+  auto qkv = apply_linear(qkv_, x, qkv_lora_).view({batch, seq, 3, heads_, head_dim}).unbind(2);  // 3 x [B, S, H, hd]
   torch::Tensor q = qkv[0].transpose(1, 2), k = qkv[1].transpose(1, 2), v = qkv[2].transpose(1, 2);  // [B, H, S, hd]
   if (rope_) {
     torch::Tensor cos = rope_cos_.narrow(0, 0, seq), sin = rope_sin_.narrow(0, 0, seq);
@@ -50,7 +56,7 @@ torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
   torch::Tensor probs = torch::softmax(scores.masked_fill(future, -INFINITY), -1);
   y = torch::matmul(dropout > 0 ? torch::dropout(probs, dropout, /*train=*/true) : probs, v);
 #endif
-  return apply_linear(proj_, y.transpose(1, 2).reshape({batch, seq, dim}));
+  return apply_linear(proj_, y.transpose(1, 2).reshape({batch, seq, dim}), proj_lora_);
 }
 
 }  // namespace moelab

@@ -30,8 +30,22 @@ std::shared_ptr<Experts> Experts::slice(int64_t first, int64_t count) const {
   return part;
 }
 
+void Experts::add_lora(int64_t rank) {
+  const int64_t experts = w1.size(0), dim = w1.size(1), up = w1.size(2), hidden = w2.size(1);
+  w1_lora_ = register_module("adapter_lora_w1", std::make_shared<LowRankUpdate>(dim, up, rank, experts, false));
+  w2_lora_ = register_module("adapter_lora_w2", std::make_shared<LowRankUpdate>(hidden, dim, rank, experts, false));
+}
+
+void Experts::zero_output() {
+  torch::NoGradGuard no_grad;
+  w2.zero_();
+  b2.zero_();
+}
+
 torch::Tensor Experts::forward(const ExpertInput& in) {
   const auto activation = swiglu_ ? kernels::kSwiGLU : kernels::kGelu;
+  const torch::Tensor w1 = w1_lora_ ? w1_lora_->merged(this->w1) : this->w1;
+  const torch::Tensor w2 = w2_lora_ ? w2_lora_->merged(this->w2) : this->w2;
   if (in.rows_per_expert == 0) return kernels::expert_ffn(in.rows, in.expert_rows, w1, b1, w2, b2, activation);
   // Uniform: [E, n, d] through batched GEMMs, no row counts needed.
   torch::Tensor h = torch::baddbmm(b1.unsqueeze(1), in.rows, w1);  // [E, n, up]

@@ -8,6 +8,7 @@
 
 #include <torch/nn/module.h>
 
+#include "models/adapters.h"
 #include "models/token_dispatcher.h"
 
 namespace moelab {
@@ -22,11 +23,16 @@ class Experts : public torch::nn::Module {
 
   // Experts [first, first + count) as a module of their own (copies of the weights).
   std::shared_ptr<Experts> slice(int64_t first, int64_t count) const;
+  // LoRA of rank r on every expert's w1 and w2 (finetune.method lora).
+  void add_lora(int64_t rank);
+  // Zeroes the output projection (w2, b2): an adapter's experts start as adding nothing.
+  void zero_output();
 
   torch::Tensor w1, b1, w2, b2;
 
  private:
   bool swiglu_;
+  std::shared_ptr<LowRankUpdate> w1_lora_, w2_lora_;  // null unless add_lora
 };
 
 }  // namespace moelab

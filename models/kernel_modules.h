@@ -17,11 +17,14 @@
 
 #include "kernels/layer_norm.h"
 #include "kernels/linear.h"
+#include "models/adapters.h"
 
 namespace moelab {
 
-inline torch::Tensor apply_linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
-  return kernels::linear(x, layer->weight, layer->bias);
+// With a LoRA update (fine-tuning), through the weight with the update merged in.
+inline torch::Tensor apply_linear(const torch::nn::Linear& layer, const torch::Tensor& x,
+                                  const std::shared_ptr<LowRankUpdate>& lora = nullptr) {
+  return kernels::linear(x, lora ? lora->merged(layer->weight) : layer->weight, layer->bias);
 }
 
 inline torch::ScalarType normed_dtype(const torch::Tensor& x) {

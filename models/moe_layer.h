@@ -9,6 +9,7 @@
 
 #include "config/run_config.h"
 #include "dist/communicator.h"
+#include "models/adapters.h"
 #include "models/all_to_all_dispatcher.h"
 #include "models/experts.h"
 #include "models/token_dispatcher.h"
@@ -36,6 +37,17 @@ class MoeLayer : public torch::nn::Module {
   const RoutingPlan& last_plan() const { return last_plan_; }
   Router& router() { return *router_; }
   Experts& experts() { return *experts_; }
+  // The balancing terms of the last forward: the plan's, and the routed adapter's.
+  torch::Tensor aux_loss() const;
+
+  // Fine-tuning adapters beside the experts (models/adapters.h), each adding zero at first.
+  // perft_r: an MoE layer of its own, `router.num_experts` experts of width `rank`.
+  void add_routed_adapter(const RouterConfig& router, int64_t rank);
+  // perft_e: one adapter per expert, on the rows dispatched to it, under the same gates.
+  void add_expert_adapters(int64_t rank);
+  // shared: one low-rank FFN on every token.
+  void add_shared_adapter(int64_t rank);
+  const std::shared_ptr<MoeLayer>& routed_adapter() const { return routed_adapter_; }
 
  private:
   std::shared_ptr<Router> router_;
@@ -44,6 +56,9 @@ class MoeLayer : public torch::nn::Module {
   bool uniform_rows_;     // the dispatcher hands the experts every token (masked_matmul)
   bool sharded_ = false;  // the experts are this rank's share; the dispatcher exchanges tokens
   RoutingPlan last_plan_;
+  std::shared_ptr<MoeLayer> routed_adapter_;
+  std::shared_ptr<Experts> expert_adapters_;
+  std::shared_ptr<LowRankFfn> shared_adapter_;
 };
 
 }  // namespace moelab

@@ -21,15 +21,21 @@ DenseFfn::DenseFfn(int64_t dim, int64_t hidden, bool swiglu) : swiglu_(swiglu) {
   down_ = register_module("down", torch::nn::Linear(hidden, dim));
 }
 
+void DenseFfn::add_lora(int64_t rank) {
+  up_lora_ = register_module("adapter_lora_up", std::make_shared<LowRankUpdate>(up_->weight.size(1), up_->weight.size(0), rank, 0, true));
+  down_lora_ =
+      register_module("adapter_lora_down", std::make_shared<LowRankUpdate>(down_->weight.size(1), down_->weight.size(0), rank, 0, true));
+}
+
 torch::Tensor DenseFfn::forward(const torch::Tensor& x) {
-  torch::Tensor h = apply_linear(up_, x);
+  torch::Tensor h = apply_linear(up_, x, up_lora_);
   if (swiglu_) {
     auto halves = h.chunk(2, -1);
     h = torch::silu(halves[0]) * halves[1];
   } else {
     h = torch::gelu(h);
   }
-  return apply_linear(down_, h);
+  return apply_linear(down_, h, down_lora_);
 }
 
 Block::Block(const ModelConfig& model, const RouterConfig& router, bool use_moe) {
@@ -101,6 +107,19 @@ TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(
   }
 }
 
+void Block::attach_adapters(const FinetuneConfig& finetune) {
+  const std::string& method = finetune.method;
+  if (method == "lora") {
+    attn_->add_lora(finetune.rank);
+    if (dense_) dense_->add_lora(finetune.rank);
+    else moe->experts().add_lora(finetune.rank);
+  }
+  if (!moe) return;  // the PERFT variants sit beside MoE layers
+  if (method == "perft_r") moe->add_routed_adapter(adapter_router_config(finetune), finetune.rank);
+  if (method == "perft_e") moe->add_expert_adapters(finetune.rank);
+  if (method == "shared") moe->add_shared_adapter(finetune.rank);
+}
+
 void Block::route(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids) {
   torch::Tensor normed2 = apply_add_layer_norm(ln2_, x, dropout_(attn_->forward(normed))).normed;
   moe->route(normed2.reshape({-1, normed2.size(2)}), token_ids.reshape({-1}));
@@ -135,8 +154,39 @@ ModelOutput TinyMoE::forward(const torch::Tensor& tokens) {
   ModelOutput out;
   out.logits = head_ ? apply_linear(head_, normed) : torch::matmul(normed, tok_emb_->weight.t());
   out.aux_loss = torch::zeros({}, out.logits.options().dtype(torch::kFloat32));
-  for (const auto& layer : moe_layers()) out.aux_loss = out.aux_loss + layer->last_plan().lb_loss + layer->last_plan().z_loss;
+  for (const auto& layer : moe_layers()) out.aux_loss = out.aux_loss + layer->aux_loss();
   return out;
+}
+
+void TinyMoE::attach_adapters(const FinetuneConfig& finetune) {
+  const torch::Device device = tok_emb_->weight.device();
+  for (const auto& block : blocks_) block->attach_adapters(finetune);
+  to(device);
+  finetune_ = finetune;
+  base_frozen_ = finetune.method != "full";
+  if (!base_frozen_) return;
+  for (const auto& item : named_parameters())
+    if (!is_adapter_tensor(item.key())) item.value().requires_grad_(false);
+}
+
+std::vector<torch::Tensor> TinyMoE::trainable_parameters() const {
+  std::vector<torch::Tensor> trainable;
+  for (const auto& p : parameters())
+    if (p.requires_grad()) trainable.push_back(p);
+  return trainable;
+}
+
+int64_t TinyMoE::trainable_parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : trainable_parameters()) n += p.numel();
+  return n;
+}
+
+std::vector<std::shared_ptr<MoeLayer>> TinyMoE::routed_adapters() const {
+  std::vector<std::shared_ptr<MoeLayer>> adapters;
+  for (const auto& layer : moe_layers())
+    if (layer->routed_adapter()) adapters.push_back(layer->routed_adapter());
+  return adapters;
 }
 
 std::vector<std::shared_ptr<MoeLayer>> TinyMoE::moe_layers() const {
@@ -160,6 +210,7 @@ bool TinyMoE::host_sync_free(bool bf16) const {
 }
 
 void TinyMoE::update_expert_biases() {
+  if (base_frozen_) return;  // an adapter router has no expert bias (adapter_router_config)
   for (const auto& layer : moe_layers()) layer->router().update_expert_bias();
 }
 
@@ -191,12 +242,24 @@ int64_t TinyMoE::parameter_count() const {
   return n;
 }
 
-// Parameters every token passes through (no embeddings; experts excluded) and one expert's.
+// Parameters every token passes through (no embeddings; experts excluded), one expert's, and
+// the adapters' a token passes through.
 TinyMoE::ParameterSplit TinyMoE::parameter_split() const {
   ParameterSplit split;
   for (const auto& item : named_parameters()) {
     const std::string& name = item.key();
     if (name.rfind("tok_emb", 0) == 0 || name.rfind("pos_emb", 0) == 0) continue;
+    if (is_adapter_tensor(name)) {
+      const double numel = static_cast<double>(item.value().numel());
+      if (name.find(".adapter_routed.experts.") != std::string::npos)  // K of the N adapter experts
+        split.adapters += numel / static_cast<double>(finetune_->experts) * static_cast<double>(finetune_->top_k);
+      else if (name.find(".adapter_experts.") != std::string::npos)  // the adapters of the token's experts
+        split.adapters += numel / static_cast<double>(router_.num_experts) *
+                          static_cast<double>(make_strategy(router_)->experts_per_token(router_));
+      else if (name.find(".adapter_lora") == std::string::npos)  // LoRA's is merged into its weight
+        split.adapters += numel;
+      continue;
+    }
     // Expert tensors stack the experts this process holds (E / EP under expert parallelism).
     if (name.find(".experts.") != std::string::npos) split.per_expert += item.value().numel() / item.value().size(0);
     else split.shared += item.value().numel();
@@ -206,15 +269,16 @@ TinyMoE::ParameterSplit TinyMoE::parameter_split() const {
 
 int64_t TinyMoE::active_parameter_count() const {
   const ParameterSplit split = parameter_split();
-  if (split.per_expert == 0) return split.shared;
-  return split.shared + split.per_expert * make_strategy(router_)->experts_per_token(router_);
+  const int64_t experts = split.per_expert == 0 ? 0 : split.per_expert * make_strategy(router_)->experts_per_token(router_);
+  return split.shared + experts + std::llround(split.adapters);
 }
 
 double TinyMoE::flops_per_token() const {
   const ParameterSplit split = parameter_split();
   const double expert_passes = split.per_expert == 0 ? 0.0 : make_strategy(router_)->expert_passes_per_token(router_);
-  const double active = static_cast<double>(split.shared) + static_cast<double>(split.per_expert) * expert_passes;
-  return 6.0 * active + 12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);
+  const double base = static_cast<double>(split.shared) + static_cast<double>(split.per_expert) * expert_passes;
+  return (base_frozen_ ? 4.0 : 6.0) * base + 6.0 * split.adapters +
+         12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);
 }
 
 }  // namespace moelab

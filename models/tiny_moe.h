@@ -3,6 +3,7 @@
 // causal attention and an FFN (MoE in every moe_every-th block, else dense), final
 // LayerNorm, bias-free LM head.
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -23,9 +24,11 @@ class DenseFfn : public torch::nn::Module {
  public:
   DenseFfn(int64_t dim, int64_t hidden, bool swiglu);
   torch::Tensor forward(const torch::Tensor& x);
+  void add_lora(int64_t rank);  // LoRA of rank r on both projections
 
  private:
   torch::nn::Linear up_{nullptr}, down_{nullptr};
+  std::shared_ptr<LowRankUpdate> up_lora_, down_lora_;
   bool swiglu_;
 };
 
@@ -41,6 +44,8 @@ class Block : public torch::nn::Module {
   // An MoE block up to its router: attention, then the router's plan in moe->last_plan().
   void route(const torch::Tensor& x, const torch::Tensor& normed, const torch::Tensor& token_ids);
   const torch::nn::LayerNorm& ln1() const { return ln1_; }
+  // finetune.method's adapters in this block (see TinyMoE::attach_adapters).
+  void attach_adapters(const FinetuneConfig& finetune);
   std::shared_ptr<MoeLayer> moe;  // null in dense blocks
 
  private:
@@ -64,7 +69,18 @@ class TinyMoE : public torch::nn::Module {
   // costs a fraction of a forward pass.
   void route(const torch::Tensor& tokens);
 
+  // Fine-tuning (finetune.method): puts the method's adapters in place (models/adapters.h), on
+  // the device the model is on. Every method but full then freezes the rest: the other
+  // parameters stop requiring gradients and the base routers' expert bias stops moving.
+  void attach_adapters(const FinetuneConfig& finetune);
+  bool base_frozen() const { return base_frozen_; }
+  // The parameters the optimizer updates: all of them, or the adapters' under a frozen base.
+  std::vector<torch::Tensor> trainable_parameters() const;
+  int64_t trainable_parameter_count() const;
+
   std::vector<std::shared_ptr<MoeLayer>> moe_layers() const;
+  // perft_r's adapter MoE layers, one beside each MoE layer (empty without them).
+  std::vector<std::shared_ptr<MoeLayer>> routed_adapters() const;
   std::vector<int64_t> moe_layer_ids() const;  // block index of each MoE layer
   void update_expert_biases();
   bool host_sync_free(bool bf16) const;  // every MoE layer's MoeLayer::host_sync_free
@@ -75,10 +91,12 @@ class TinyMoE : public torch::nn::Module {
   std::vector<torch::Tensor> replicated_parameters() const;
   int64_t parameter_count() const;
   // Per token, no embeddings: the experts the router sends a token to (1 for top1, top_k for
-  // the other token-choice strategies and expert choice).
+  // the other token-choice strategies and expert choice), and the adapters it passes through
+  // (LoRA's are merged into the weights they adapt, adding none).
   int64_t active_parameter_count() const;
   // Training FLOPs per token, nanoGPT's count: 6 per parameter a token passes through (its
-  // experts as the strategy computes them: CF*k on average for expert choice) + attention.
+  // experts as the strategy computes them: CF*k on average for expert choice) + attention;
+  // 4 per frozen parameter (no weight gradient).
   double flops_per_token() const;
   const ModelConfig& config() const { return model_; }
 
@@ -88,11 +106,14 @@ class TinyMoE : public torch::nn::Module {
   // next (block `count`'s ln1, or the final LayerNorm after the last block).
   kernels::ResidualNorm through_blocks(const torch::Tensor& tokens, size_t count);
   struct ParameterSplit {
-    int64_t shared = 0, per_expert = 0;
+    int64_t shared = 0, per_expert = 0;  // the base model's
+    double adapters = 0;                 // adapter parameters a token passes through, on average
   };
   ParameterSplit parameter_split() const;
   ModelConfig model_;
   RouterConfig router_;
+  std::optional<FinetuneConfig> finetune_;  // set by attach_adapters
+  bool base_frozen_ = false;
   torch::nn::Embedding tok_emb_{nullptr}, pos_emb_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
   std::vector<std::shared_ptr<Block>> blocks_;

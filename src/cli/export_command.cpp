@@ -31,6 +31,9 @@ int export_command(int argc, char** argv) {
     throw UserError(out + ": cannot be written (no folder " + folder.string() + ")");
   const auto start = std::chrono::steady_clock::now();
   LoadedRun run = load_run(run_dir, "cpu");
+  if (run.model->base_frozen())
+    throw UserError(run_dir + ": a fine-tuned run with " + run.config.finetune.method +
+                    " adapters; the ONNX graph has no adapters yet (a run fine-tuned with method full exports)");
   OnnxExportOptions o;
   o.out = out;
   o.external_data = args.count("external-data") > 0;

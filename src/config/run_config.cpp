@@ -201,6 +201,7 @@ const std::vector<Field>& fields() {
       field("data", &R::data, "tokenizer", &DataConfig::tokenizer, one_of({"char", "bpe"})),
       field("data", &R::data, "bpe_vocab_size", &DataConfig::bpe_vocab_size, integer(64, 1 << 20)),
       field("data", &R::data, "builtin_stories", &DataConfig::builtin_stories, integer(10, 2000000)),
+      field("data", &R::data, "builtin_style", &DataConfig::builtin_style, one_of({"tales", "fables"})),
 
       field("model", &R::model, "layers", &ModelConfig::layers, integer(1, 256)),
       field("model", &R::model, "dim", &ModelConfig::dim, integer(8, 65536)),
@@ -256,6 +257,23 @@ const std::vector<Field>& fields() {
       field("parallel", &R::parallel, "expert_parallel", &ParallelConfig::expert_parallel, integer(1, 4096)),
       field("parallel", &R::parallel, "timeout_s", &ParallelConfig::timeout_s, number(0.0, 86400.0, /*lo_open=*/true)),
       field("parallel", &R::parallel, "bucket_mb", &ParallelConfig::bucket_mb, number(0.0, 4096.0, /*lo_open=*/true)),
+
+      // null = not fine-tuning
+      Field{"finetune", "base", [](const R& c) { return c.finetune.base ? json(*c.finetune.base) : json(nullptr); },
+            [](const Reader& r, R& c) {
+              const json& v = r.at("finetune", "base");
+              if (v.is_null()) return;
+              if (v.get<std::string>().empty()) r.fail("finetune", "base", "must name a run directory (or be null)");
+              c.finetune.base = v.get<std::string>();
+            }},
+      field("finetune", &R::finetune, "method", &FinetuneConfig::method, one_of({"perft_r", "perft_e", "shared", "lora", "full"})),
+      field("finetune", &R::finetune, "rank", &FinetuneConfig::rank, integer(1, 65536)),
+      field("finetune", &R::finetune, "experts", &FinetuneConfig::experts, integer(1, 4096)),
+      field("finetune", &R::finetune, "top_k", &FinetuneConfig::top_k, integer(1, 4096)),
+      field("finetune", &R::finetune, "strategy", &FinetuneConfig::strategy, text()),
+      field("finetune", &R::finetune, "gate", &FinetuneConfig::gate, text()),
+      field("finetune", &R::finetune, "capacity_factor", &FinetuneConfig::capacity_factor, number(-1e9, 1e9)),
+      field("finetune", &R::finetune, "lb_coef", &FinetuneConfig::lb_coef, number(0.0, 1e3)),
   };
   return all;
 }
@@ -279,6 +297,11 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   if (c.router.top_k > c.router.num_experts)
     r.fail("router", "top_k", strf("must be <= router.num_experts = %lld, got %lld", (long long)c.router.num_experts,
                                    (long long)c.router.top_k));
+  if (c.finetune.top_k > c.finetune.experts)
+    r.fail("finetune", "top_k", strf("must be <= finetune.experts = %lld, got %lld", (long long)c.finetune.experts,
+                                     (long long)c.finetune.top_k));
+  if (c.finetune.base && c.parallel.expert_parallel > 1)
+    r.fail("parallel", "expert_parallel", "must be 1 when fine-tuning (finetune.base set): adapters are not sharded");
   if (c.router.num_experts % c.parallel.expert_parallel != 0)
     r.fail("parallel", "expert_parallel", "must divide router.num_experts (" + std::to_string(c.router.num_experts) + ")");
   return c;

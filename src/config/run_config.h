@@ -16,6 +16,7 @@ struct DataConfig {
   std::string tokenizer = "char";    // char | bpe
   int64_t bpe_vocab_size = 2048;
   int64_t builtin_stories = 20000;   // stories the generator writes when train = builtin
+  std::string builtin_style = "tales";  // the generator's style: tales | fables (a domain shift for fine-tuning)
 };
 
 struct ModelConfig {
@@ -77,6 +78,22 @@ struct ParallelConfig {
   double bucket_mb = 25;        // gradient all-reduce bucket size (DDP's bucket_cap_mb)
 };
 
+// Fine-tuning a finished run (base set): the base's model, router, tokenizer and weights; the
+// data.* keys give the target corpus. Every method but full freezes the base and trains only
+// its adapters (models/adapters.h), each of which starts as the identity (its output
+// projection zero), so step 0 computes what the base computes.
+struct FinetuneConfig {
+  std::optional<std::string> base;  // a run directory with a checkpoint; null: not fine-tuning
+  std::string method = "perft_r";   // perft_r | perft_e | shared | lora | full
+  int64_t rank = 8;                 // the adapters' bottleneck width
+  // perft_r: `experts` adapter experts beside each MoE layer, `top_k` per token, chosen by a
+  // router of their own (any of moelab's strategies and gate networks).
+  int64_t experts = 4, top_k = 1;
+  std::string strategy = "softk", gate = "linear";
+  double capacity_factor = 0;       // <= 0: dropless
+  double lb_coef = 0.01;
+};
+
 struct RunConfig {
   int64_t seed = 17;
   std::string out = "runs/unified-softk";
@@ -85,6 +102,7 @@ struct RunConfig {
   RouterConfig router;
   TrainConfig train;
   ParallelConfig parallel;
+  FinetuneConfig finetune;
 };
 
 nlohmann::json default_config_json();

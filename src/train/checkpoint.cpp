@@ -44,8 +44,8 @@ bool is_end_record(const std::string& record, size_t comment_length) {
          static_cast<unsigned char>(record[21]) == (comment_length >> 8);
 }
 
-// UserError unless `path` ends with a checksum comment that matches its contents.
-void verify_checksum(const std::string& path) {
+// UserError unless `path` ends with a checksum comment that matches its contents; returns it.
+std::string verify_checksum(const std::string& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw UserError(path + ": cannot open for reading (" + std::strerror(errno) + ")");
   const auto size = static_cast<size_t>(in.tellg());
@@ -71,8 +71,69 @@ void verify_checksum(const std::string& path) {
   }
   if (hash.value != stored)
     throw UserError(path + ": damaged: its contents do not match the checksum written with it (a torn or altered file)");
+  return digits;
+}
+
+// Module::save's nested layout (a child module's tensors in an archive of its own, under the
+// child's name) restricted to the selected tensors; false when none was selected.
+bool write_selected(const torch::nn::Module& module, const std::string& prefix, const TensorSelection& selection,
+                    torch::serialize::OutputArchive& archive) {
+  bool any = false;
+  for (const auto& item : module.named_parameters(/*recurse=*/false))
+    if (selection(prefix + item.key())) {
+      archive.write(item.key(), item.value());
+      any = true;
+    }
+  for (const auto& item : module.named_buffers(/*recurse=*/false))
+    if (selection(prefix + item.key())) {
+      archive.write(item.key(), item.value(), /*is_buffer=*/true);
+      any = true;
+    }
+  for (const auto& child : module.named_children()) {
+    torch::serialize::OutputArchive child_archive(archive.compilation_unit());
+    if (write_selected(*child.value(), prefix + child.key() + ".", selection, child_archive)) {
+      archive.write(child.key(), child_archive);
+      any = true;
+    }
+  }
+  return any;
+}
+
+// The reverse of write_selected: every selected tensor must be in the archive.
+void read_selected(torch::nn::Module& module, const std::string& prefix, const TensorSelection& selection,
+                   torch::serialize::InputArchive& archive, const std::string& path) {
+  torch::NoGradGuard no_grad;
+  auto read = [&](const std::string& key, torch::Tensor& tensor, bool buffer) {
+    torch::Tensor stored;
+    if (!archive.try_read(key, stored, buffer))
+      throw UserError(path + ": holds no tensor '" + prefix + key + "' (the checkpoint of another fine-tuning method?)");
+    if (stored.sizes() != tensor.sizes() || stored.scalar_type() != tensor.scalar_type())
+      throw UserError(strf("%s: a checkpoint of another model: tensor '%s' is %s %s there, this run's config.json makes it "
+                           "%s %s", path.c_str(), (prefix + key).c_str(), c10::toString(stored.scalar_type()),
+                           c10::str(stored.sizes()).c_str(), c10::toString(tensor.scalar_type()), c10::str(tensor.sizes()).c_str()));
+    tensor.copy_(stored);
+  };
+  for (auto& item : module.named_parameters(/*recurse=*/false))
+    if (selection(prefix + item.key())) read(item.key(), item.value(), false);
+  for (auto& item : module.named_buffers(/*recurse=*/false))
+    if (selection(prefix + item.key())) read(item.key(), item.value(), true);
+  for (const auto& child : module.named_children()) {
+    bool wanted = false;
+    for (const auto& item : child.value()->named_parameters()) wanted = wanted || selection(prefix + child.key() + "." + item.key());
+    for (const auto& item : child.value()->named_buffers()) wanted = wanted || selection(prefix + child.key() + "." + item.key());
+    if (!wanted) continue;
+    torch::serialize::InputArchive child_archive;
+    if (!archive.try_read(child.key(), child_archive))
+      throw UserError(path + ": holds no module '" + prefix + child.key() + "' (the checkpoint of another fine-tuning method?)");
+    read_selected(*child.value(), prefix + child.key() + ".", selection, child_archive, path);
+  }
 }
 }  // namespace
+
+std::string checkpoint_checksum(const std::string& path) {
+  if (!file_exists(path)) throw UserError(path + ": no checkpoint there");
+  return verify_checksum(path);
+}
 
 std::string checkpoint_path(const std::string& run_dir) { return run_dir + "/checkpoints/latest.pt"; }
 
@@ -81,7 +142,7 @@ std::string expert_shard_checkpoint_path(const std::string& run_dir, int shard, 
 }
 
 void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer& optimizer,
-                     const TrainingState& state) {
+                     const TrainingState& state, const TensorSelection& selection) {
   {
     // A checkpoint is the last good state: never one with non-finite weights (one read-back).
     torch::NoGradGuard no_grad;
@@ -104,12 +165,14 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
   archive.write("interval_loss_sum", c10::IValue(state.interval_loss_sum));
   archive.write("interval_seconds", c10::IValue(state.interval_seconds));
   archive.write("interval_steps", c10::IValue(state.interval_steps));
+  if (!state.base_checksum.empty()) archive.write("base_checksum", c10::IValue(state.base_checksum));
   archive.write("rng_cpu", at::detail::getDefaultCPUGenerator().get_state());
   // Dropout on a GPU draws from the device's generator: a resumed run continues its stream.
   const torch::Device device = model.parameters().front().device();
   if (device.is_cuda()) archive.write("rng_cuda", at::globalContext().defaultGenerator(device).get_state());
   torch::serialize::OutputArchive model_archive, optimizer_archive;
-  model.save(model_archive);
+  if (selection) write_selected(model, "", selection, model_archive);
+  else model.save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
@@ -140,7 +203,7 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
 }
 
 TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
-                              const torch::Device& device) {
+                              const torch::Device& device, const TensorSelection& selection) {
   if (!file_exists(path)) throw UserError(path + ": no checkpoint there");
   verify_checksum(path);
   TrainingState state;
@@ -162,17 +225,20 @@ TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::op
     if (archive.try_read("interval_loss_sum", value)) state.interval_loss_sum = value.toDouble();
     if (archive.try_read("interval_seconds", value)) state.interval_seconds = value.toDouble();
     if (archive.try_read("interval_steps", value)) state.interval_steps = value.toInt();
+    if (archive.try_read("base_checksum", value)) state.base_checksum = value.toStringRef();
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
+    if (selection) read_selected(model, "", selection, model_archive, path);
     // Module::load takes each stored tensor whatever its shape: compare afterwards, every
     // parameter and buffer against the shape and type this run's config gives it.
     std::vector<std::pair<std::string, torch::Tensor>> expected;
     for (const auto& item : model.named_parameters()) expected.emplace_back(item.key(), torch::empty_like(item.value(), at::kMeta));
     for (const auto& item : model.named_buffers()) expected.emplace_back(item.key(), torch::empty_like(item.value(), at::kMeta));
-    model.load(model_archive);
+    if (!selection) model.load(model_archive);
     auto loaded = model.named_parameters();
     auto buffers = model.named_buffers();
     for (const auto& [name, want] : expected) {
+      if (selection && !selection(name)) continue;
       const torch::Tensor* got = loaded.find(name);
       if (!got) got = buffers.find(name);
       if (!got || got->sizes() != want.sizes() || got->scalar_type() != want.scalar_type())

@@ -39,8 +39,11 @@ json log_training_step(TrainingRun& run, int64_t step, double lr, double interva
               {"step_ms", 1000.0 * s.interval_seconds / steps},
               {"tflops", tokens_per_s * flops_per_token / 1e12},
               {"routing", routing}};
+  if (!out.adapter_plans.empty()) row["adapter_routing"] = routing_report(out.adapter_plans);
   if (tc.peak_tflops > 0) row["mfu"] = tokens_per_s * flops_per_token / (tc.peak_tflops * 1e12);
   if (run.metrics) run.metrics->write(row);
+  json reported = {{"routing", routing}};
+  if (row.contains("adapter_routing")) reported["adapter_routing"] = row["adapter_routing"];
   const std::string route_line = routing.empty() ? ""
                                                  : strf(" | drop %.3f cv %.3f ent %.2f", routing["drop_rate"].get<double>(),
                                                         routing["load_cv"].get<double>(), routing["gate_entropy"].get<double>());
@@ -48,7 +51,7 @@ json log_training_step(TrainingRun& run, int64_t step, double lr, double interva
   log::info(strf("step %lld/%lld | loss %.4f | lr %.2e | %s tok/s%s | eta %s", (long long)step, (long long)tc.max_steps,
                  interval_loss_sum / steps, lr, human_count(tokens_per_s).c_str(), route_line.c_str(),
                  human_duration(eta).c_str()));
-  return routing;
+  return reported;
 }
 
 json training_summary(const TrainingRun& run, const EvalResult& eval, const json& routing) {
@@ -76,8 +79,23 @@ json training_summary(const TrainingRun& run, const EvalResult& eval, const json
                   {"router_parameters", model.moe_layers().empty() ? 0 : model.moe_layers()[0]->router().gate_parameter_count()},
                   {"device", run.device.str()},
                   {"dtype", run.bf16 ? "bf16" : "fp32"},
-                  {"routing", routing}};
+                  {"routing", routing.value("routing", json::object())}};
+  if (routing.contains("adapter_routing")) summary["adapter_routing"] = routing["adapter_routing"];
   if (c.train.peak_tflops > 0) summary["mfu"] = tokens_per_s * flops_per_token / (c.train.peak_tflops * 1e12);
+  if (run.finetuning()) {
+    const FinetuneConfig& f = c.finetune;
+    const int64_t trainable = model.trainable_parameter_count();
+    summary["finetune"] = {{"base", *f.base},
+                           {"method", f.method},
+                           {"rank", f.method == "full" ? json(nullptr) : json(f.rank)},
+                           {"trainable_parameters", trainable},
+                           {"trainable_share", static_cast<double>(trainable) / static_cast<double>(model.parameter_count())}};
+    if (f.method == "perft_r") {
+      summary["finetune"]["experts"] = f.experts;
+      summary["finetune"]["top_k"] = f.top_k;
+      summary["finetune"]["strategy"] = f.strategy;
+    }
+  }
   summary["world_size"] = run.dist.world;
   summary["expert_parallel"] = run.dist.expert_parallel;
   return summary;

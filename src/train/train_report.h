@@ -19,11 +19,12 @@ namespace moelab {
 nlohmann::json routing_report(const std::vector<RoutingPlan>& plans);
 
 // Writes the row of log step `step` (the interval run.state.interval_* with this loss sum)
-// and its console line; returns the row's routing metrics.
+// and its console line; returns the row's routing metrics: {"routing": ...} and, with
+// perft_r adapters, their router's {"adapter_routing": ...}.
 nlohmann::json log_training_step(TrainingRun& run, int64_t step, double lr, double interval_loss_sum,
                                  const StepOutputs& out);
 
-// summary.json's content for a finished run.
+// summary.json's content for a finished run; `routing`: the last log step's (as above).
 nlohmann::json training_summary(const TrainingRun& run, const EvalResult& eval, const nlohmann::json& routing);
 
 }  // namespace moelab

@@ -4,8 +4,10 @@
 
 #include <torch/torch.h>
 
+#include "models/adapters.h"
 #include "routers/strategy.h"
 #include "train/autocast.h"
+#include "train/run.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/log.h"
@@ -61,17 +63,20 @@ void resolve_paths(TrainingRun& run, bool resuming) {
                                   "/config.json --out " + run.run_dir + ")"));
 }
 
-// Rank 0 prepares the data; the others then find it prepared.
+// Rank 0 prepares the data; the others then find it prepared. A fine-tuning run encodes its
+// target corpus with its base's tokenizer.
 void prepare_run_data(TrainingRun& run, bool resuming) {
+  const std::string tokenizer_run = run.finetuning() ? *run.config.finetune.base : "";
   if (run.main_rank()) {
     ensure_directory(run.run_dir + "/checkpoints");
     // Temporary files of writes that a crash interrupted.
     const int stale = remove_stale_temp_files(run.run_dir + "/checkpoints") + remove_stale_temp_files(run.run_dir + "/data");
     if (stale > 0) log::info(strf("%s: removed %d temporary file(s) left by an interrupted run", run.run_dir.c_str(), stale));
-    run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir, resuming));
+    run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir, resuming, tokenizer_run));
   }
   if (run.dist.world_group) run.dist.world_group->barrier();
-  if (!run.main_rank()) run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir, resuming));
+  if (!run.main_rank())
+    run.data = std::make_unique<PreparedData>(prepare_data(run.config.data, run.config.seed, run.run_dir, resuming, tokenizer_run));
   run.config.model.vocab_size = run.data->tokenizer->vocab_size();
   if (!resuming && run.main_rank())
     write_file_atomic(run.run_dir + "/config.json", run_config_to_json(run.config).dump(2) + "\n");
@@ -85,6 +90,30 @@ void prepare_run_data(TrainingRun& run, bool resuming) {
                          (dc.valid ? *dc.valid : dc.train + " (its last data.val_fraction)").c_str(),
                          (long long)run.valid_tokens->size(), (long long)run.config.model.seq_len + 1));
   run.chars_per_token = static_cast<double>(run.data->valid_chars) / static_cast<double>(run.data->valid_token_count);
+  if (run.finetuning()) {
+    const std::string& base = *run.config.finetune.base;
+    const std::string info_path = base + "/data/info.json", tokens_path = base + "/data/valid.bin";
+    const nlohmann::json info = nlohmann::json::parse(read_text_file(info_path), nullptr, /*allow_exceptions=*/false);
+    if (!info.is_object() || !info.contains("valid_chars") || !info.contains("valid_tokens") || !file_exists(tokens_path))
+      throw UserError(info_path + ": the base run's prepared data is missing or damaged (its validation split measures forgetting)");
+    run.base_valid_tokens = std::make_unique<TokenFile>(tokens_path);
+    run.base_chars_per_token = info["valid_chars"].get<double>() / info["valid_tokens"].get<double>();
+  }
+}
+
+// finetune.base: the base run's model, router and tokenizer settings replace the config's
+// (they are the base's by definition); checked before anything is written.
+void adopt_base_run(RunConfig& config) {
+  const std::string& base = *config.finetune.base;
+  const RunConfig base_config = load_run_config_from(base);
+  if (base_config.finetune.base)
+    throw UserError(base + ": a fine-tuning run itself; finetune.base must name a run trained from scratch");
+  if (!file_exists(checkpoint_path(base))) throw UserError(base + ": no checkpoint to fine-tune (" + checkpoint_path(base) + ")");
+  config.model = base_config.model;
+  config.router = base_config.router;
+  config.data.tokenizer = base_config.data.tokenizer;
+  config.data.bpe_vocab_size = base_config.data.bpe_vocab_size;
+  if (config.finetune.method == "perft_r") validate_router_config(adapter_router_config(config.finetune), "finetune");
 }
 
 // The model on its device (this rank's experts only under expert parallelism), its optimizer
@@ -93,11 +122,17 @@ void build_model(TrainingRun& run, bool resuming) {
   const TrainConfig& tc = run.config.train;
   torch::manual_seed(static_cast<uint64_t>(run.config.seed));
   run.model = std::make_unique<TinyMoE>(run.config.model, run.config.router);
+  if (run.finetuning()) {
+    // The base's weights, then the adapters (drawn from the seeded generator) beside them.
+    run.state.base_checksum = adapt_base_model(*run.model, run.config.finetune);
+    if (run.model->base_frozen()) run.checkpoint_selection = is_adapter_tensor;
+  }
   run.model->to(run.device);
   if (run.dist.expert_parallel > 1) run.model->shard_experts(run.dist.expert_group);
-  run.replicated = run.model->replicated_parameters();
+  // A frozen base's parameters are neither updated nor synchronised.
+  run.replicated = run.finetuning() ? run.model->trainable_parameters() : run.model->replicated_parameters();
   run.expert_shards = run.model->expert_shard_parameters();
-  run.optimizer = std::make_unique<TrainingOptimizer>(run.model->parameters(), tc);
+  run.optimizer = std::make_unique<TrainingOptimizer>(run.model->trainable_parameters(), tc);
   // Every rank draws the same global batch of batch_size x world windows and trains on its
   // own rows of it: the step equals one process training on the whole global batch.
   const int64_t global_batch = tc.batch_size * run.dist.world;
@@ -106,7 +141,11 @@ void build_model(TrainingRun& run, bool resuming) {
                                                static_cast<uint64_t>(run.config.seed) + 1);
   run.state.world_size = run.dist.world;
   if (resuming) {
-    run.state = load_checkpoint(run.rank_checkpoint, *run.model, &run.optimizer->state(), run.device);
+    const std::string base_checksum = run.state.base_checksum;
+    run.state = load_checkpoint(run.rank_checkpoint, *run.model, &run.optimizer->state(), run.device, run.checkpoint_selection);
+    if (run.state.base_checksum != base_checksum)
+      throw UserError(run.rank_checkpoint + ": adapts another base checkpoint than " + checkpoint_path(*run.config.finetune.base) +
+                      " holds now (the base run was changed or retrained); start the fine-tuning again");
     if (run.state.world_size != run.dist.world)
       throw UserError(strf("%s: written by a run of %lld ranks; resume it with %lld ranks, not %d", run.rank_checkpoint.c_str(),
                            (long long)run.state.world_size, (long long)run.state.world_size, run.dist.world));
@@ -132,6 +171,7 @@ std::unique_ptr<TrainingRun> start_training_run(RunConfig config, const TrainOpt
   if (resuming) config = load_run_config_from(options.resume_dir);
   run->config = std::move(config);
   run->run_dir = resuming ? options.resume_dir : run->config.out;
+  if (run->finetuning()) adopt_base_run(run->config);
   validate_router_config(run->config.router, "config");
   run->checkpoint = checkpoint_path(run->run_dir);
   if (!resuming && file_exists(run->checkpoint))
@@ -163,6 +203,11 @@ std::unique_ptr<TrainingRun> start_training_run(RunConfig config, const TrainOpt
   if (run->main_rank())
     run->metrics = std::make_unique<MetricsLog>(run->run_dir + "/metrics.jsonl", resuming || restarting ? run->state.step : -1);
   run->flops_per_token = run->model->flops_per_token();
+  if (run->finetuning())
+    log::info(strf("fine-tuning %s with %s: %s of %s parameters train (%.3f%%)", run->config.finetune.base->c_str(),
+                   run->config.finetune.method.c_str(), human_count(run->model->trainable_parameter_count()).c_str(),
+                   human_count(run->model->parameter_count()).c_str(),
+                   100.0 * run->model->trainable_parameter_count() / run->model->parameter_count()));
   log::info(strf("model: %s parameters, %s active per token, %s FLOPs per token; %s on %s",
                  human_count(run->model->parameter_count()).c_str(), human_count(run->model->active_parameter_count()).c_str(),
                  human_count(run->flops_per_token).c_str(), run->config.router.strategy.c_str(),
@@ -177,7 +222,7 @@ std::string TrainingRun::last_good_checkpoint() const {
 
 void TrainingRun::save() {
   state.sampler_state = sampler->state();
-  if (writes_checkpoint) save_checkpoint(rank_checkpoint, *model, optimizer->state(), state);
+  if (writes_checkpoint) save_checkpoint(rank_checkpoint, *model, optimizer->state(), state, checkpoint_selection);
   if (dist.expert_parallel > 1 && dist.rank < dist.expert_parallel) save_gathered_model(*this);
 }
 
@@ -189,12 +234,25 @@ EvalResult TrainingRun::evaluate(int64_t step) {
     result = moelab::evaluate(*model, *valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows,
                               chars_per_token, device, dist);
   }
-  if (metrics)
-    metrics->write({{"kind", "eval"}, {"step", step}, {"val_loss", result.loss}, {"val_ppl", result.ppl},
-                    {"bits_per_token", result.bits_per_token}, {"bits_per_char", result.bits_per_char},
-                    {"eval_tokens", result.tokens}});
-  log::info(strf("step %lld | val loss %.4f | ppl %.3f | %.3f bits/char", (long long)step, result.loss, result.ppl,
-                 result.bits_per_char));
+  nlohmann::json row = {{"kind", "eval"},
+                        {"step", step},
+                        {"val_loss", result.loss},
+                        {"val_ppl", result.ppl},
+                        {"bits_per_token", result.bits_per_token},
+                        {"bits_per_char", result.bits_per_char},
+                        {"eval_tokens", result.tokens}};
+  std::string base_line;
+  if (base_valid_tokens) {
+    CudaAutocast autocast(bf16);
+    base_domain_eval = moelab::evaluate(*model, *base_valid_tokens, config.model.seq_len, tc.batch_size, tc.eval_windows,
+                                        base_chars_per_token, device, dist);
+    row["base_val_loss"] = base_domain_eval.loss;
+    row["base_val_ppl"] = base_domain_eval.ppl;
+    base_line = strf(" | base domain: val loss %.4f", base_domain_eval.loss);
+  }
+  if (metrics) metrics->write(row);
+  log::info(strf("step %lld | val loss %.4f | ppl %.3f | %.3f bits/char%s", (long long)step, result.loss, result.ppl,
+                 result.bits_per_char, base_line.c_str()));
   return result;
 }
 

@@ -38,6 +38,12 @@ struct TrainingRun {
   std::unique_ptr<PreparedData> data;
   std::unique_ptr<TokenFile> train_tokens, valid_tokens;
   double chars_per_token = 0;  // of the validation text, for bits per character
+  // Fine-tuning (config.finetune.base set): the base run's validation split, scored beside the
+  // target's to measure forgetting, and the tensors the run's checkpoint holds.
+  std::unique_ptr<TokenFile> base_valid_tokens;
+  double base_chars_per_token = 0;
+  TensorSelection checkpoint_selection;
+  bool finetuning() const { return config.finetune.base.has_value(); }
   std::unique_ptr<TinyMoE> model;
   // Expert shards (expert parallelism) and everything else, which every rank holds alike.
   std::vector<torch::Tensor> replicated, expert_shards;
@@ -56,8 +62,10 @@ struct TrainingRun {
   // Writes the checkpoint(s) of the current state (every rank calls it; under expert
   // parallelism the first expert group also gathers the whole model into `checkpoint`).
   void save();
-  // Scores the validation split, logs it and writes its metrics row.
+  // Scores the validation split (and a fine-tuning run's base-domain split, into
+  // base_domain_eval), logs it and writes its metrics row.
   EvalResult evaluate(int64_t step);
+  EvalResult base_domain_eval;
 };
 
 // Checks the config, joins the other ranks, prepares the data, builds the model and restores

@@ -116,6 +116,7 @@ StepOutputs TrainingStep::step_on_device() {
   r.model->update_expert_biases();
   interval_loss_sum_.add_(o.lm_loss.detach());
   for (const auto& layer : r.model->moe_layers()) o.plans.push_back(layer->last_plan());
+  for (const auto& adapter : r.model->routed_adapters()) o.adapter_plans.push_back(adapter->last_plan());
   return o;
 }
 

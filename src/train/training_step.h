@@ -21,6 +21,7 @@ namespace moelab {
 struct StepOutputs {
   torch::Tensor lm_loss, aux_loss, grad_norm;
   std::vector<RoutingPlan> plans;  // each MoE layer's routing of the step's batch
+  std::vector<RoutingPlan> adapter_plans;  // each perft_r adapter router's
 };
 
 class TrainingStep {
