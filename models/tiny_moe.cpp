@@ -167,6 +167,7 @@ void TinyMoE::attach_adapters(const FinetuneConfig& finetune) {
   if (!base_frozen_) return;
   for (const auto& item : named_parameters())
     if (!is_adapter_tensor(item.key())) item.value().requires_grad_(false);
+  for (const auto& layer : moe_layers()) layer->router().freeze_expert_bias();
 }
 
 std::vector<torch::Tensor> TinyMoE::trainable_parameters() const {
@@ -210,7 +211,6 @@ bool TinyMoE::host_sync_free(bool bf16) const {
 }
 
 void TinyMoE::update_expert_biases() {
-  if (base_frozen_) return;  // an adapter router has no expert bias (adapter_router_config)
   for (const auto& layer : moe_layers()) layer->router().update_expert_bias();
 }
 

@@ -61,7 +61,7 @@ RoutingPlan Router::forward(const torch::Tensor& x, const torch::Tensor& token_i
   if (gate_ && config_.lb_coef > 0 && !strategy_->applies_capacity())
     plan.lb_loss = config_.lb_coef * load_balancing_loss(plan.logits, plan.expert_ids, plan.selected, experts);
   if (gate_ && config_.z_coef > 0) plan.z_loss = config_.z_coef * router_z_loss(plan.logits);
-  if (config_.bias_rate > 0 && is_training()) {
+  if (config_.bias_rate > 0 && is_training() && !bias_frozen_) {
     torch::NoGradGuard no_grad;
     pending_load_.add_(expert_counts(plan.expert_ids, plan.selected, experts));
   }
@@ -74,7 +74,7 @@ void Router::set_dropless(bool dropless) {
 }
 
 void Router::update_expert_bias() {
-  if (config_.bias_rate <= 0) return;
+  if (config_.bias_rate <= 0 || bias_frozen_) return;
   moelab::update_expert_bias(expert_bias_, pending_load_, config_.bias_rate);
   pending_load_.zero_();
 }

@@ -20,6 +20,9 @@ class Router : public torch::nn::Module {
 
   // Aux-loss-free balancing: moves the expert bias by the load seen since the last call.
   void update_expert_bias();
+  // A frozen router's expert bias stays as it is: no load counted, no update (fine-tuning's
+  // frozen base).
+  void freeze_expert_bias() { bias_frozen_ = true; }
   // The load counted since the last update; data-parallel training sums it over the ranks
   // first, so every rank moves its bias alike.
   torch::Tensor& pending_load() { return pending_load_; }
@@ -37,6 +40,7 @@ class Router : public torch::nn::Module {
   std::unique_ptr<RoutingStrategy> strategy_;
   torch::Tensor expert_bias_;  // buffer [E]: selection only, never the gates
   torch::Tensor pending_load_; // buffer [E]: selected assignments since the last bias update
+  bool bias_frozen_ = false;
 };
 
 }  // namespace moelab

@@ -15,6 +15,7 @@
 #include "test_support.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/strings.h"
 
 using namespace moelab;
 using moelab::testing::TempDir;
@@ -90,7 +91,7 @@ TEST(Config, EveryKeyReadsAndWritesBack) {
   const nlohmann::json all = nlohmann::json::parse(R"({
     "seed": 3, "out": "elsewhere",
     "data": {"train": "t.txt", "valid": "v.txt", "val_fraction": 0.2, "tokenizer": "bpe", "bpe_vocab_size": 512,
-             "builtin_stories": 99},
+             "builtin_stories": 99, "builtin_style": "fables"},
     "model": {"layers": 3, "dim": 64, "heads": 8, "seq_len": 32, "ffn_mult": 2, "dropout": 0.2, "attention_dropout": 0.05,
               "init": "pytorch", "position": "rope", "activation": "swiglu", "tie_embeddings": true, "moe_every": 2,
               "dense": true, "dense_width": 2.5, "dispatcher": "masked_matmul"},
@@ -102,7 +103,9 @@ TEST(Config, EveryKeyReadsAndWritesBack) {
               "eval_interval": 3, "eval_windows": 5, "log_interval": 2, "checkpoint_interval": 4, "device": "cpu",
               "dtype": "fp32", "threads": 2, "peak_tflops": 100.0, "trace_interval": 3, "cuda_graph": false,
               "profile_steps": 2},
-    "parallel": {"expert_parallel": 2, "timeout_s": 30.0, "bucket_mb": 10.0}})");
+    "parallel": {"expert_parallel": 2, "timeout_s": 30.0, "bucket_mb": 10.0},
+    "finetune": {"base": "runs/base", "method": "lora", "rank": 16, "experts": 8, "top_k": 2, "strategy": "topk_hard",
+                 "gate": "mlp", "capacity_factor": 1.5, "lb_coef": 0.1}})");
   const nlohmann::json defaults = default_config_json();
   const nlohmann::json given_keys = all.flatten(), default_keys = defaults.flatten();
   ASSERT_EQ(given_keys.size(), default_keys.size());
@@ -118,6 +121,8 @@ TEST(Config, EveryKeyReadsAndWritesBack) {
   EXPECT_EQ(c.router.hard_weight, "mean");
   EXPECT_DOUBLE_EQ(c.train.lr, 0.001);
   EXPECT_DOUBLE_EQ(c.parallel.bucket_mb, 10.0);
+  EXPECT_EQ(c.finetune.base.value_or(""), "runs/base");
+  EXPECT_EQ(c.finetune.method, "lora");
   EXPECT_EQ(run_config_to_json(c), all);
 }
 
@@ -207,6 +212,30 @@ TEST(StoryGenerator, DeterministicVariedAndLarge) {
   EXPECT_GT(openings.size(), 50u);
   EXPECT_NE(a.find('"'), std::string::npos);  // dialogue
   EXPECT_GT(generate_stories(8000, 1).size(), 3u * 1000 * 1000);  // a few MB on demand
+}
+
+// The fine-tuning domain: fables in the tales' alphabet (a tokenizer trained on tales encodes
+// them without <unk>), sharing few word sequences with them.
+TEST(StoryGenerator, FablesAreAnotherDomainOfTheSameAlphabet) {
+  const std::string tales = generate_stories(2000, 5), fables = generate_stories(300, 5, "fables");
+  EXPECT_EQ(fables, generate_stories(300, 5, "fables"));
+  auto stories = split_stories(fables);
+  ASSERT_EQ(stories.size(), 300u);
+  EXPECT_GT(std::set<std::string>(stories.begin(), stories.end()).size(), 250u);
+  CharTokenizer tok = CharTokenizer::train(tales);
+  tok.encode(fables);
+  EXPECT_EQ(tok.unknown_count(), 0);
+  // Word trigrams of the fables that the tales also use: a small share.
+  auto trigrams = [](const std::string& text) {
+    std::vector<std::string> words = split(text, ' ');
+    std::set<std::string> out;
+    for (size_t i = 0; i + 2 < words.size(); ++i) out.insert(words[i] + " " + words[i + 1] + " " + words[i + 2]);
+    return out;
+  };
+  const std::set<std::string> tale_trigrams = trigrams(tales), fable_trigrams = trigrams(fables);
+  size_t shared = 0;
+  for (const auto& t : fable_trigrams) shared += tale_trigrams.count(t);
+  EXPECT_LT(shared * 10, fable_trigrams.size());
 }
 
 // ---- tokenizers ----

@@ -300,8 +300,6 @@ RunConfig run_config_from_json(const json& config, const std::string& origin) {
   if (c.finetune.top_k > c.finetune.experts)
     r.fail("finetune", "top_k", strf("must be <= finetune.experts = %lld, got %lld", (long long)c.finetune.experts,
                                      (long long)c.finetune.top_k));
-  if (c.finetune.base && c.parallel.expert_parallel > 1)
-    r.fail("parallel", "expert_parallel", "must be 1 when fine-tuning (finetune.base set): adapters are not sharded");
   if (c.router.num_experts % c.parallel.expert_parallel != 0)
     r.fail("parallel", "expert_parallel", "must divide router.num_experts (" + std::to_string(c.router.num_experts) + ")");
   return c;

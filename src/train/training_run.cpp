@@ -105,6 +105,8 @@ void prepare_run_data(TrainingRun& run, bool resuming) {
 // (they are the base's by definition); checked before anything is written.
 void adopt_base_run(RunConfig& config) {
   const std::string& base = *config.finetune.base;
+  if (config.parallel.expert_parallel > 1)
+    throw UserError("config: 'parallel.expert_parallel' must be 1 when fine-tuning (finetune.base set): adapters are not sharded");
   const RunConfig base_config = load_run_config_from(base);
   if (base_config.finetune.base)
     throw UserError(base + ": a fine-tuning run itself; finetune.base must name a run trained from scratch");
