@@ -69,6 +69,41 @@ TEST(Sweep, RunsResumesAndSummarises) {
   log::set_quiet(false);
 }
 
+// A fine-tuning study: the pretrain run first, then grids of different keys (perft_r's N and
+// K, the other methods' none), each cell fine-tuning the pretrained base; the CSV gains the
+// fine-tuning columns and the report its table.
+TEST(Sweep, PretrainsOnceThenFineTunesEveryCell) {
+  log::set_quiet(true);
+  TempDir dir;
+  write_file_atomic(dir / "perft.jsonc", R"({
+    "pretrain": {"data": {"builtin_stories": 150}, "model": {"layers": 1, "dim": 32, "heads": 2, "seq_len": 32},
+                 "router": {"num_experts": 4}, "train": {"batch_size": 4, "max_steps": 6, "eval_windows": 4, "threads": 1}},
+    "set": {"data.builtin_stories": 150, "data.builtin_style": "fables", "train.batch_size": 4, "train.max_steps": 4,
+            "train.eval_windows": 4, "train.log_interval": 2},
+    "grids": [{"finetune.method": ["perft_r"], "finetune.rank": [2], "finetune.experts": [2], "finetune.top_k": [1]},
+              {"finetune.method": ["shared", "full"]}]
+  })");
+  SweepPlan plan = load_sweep(dir / "perft.jsonc", dir / "out");
+  ASSERT_EQ(plan.cells.size(), 3u);
+  EXPECT_EQ(plan.cells[0].name, "method-perft_r_rank-2_experts-2_top_k-1");
+  EXPECT_EQ(plan.cells[2].name, "method-full");
+  EXPECT_EQ(plan.keys, (std::vector<std::string>{"finetune.method", "finetune.rank", "finetune.experts", "finetune.top_k"}));
+  SweepOptions options;
+  options.moelab_binary = MOELAB_BINARY;
+  ASSERT_EQ(run_sweep(plan, options), 0);
+  EXPECT_TRUE(file_exists(dir / "out/pretrain/summary.json"));
+  const std::string csv = read_text_file(dir / "out/summary.csv");
+  EXPECT_NE(csv.find(",method,rank,adapter_experts,adapter_top_k,trainable_params,trainable_share,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("method-perft_r_rank-2_experts-2_top_k-1,softk,linear,1.25,4,2,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",full,,,,"), std::string::npos) << csv;  // full: no rank, no adapter router
+  EXPECT_NE(read_text_file(dir / "out/report.md").find("## Fine-tuning"), std::string::npos);
+  if (plot::gnuplot_available()) {
+    EXPECT_TRUE(file_exists(dir / "out/finetune_frontier.png"));
+    EXPECT_TRUE(file_exists(dir / "out/adapter_load.png"));
+  }
+  log::set_quiet(false);
+}
+
 TEST(Sweep, RefusesBadGridsBeforeRunningAnything) {
   TempDir dir;
   write_file_atomic(dir / "a.jsonc", R"({"grid": {"router.top_k": [2, 9]}, "out": "x"})");
@@ -83,6 +118,11 @@ TEST(Sweep, RefusesBadGridsBeforeRunningAnything) {
   EXPECT_THROW(load_sweep(dir / "b.jsonc", ""), UserError);
   write_file_atomic(dir / "c.jsonc", R"({"grid": {}, "out": "x"})");
   EXPECT_THROW(load_sweep(dir / "c.jsonc", ""), UserError);
+  write_file_atomic(dir / "d.jsonc", R"({"grids": [{"router.top_k": [1]}, {"router.top_k": [1, 2]}], "out": "x"})");
+  EXPECT_NE(moelab::testing::error_of([&] { load_sweep(dir / "d.jsonc", ""); }).find("two grids make the same cell top_k-1"),
+            std::string::npos);
+  write_file_atomic(dir / "e.jsonc", R"({"grid": {"router.top_k": [1]}, "grids": [], "out": "x"})");
+  EXPECT_THROW(load_sweep(dir / "e.jsonc", ""), UserError);
   EXPECT_FALSE(std::filesystem::exists("x"));
 }
 

@@ -670,6 +670,29 @@ TEST(TrainingOnGpu, ResumeWithCapturedSteps) {
         << "step " << i + 1;
 }
 
+// Fine-tuning runs the same captured step: each method's adapter step is captured and replays
+// what its eager step computes (adapter-only optimizer, frozen base, perft_r's own router).
+TEST(TrainingOnGpu, FinetuneStepsAreCapturedAndReproduceEagerSteps) {
+  REQUIRE_CUDA_GRAPHS();
+  TempDir dir;
+  ASSERT_TRUE(gpu_train(dir / "base", "softk", true)) << read_text_file(dir / "base.log");
+  for (const std::string method : {"perft_r", "perft_e", "shared", "lora"}) {
+    const std::vector<std::string> finetune = {"--set", "finetune.base=\"" + dir / "base" + "\"", "--set",
+                                               "finetune.method=\"" + method + "\"", "--set", "data.builtin_style=\"fables\""};
+    ASSERT_TRUE(gpu_train(dir / (method + "-eager"), "softk", false, finetune)) << read_text_file(dir / (method + "-eager.log"));
+    ASSERT_TRUE(gpu_train(dir / (method + "-graph"), "softk", true, finetune)) << read_text_file(dir / (method + "-graph.log"));
+    EXPECT_NE(read_text_file(dir / (method + "-graph.log")).find("captured as a CUDA graph"), std::string::npos) << method;
+    auto eager = rows(dir / (method + "-eager"), "train"), graph = rows(dir / (method + "-graph"), "train");
+    ASSERT_EQ(eager.size(), 10u);
+    ASSERT_EQ(graph.size(), 10u);
+    for (size_t i = 0; i < eager.size(); ++i)
+      EXPECT_NEAR(graph[i]["step_loss"].get<double>(), eager[i]["step_loss"].get<double>(),
+                  1e-3 * eager[i]["step_loss"].get<double>()) << method << " step " << i + 1;
+    EXPECT_LT(graph.back()["loss"].get<double>(), graph.front()["loss"].get<double>()) << method;
+    if (method == "perft_r") EXPECT_TRUE(graph.back().contains("adapter_routing"));
+  }
+}
+
 TEST(Optimizer, AdamWReferenceMatchesLibtorchAdamW) {
   // kernels::reference::adamw_step, the CUDA kernel's reference, against libtorch's AdamW over
   // three steps with weight decay on one tensor and not the other; gradients pre-scaled for

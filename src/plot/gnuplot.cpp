@@ -85,15 +85,19 @@ bool bar_chart(const std::string& png, const std::string& title, const std::stri
 }
 
 bool scatter(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
-             const std::vector<Series>& series) {
+             const std::vector<Series>& series, bool log_x) {
   std::string data, plot = "plot ";
   for (size_t s = 0; s < series.size(); ++s) {
-    for (size_t i = 0; i < series[s].x.size(); ++i) data += strf("%.10g %.10g\n", series[s].x[i], series[s].y[i]);
+    const bool labelled = !series[s].labels.empty();
+    for (size_t i = 0; i < series[s].x.size(); ++i)
+      data += strf("%.10g %.10g %s\n", series[s].x[i], series[s].y[i], labelled ? quoted(series[s].labels[i]).c_str() : "\"\"");
     data += "\n\n";
     plot += strf("%sdatafile index %zu using 1:2 with points pt %zu ps 2 lw 2 title %s", s ? ", " : "", s, 5 + 2 * (s % 6),
                  quoted(series[s].title).c_str());
+    if (labelled) plot += strf(", datafile index %zu using 1:2:3 with labels offset char 1.2,0.6 font 'Sans,9' notitle", s);
   }
   std::string script = "set title " + quoted(title) + "\nset xlabel " + quoted(xlabel) + "\nset ylabel " + quoted(ylabel) +
+                       (log_x ? "\nset logscale x" : "") +
                        "\nset grid\nset key outside right\nset offsets graph 0.05, graph 0.05, graph 0.05, graph 0.05\n" + plot + "\n";
   return run_script(png, script, data);
 }

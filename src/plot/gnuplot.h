@@ -10,6 +10,7 @@ namespace moelab::plot {
 struct Series {
   std::string title;
   std::vector<double> x, y;
+  std::vector<std::string> labels;  // scatter: a label beside each point (none when empty)
 };
 
 bool line_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
@@ -20,9 +21,10 @@ bool heatmap(const std::string& png, const std::string& title, const std::string
 bool bar_chart(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
                const std::vector<std::string>& labels, const std::vector<double>& values);
 
-// Points only, one marker style per series (e.g. one per routing strategy).
+// Points only, one marker style per series (e.g. one per routing strategy), each point with
+// its label where the series has labels; `log_x`: a logarithmic x axis.
 bool scatter(const std::string& png, const std::string& title, const std::string& xlabel, const std::string& ylabel,
-             const std::vector<Series>& series);
+             const std::vector<Series>& series, bool log_x = false);
 
 // Text laid out `columns` characters per line, each character coloured by its class
 // (0..classes-1), with a legend of class names.

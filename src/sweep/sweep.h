@@ -23,10 +23,16 @@ struct SweepPlan {
   nlohmann::json base;              // the base config (defaults <- base file/object)
   std::vector<std::string> keys;    // grid keys in file order
   std::vector<SweepCell> cells;
+  // A fine-tuning study's base run, trained first into OUT/pretrain; every cell fine-tunes it
+  // (finetune.base). Null when the sweep has none.
+  nlohmann::json pretrain;
 };
 
 // Reads SWEEP.jsonc: {"base": PATH or {...}, "grid": {"key": [values...]}, "out": DIR,
-// "set": {"key": value}}; every cell's config is checked before anything runs.
+// "set": {"key": value}}; every cell's config is checked before anything runs. Instead of
+// "grid", "grids": [{...}, {...}] makes the cells of each grid (a study whose variants have
+// different keys: PERFT-R's N and K, the other methods' none). "pretrain": PATH or {...} is a
+// config trained first, the base every cell fine-tunes.
 // `validate` adds checks this torch-free library cannot make (the router registry's names).
 SweepPlan load_sweep(const std::string& path, const std::string& out_override,
                      const std::function<void(const RunConfig&, const std::string& origin)>& validate = {});
@@ -41,6 +47,10 @@ struct SweepOptions {
 // Runs the cells that are not finished and writes summary.csv and report.md; returns the
 // number of cells that failed.
 int run_sweep(const SweepPlan& plan, const SweepOptions& options);
+
+// Whether the sweep's cells fine-tune a base (its CSV, report and pictures then add the
+// fine-tuning figures).
+bool sweep_finetunes(const SweepPlan& plan);
 
 // One CSV row per finished cell (the columns SPEC section 5 lists, then the grid keys).
 std::string sweep_summary_csv(const SweepPlan& plan);

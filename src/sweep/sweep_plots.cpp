@@ -12,6 +12,52 @@
 namespace moelab {
 using nlohmann::json;
 
+namespace {
+
+// Fine-tuning studies: the efficiency frontier (target val loss against the share of
+// trainable parameters, a marker per method, the rank beside each point) and the perft_r
+// adapter routers' expert load (share of assignments per adapter expert, layers averaged).
+void draw_finetune_plots(const SweepPlan& plan, std::vector<std::string>& drawn) {
+  std::map<std::string, plot::Series> frontier;
+  std::vector<plot::Series> loads;
+  for (const SweepCell& cell : plan.cells) {
+    const std::string dir = plan.out + "/" + cell.name;
+    if (!file_exists(dir + "/summary.json")) continue;
+    const json s = parse_jsonc_file(dir + "/summary.json");
+    if (!s.contains("finetune")) continue;
+    const json& f = s["finetune"];
+    const std::string method = f["method"];
+    plot::Series& series = frontier.try_emplace(method, plot::Series{method, {}, {}, {}}).first->second;
+    series.x.push_back(100.0 * f["trainable_share"].get<double>());
+    series.y.push_back(s["final_val_loss"].get<double>());
+    std::string label = f["rank"].is_null() ? "" : "r" + std::to_string(f["rank"].get<int64_t>());
+    if (method == "perft_r") label += " " + std::to_string(f["top_k"].get<int64_t>()) + "/" + std::to_string(f["experts"].get<int64_t>());
+    series.labels.push_back(label);
+    if (!s.contains("adapter_routing") || !s["adapter_routing"].contains("expert_load")) continue;
+    plot::Series load{cell.name, {}, {}, {}};
+    const std::vector<double> counts = s["adapter_routing"]["expert_load"].get<std::vector<double>>();
+    double total = 0;
+    for (double c : counts) total += c;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      load.x.push_back(static_cast<double>(e));
+      load.y.push_back(total > 0 ? counts[e] / total : 0.0);
+    }
+    loads.push_back(load);
+  }
+  if (frontier.empty()) return;
+  std::vector<plot::Series> series;
+  for (const auto& [method, s] : frontier) series.push_back(s);
+  if (plot::scatter(plan.out + "/finetune_frontier.png", "fine-tuning efficiency frontier (label: rank, perft_r K/N)",
+                    "trainable parameters (% of the adapted model, log scale)", "validation loss on the target (nats/token)",
+                    series, /*log_x=*/true))
+    drawn.push_back("finetune_frontier.png");
+  if (!loads.empty() && plot::line_chart(plan.out + "/adapter_load.png", "perft_r adapter routers: expert load at the last log step",
+                                         "adapter expert", "share of assignments", loads, true))
+    drawn.push_back("adapter_load.png");
+}
+
+}  // namespace
+
 std::vector<std::string> draw_sweep_plots(const SweepPlan& plan) {
   std::map<std::string, plot::Series> frontier, drops, cv;
   std::vector<plot::Series> curves;
@@ -64,6 +110,7 @@ std::vector<std::string> draw_sweep_plots(const SweepPlan& plan) {
   if (!curves.empty())
     keep(plot::line_chart(plan.out + "/curves.png", "training loss of every cell", "step", "train loss (nats/token)", curves),
          "curves.png");
+  if (sweep_finetunes(plan)) draw_finetune_plots(plan, drawn);
   return drawn;
 }
 
