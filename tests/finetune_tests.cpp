@@ -10,7 +10,9 @@
 #include "models/adapters.h"
 #include "models/tiny_moe.h"
 #include "test_support.h"
+#include "data/token_file.h"
 #include "train/checkpoint.h"
+#include "train/evaluate.h"
 #include "train/run.h"
 #include "train/trainer.h"
 #include "train/training_run.h"
@@ -204,10 +206,14 @@ TEST(Finetune, AdapterCheckpointsRoundTripAndResumeExactly) {
   auto resumed_parameters = resumed.model->named_parameters();
   for (const auto& item : straight.model->named_parameters())
     EXPECT_TRUE(torch::equal(item.value(), resumed_parameters[item.key()])) << item.key();
-  // The loaded model scores what the run's own last eval scored (same windows).
   EXPECT_EQ(straight.step, 8);
   EXPECT_TRUE(straight.model->base_frozen());
   EXPECT_EQ(straight.model->routed_adapters().size(), 2u);
+  // The loaded base + adapters score what the run's own last eval scored (the same windows).
+  const TokenFile valid(dir / "straight/data/valid.bin");
+  const EvalResult eval = evaluate(*straight.model, valid, ft.model.seq_len, ft.train.batch_size, ft.train.eval_windows, 1.0,
+                                   torch::kCPU, DistributedContext{});
+  EXPECT_NEAR(eval.loss, summary["final_val_loss"].get<double>(), 1e-6);
 }
 
 // Step 0 of a fine-tuning run scores the base model: the base domain's loss equals the base
