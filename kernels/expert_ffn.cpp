@@ -138,9 +138,12 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     auto saved = ctx->get_saved_variables();
     torch::Tensor x = saved[0], w1 = saved[1], w2 = saved[2], ends = saved[3], slope = saved[4], h = saved[5], bias2 = saved[6];
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
-    auto as = [&](const torch::Tensor& t, int i) { return t.to(static_cast<torch::ScalarType>(dtypes[i])); };
+    auto as = [&](const torch::Tensor& t, int i) {
+      return t.defined() ? t.to(static_cast<torch::ScalarType>(dtypes[i])) : t;
+    };
     torch::Tensor dy = grads[0].to(torch::kBFloat16).contiguous();
-    torch::Tensor dw2 = weight_grad(h, dy, ends);
+    // Frozen experts (fine-tuning) need no weight gradients: two of the backward's four GEMMs.
+    torch::Tensor dw2 = ctx->needs_input_grad(3) ? weight_grad(h, dy, ends) : torch::Tensor();
     // dy W2_e^T with the GELU's gradient and b1's gradient in the epilogue, and b2's gradient
     // (the per-expert column sums of dy) summed from its tiles on the way.
     torch::Tensor dpre = torch::empty_like(slope), db1 = torch::zeros({w1.size(0), w1.size(2)}, dy.options().dtype(torch::kFloat32));
@@ -149,7 +152,7 @@ struct ExpertFfnGelu : public torch::autograd::Function<ExpertFfnGelu> {
     args.bias_grad = db1.data_ptr<float>();
     args.a_column_sums = db2.data_ptr<float>();
     grouped_gemm(args, GroupedGemmEpilogue::kGeluBackward, at::cuda::getCurrentCUDAStream());
-    torch::Tensor dw1 = weight_grad(x, dpre, ends);
+    torch::Tensor dw1 = ctx->needs_input_grad(1) ? weight_grad(x, dpre, ends) : torch::Tensor();
     torch::Tensor dx;
     if (second_layer_on_grouped_gemm(w1, x)) {
       dx = torch::empty_like(x);

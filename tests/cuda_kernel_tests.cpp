@@ -322,6 +322,32 @@ TEST(CudaKernels, FusedExpertFfnMatchesTheComposedOps) {
 }
 
 // An expert-parallel rank can receive no rows at all: an empty output, zero weight gradients.
+// Frozen experts (fine-tuning): the fused backward skips the weight gradients and still gives
+// the input gradient of the trainable case.
+TEST(CudaKernels, FusedExpertFfnWithFrozenWeights) {
+  REQUIRE_CUDA();
+  torch::manual_seed(41);
+  Experts experts(4, 256, 512, false);
+  experts.to(torch::kCUDA);
+  torch::Tensor rows = torch::tensor({100, 7, 0, 150}, torch::kLong).to(torch::kCUDA);
+  torch::Tensor packed = torch::randn({257, 256}, torch::kCUDA).to(torch::kBFloat16);
+  if (!kernels::fused_expert_ffn_available(packed, experts.w1)) GTEST_SKIP() << "no fused expert FFN on this device (needs an H100)";
+  torch::Tensor upstream = torch::randn({257, 256}, torch::kCUDA);
+  auto input_grad = [&]() {
+    torch::Tensor x = packed.clone().requires_grad_(true);
+    (experts.forward({x, rows}).to(torch::kFloat32) * upstream).sum().backward();
+    return x.grad().to(torch::kFloat32);
+  };
+  const torch::Tensor trainable = input_grad();
+  for (auto& p : experts.parameters()) {
+    p.mutable_grad() = torch::Tensor();
+    p.requires_grad_(false);
+  }
+  const torch::Tensor frozen = input_grad();
+  EXPECT_TRUE(torch::equal(frozen, trainable));
+  for (const auto& p : experts.parameters()) EXPECT_FALSE(p.grad().defined());
+}
+
 TEST(CudaKernels, FusedExpertFfnWithNoRows) {
   REQUIRE_CUDA();
   Experts experts(4, 256, 512, false);
