@@ -38,6 +38,10 @@ expect_error corpus-directory "corpus-dir: is a directory, not a file" -- "$moel
 printf 'ok\n\xff\xfe\n' >"$dir/binary.txt"
 expect_error bad-corpus "binary.txt:2: not valid UTF-8" -- "$moelab" train --set data.train="$dir/binary.txt" --out "$dir/z"
 expect_error bad-flag "moelab train" -- "$moelab" train --no-such-flag
+expect_error finetune-no-base "'finetune.base' = .*nope is not a moelab run directory" -- "$moelab" train --set finetune.base="$dir/nope" --out "$dir/ft"
+expect_error finetune-method "'finetune.method' must be one of" -- "$moelab" train --set finetune.method=adapterz --out "$dir/ft"
+expect_error finetune-top-k "'finetune.top_k' must be <= finetune.experts" -- "$moelab" train --set finetune.top_k=5 --out "$dir/ft"
+[ -e "$dir/ft" ] && { echo "FAIL finetune: a refused fine-tuning run wrote $dir/ft"; failures=$((failures + 1)); }
 expect_error expert-parallel "'parallel.expert_parallel' must divide router.num_experts" -- "$moelab" train --set parallel.expert_parallel=3 --out "$dir/ep"
 expect_error ep-world "must divide the number of ranks, 1" -- "$moelab" train --set parallel.expert_parallel=2 --out "$dir/ep2"
 printf '{"grid": {"router.strategy": ["softk", "top3"]}, "out": "%s/sw"}' "$dir" >"$dir/sweep.jsonc"

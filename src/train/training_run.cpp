@@ -107,6 +107,8 @@ void adopt_base_run(RunConfig& config) {
   const std::string& base = *config.finetune.base;
   if (config.parallel.expert_parallel > 1)
     throw UserError("config: 'parallel.expert_parallel' must be 1 when fine-tuning (finetune.base set): adapters are not sharded");
+  if (!file_exists(base + "/config.json"))
+    throw UserError("config: 'finetune.base' = " + base + " is not a moelab run directory (no config.json)");
   const RunConfig base_config = load_run_config_from(base);
   if (base_config.finetune.base)
     throw UserError(base + ": a fine-tuning run itself; finetune.base must name a run trained from scratch");
