@@ -12,7 +12,7 @@
 //            and w2: W + A B, trained A and B of rank r.
 //   full     no adapter: every base parameter trains (the reference).
 //
-// Every adapter's output side starts at zero (LoRA's B, an adapter FFN's down projection), so
+// Every adapter's output side starts at zero (LoRA's B, an adapter FFN's output projection), so
 // a freshly adapted model computes exactly what its base computes. Adapter modules are
 // registered under names beginning "adapter", which is how a fine-tuning checkpoint picks
 // them out of the model (is_adapter_tensor).
