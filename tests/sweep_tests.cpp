@@ -96,6 +96,7 @@ TEST(Sweep, PretrainsOnceThenFineTunesEveryCell) {
   EXPECT_NE(csv.find(",method,rank,adapter_experts,adapter_top_k,trainable_params,trainable_share,"), std::string::npos) << csv;
   EXPECT_NE(csv.find("method-perft_r_rank-2_experts-2_top_k-1,softk,linear,1.25,4,2,"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",full,,,,"), std::string::npos) << csv;  // full: no rank, no adapter router
+  EXPECT_NE(csv.find(",full,,,\n"), std::string::npos) << csv;  // nor the grid keys of the other grid
   EXPECT_NE(read_text_file(dir / "out/report.md").find("## Fine-tuning"), std::string::npos);
   if (plot::gnuplot_available()) {
     EXPECT_TRUE(file_exists(dir / "out/finetune_frontier.png"));

@@ -264,7 +264,11 @@ std::string sweep_summary_csv(const SweepPlan& plan) {
              number(f.value("initial_val_loss", json())) + "," + number(f.value("final_base_val_loss", json())) + "," +
              number(f.value("initial_base_val_loss", json()));
     }
-    for (const std::string& key : plan.keys) {
+    for (const std::string& key : plan.keys) {  // empty where the cell's grid has no such key
+      if (!cell.values.contains(key)) {
+        csv += ",";
+        continue;
+      }
       const ordered_json& v = cell.values[key];
       csv += "," + (v.is_string() ? v.get<std::string>() : v.dump());
     }
