@@ -214,6 +214,11 @@ void TinyMoE::update_expert_biases() {
   for (const auto& layer : moe_layers()) layer->router().update_expert_bias();
 }
 
+void TinyMoE::set_dropless(bool dropless) {
+  for (const auto& layer : moe_layers()) layer->router().set_dropless(dropless);
+  for (const auto& adapter : routed_adapters()) adapter->router().set_dropless(dropless);
+}
+
 void TinyMoE::shard_experts(const std::shared_ptr<Communicator>& expert_group) {
   for (const auto& layer : moe_layers()) layer->shard_experts(expert_group);
 }

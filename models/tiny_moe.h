@@ -83,6 +83,8 @@ class TinyMoE : public torch::nn::Module {
   std::vector<std::shared_ptr<MoeLayer>> routed_adapters() const;
   std::vector<int64_t> moe_layer_ids() const;  // block index of each MoE layer
   void update_expert_biases();
+  // Every router's (the adapter routers' too) capacity off or back on (Router::set_dropless).
+  void set_dropless(bool dropless);
   bool host_sync_free(bool bf16) const;  // every MoE layer's MoeLayer::host_sync_free
   // Expert parallelism: every MoE layer keeps only its rank's experts (see MoeLayer).
   void shard_experts(const std::shared_ptr<Communicator>& expert_group);

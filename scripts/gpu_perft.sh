@@ -3,8 +3,8 @@
 #  1. The step cost: the unified model's training step against a PERFT-R fine-tuning step of
 #     it (N 8, K 2, rank 32: the largest of the study), both captured, same GPU, same call;
 #     the median step time over steps 100-600 of each.
-#  2. The study itself: experiments/perft.sweep.jsonc into $OUT/perft (pictures are drawn here
-#     when gnuplot is installed, else with `moelab plot sweep` afterwards).
+#  2. The study itself: experiments/perft.sweep.jsonc, its tables and each run's summary and
+#     metrics into $OUT/perft.tar.gz (`moelab plot sweep` draws the pictures from them).
 #   bash scripts/gpu_perft.sh step|sweep DATA_DIR
 # DATA_DIR holds TinyStories' train.txt and v1_validation_head.txt (../shared/data/tinystories
 # or a copy of it).
@@ -17,8 +17,10 @@ runs=$(mktemp -d)
 trap 'rm -rf "$runs"' EXIT
 if [ "$what" = sweep ]; then
   sed "s#\.\./shared/data/tinystories#$data#g" experiments/perft.sweep.jsonc >"$runs/perft.sweep.jsonc"
-  $m sweep --config "$runs/perft.sweep.jsonc" --out "$out/perft" | tail -40
-  find "$out/perft" -name latest.pt -delete
+  $m sweep --config "$runs/perft.sweep.jsonc" --out "$runs/perft" | tail -40
+  # What the pictures and tables are drawn from, in one file: moelab plot sweep redraws them.
+  (cd "$runs" && find perft -name summary.json -o -name metrics.jsonl -o -name summary.csv -o -name report.md |
+    tar -czf "$out/perft.tar.gz" -T -)
   exit 0
 fi
 train=$data/train.txt

@@ -27,7 +27,7 @@ void draw_routing_pictures(LoadedRun& run, const std::string& text, const std::s
   torch::NoGradGuard no_grad;
   auto layers = run.model->moe_layers();
   auto layer_ids = run.model->moe_layer_ids();
-  for (auto& layer : layers) layer->router().set_dropless(true);
+  run.model->set_dropless(true);
   torch::Tensor input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kLong).unsqueeze(0).to(run.device);
   run.model->forward(input);
   const int64_t experts = run.config.router.num_experts;
@@ -61,7 +61,7 @@ void draw_routing_pictures(LoadedRun& run, const std::string& text, const std::s
     plot::colored_text(prefix + strf("_tokens_layer%lld.png", id), strf("each token coloured by its top expert, layer %lld", id),
                        characters, classes, names, 96);
   }
-  for (auto& layer : layers) layer->router().set_dropless(false);
+  run.model->set_dropless(false);
 }
 
 std::string validation_sample(const LoadedRun& run, const std::string& run_dir) {

@@ -11,7 +11,7 @@ std::vector<uint32_t> sample_tokens(TinyMoE& model, const std::vector<uint32_t>&
                                     const SamplingOptions& options, const torch::Device& device) {
   torch::NoGradGuard no_grad;
   model.eval();
-  for (const auto& layer : model.moe_layers()) layer->router().set_dropless(true);
+  model.set_dropless(true);
   auto generator = at::detail::createCPUGenerator(options.seed);
   std::vector<int64_t> context(prompt.begin(), prompt.end());
   if (context.empty()) context.push_back(end_of_text);  // a story starts after an end of text
@@ -39,7 +39,7 @@ std::vector<uint32_t> sample_tokens(TinyMoE& model, const std::vector<uint32_t>&
     generated.push_back(static_cast<uint32_t>(next));
     context.push_back(next);
   }
-  for (const auto& layer : model.moe_layers()) layer->router().set_dropless(false);
+  model.set_dropless(false);
   return generated;
 }
 
