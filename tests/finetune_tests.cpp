@@ -13,6 +13,7 @@
 #include "data/token_file.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/generate.h"
 #include "train/run.h"
 #include "train/trainer.h"
 #include "train/training_run.h"
@@ -214,6 +215,10 @@ TEST(Finetune, AdapterCheckpointsRoundTripAndResumeExactly) {
   const EvalResult eval = evaluate(*straight.model, valid, ft.model.seq_len, ft.train.batch_size, ft.train.eval_windows, 1.0,
                                    torch::kCPU, DistributedContext{});
   EXPECT_NEAR(eval.loss, summary["final_val_loss"].get<double>(), 1e-6);
+  SamplingOptions sampling;
+  sampling.tokens = 40;
+  sampling.stop_at_end_of_text = false;
+  EXPECT_EQ(sample_tokens(*straight.model, {}, straight.tokenizer->eot_id(), sampling, torch::kCPU).size(), 40u);
 }
 
 // Step 0 of a fine-tuning run scores the base model: the base domain's loss equals the base
