@@ -51,9 +51,11 @@ torch::Tensor CausalSelfAttention::forward(const torch::Tensor& x) {
 #if TORCH_VERSION_MAJOR >= 2
   y = at::scaled_dot_product_attention(q, k, v, {}, dropout, /*is_causal=*/true);
 #else
-  torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
+  // The scale on q ([S, hd] per head) rather than on the scores ([S, S]), and the mask in
+  // place: one pass over the scores fewer, and no copy of them.
+  torch::Tensor scores = torch::matmul(q * (1.0 / std::sqrt(static_cast<double>(head_dim))), k.transpose(-2, -1));
   torch::Tensor future = torch::ones({seq, seq}, x.options().dtype(torch::kBool)).triu(1);
-  torch::Tensor probs = torch::softmax(scores.masked_fill(future, -INFINITY), -1);
+  torch::Tensor probs = torch::softmax(scores.masked_fill_(future, -INFINITY), -1);
   y = torch::matmul(dropout > 0 ? torch::dropout(probs, dropout, /*train=*/true) : probs, v);
 #endif
   return apply_linear(proj_, y.transpose(1, 2).reshape({batch, seq, dim}), proj_lora_);

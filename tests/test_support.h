@@ -11,9 +11,13 @@
 #include <string>
 
 #include "config/run_config.h"
+#include "util/blas_kernels.h"
 #include "util/error.h"
 
 namespace moelab::testing {
+
+// The test binaries multiply matrices with the kernels moelab itself uses (see blas_kernels.h).
+inline const bool kCpuBlasKernels = (relaunch_with_cpu_blas_kernels(), true);
 
 inline std::string shared_path(const std::string& relative) { return std::string(MOELAB_SHARED_DIR) + "/" + relative; }
 
