@@ -23,14 +23,10 @@
 
 using namespace moelab;
 using moelab::testing::error_of;
+using moelab::testing::Quiet;
 using moelab::testing::TempDir;
 
 namespace {
-
-struct Quiet {
-  Quiet() { log::set_quiet(true); }
-  ~Quiet() { log::set_quiet(false); }
-};
 
 RunConfig base_config(const std::string& out) {
   RunConfig c = load_run_config("", {});

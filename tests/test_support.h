@@ -13,6 +13,7 @@
 #include "config/run_config.h"
 #include "util/blas_kernels.h"
 #include "util/error.h"
+#include "util/log.h"
 
 namespace moelab::testing {
 
@@ -45,6 +46,12 @@ class TempDir {
 
  private:
   std::string path_;
+};
+
+// Silences moelab's log for a test's duration.
+struct Quiet {
+  Quiet() { log::set_quiet(true); }
+  ~Quiet() { log::set_quiet(false); }
 };
 
 // The message of the UserError `f` throws, or "" when it throws none.

@@ -32,6 +32,7 @@
 #include "util/log.h"
 
 using namespace moelab;
+using moelab::testing::Quiet;
 using moelab::testing::TempDir;
 
 namespace {
@@ -82,11 +83,6 @@ void train_interrupted(RunConfig config, const std::string& out, int64_t stop_af
   rest.resume_dir = out;
   train(RunConfig{}, rest);
 }
-
-struct Quiet {
-  Quiet() { log::set_quiet(true); }
-  ~Quiet() { log::set_quiet(false); }
-};
 
 }  // namespace
 
