@@ -245,7 +245,14 @@ TEST(Finetune, AdaptersOnAChangedBaseAreRefused) {
                              std::filesystem::copy_options::overwrite_existing);
   const std::string error = error_of([&] { load_run(dir / "ft", "cpu"); });
   EXPECT_NE(error.find("adapts another base checkpoint"), std::string::npos) << error;
-  // A fine-tuning run is no base.
+  // A fine-tuning run is no base, and a dense base has no MoE layer for PERFT's adapters.
   RunConfig twice = finetune_config(dir / "ft", dir / "twice", "shared");
   EXPECT_NE(error_of([&] { train(twice, {}); }).find("a fine-tuning run itself"), std::string::npos);
+  RunConfig dense = base_config(dir / "dense");
+  dense.model.dense = true;
+  dense.train.max_steps = 2;
+  train(dense, {});
+  RunConfig perft_on_dense = finetune_config(dir / "dense", dir / "perft-on-dense", "perft_r");
+  EXPECT_NE(error_of([&] { train(perft_on_dense, {}); }).find("is a dense model (use lora or full)"), std::string::npos);
+  EXPECT_FALSE(file_exists(dir / "perft-on-dense"));
 }

@@ -113,6 +113,9 @@ void adopt_base_run(RunConfig& config) {
   if (base_config.finetune.base)
     throw UserError(base + ": a fine-tuning run itself; finetune.base must name a run trained from scratch");
   if (!file_exists(checkpoint_path(base))) throw UserError(base + ": no checkpoint to fine-tune (" + checkpoint_path(base) + ")");
+  const std::string& method = config.finetune.method;
+  if (base_config.model.dense && (method == "perft_r" || method == "perft_e" || method == "shared"))
+    throw UserError("config: 'finetune.method' " + method + " adapts MoE layers, and " + base + " is a dense model (use lora or full)");
   config.model = base_config.model;
   config.router = base_config.router;
   config.data.tokenizer = base_config.data.tokenizer;
