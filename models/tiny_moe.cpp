@@ -163,8 +163,7 @@ void TinyMoE::attach_adapters(const FinetuneConfig& finetune) {
   for (const auto& block : blocks_) block->attach_adapters(finetune);
   to(device);
   finetune_ = finetune;
-  base_frozen_ = finetune.method != "full";
-  if (!base_frozen_) return;
+  if (!base_frozen()) return;
   for (const auto& item : named_parameters())
     if (!is_adapter_tensor(item.key())) item.value().requires_grad_(false);
   for (const auto& layer : moe_layers()) layer->router().freeze_expert_bias();
@@ -256,8 +255,11 @@ TinyMoE::ParameterSplit TinyMoE::parameter_split() const {
     if (name.rfind("tok_emb", 0) == 0 || name.rfind("pos_emb", 0) == 0) continue;
     if (is_adapter_tensor(name)) {
       const double numel = static_cast<double>(item.value().numel());
-      if (name.find(".adapter_routed.experts.") != std::string::npos)  // K of the N adapter experts
-        split.adapters += numel / static_cast<double>(finetune_->experts) * static_cast<double>(finetune_->top_k);
+      if (name.find(".adapter_routed.experts.") != std::string::npos) {  // the adapter experts its router picks
+        const RouterConfig adapter_router = adapter_router_config(*finetune_);
+        split.adapters += numel / static_cast<double>(finetune_->experts) *
+                          static_cast<double>(make_strategy(adapter_router)->experts_per_token(adapter_router));
+      }
       else if (name.find(".adapter_experts.") != std::string::npos)  // the adapters of the token's experts
         split.adapters += numel / static_cast<double>(router_.num_experts) *
                           static_cast<double>(make_strategy(router_)->experts_per_token(router_));
@@ -282,7 +284,7 @@ double TinyMoE::flops_per_token() const {
   const ParameterSplit split = parameter_split();
   const double expert_passes = split.per_expert == 0 ? 0.0 : make_strategy(router_)->expert_passes_per_token(router_);
   const double base = static_cast<double>(split.shared) + static_cast<double>(split.per_expert) * expert_passes;
-  return (base_frozen_ ? 4.0 : 6.0) * base + 6.0 * split.adapters +
+  return (base_frozen() ? 4.0 : 6.0) * base + 6.0 * split.adapters +
          12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);
 }
 

@@ -73,7 +73,7 @@ class TinyMoE : public torch::nn::Module {
   // the device the model is on. Every method but full then freezes the rest: the other
   // parameters stop requiring gradients and the base routers' expert bias stops moving.
   void attach_adapters(const FinetuneConfig& finetune);
-  bool base_frozen() const { return base_frozen_; }
+  bool base_frozen() const { return finetune_ && finetune_->method != "full"; }
   // The parameters the optimizer updates: all of them, or the adapters' under a frozen base.
   std::vector<torch::Tensor> trainable_parameters() const;
   int64_t trainable_parameter_count() const;
@@ -115,7 +115,6 @@ class TinyMoE : public torch::nn::Module {
   ModelConfig model_;
   RouterConfig router_;
   std::optional<FinetuneConfig> finetune_;  // set by attach_adapters
-  bool base_frozen_ = false;
   torch::nn::Embedding tok_emb_{nullptr}, pos_emb_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
   std::vector<std::shared_ptr<Block>> blocks_;

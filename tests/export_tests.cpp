@@ -147,7 +147,7 @@ void expect_round_trip(RunConfig c, const TempDir& dir, const std::string& name,
 TEST(Export, OnnxRuntimeComputesMoelabsLogitsForEveryStrategy) {
   const std::string missing = missing_tools();
   if (!missing.empty()) GTEST_SKIP() << missing;
-  log::set_quiet(true);
+  moelab::testing::Quiet quiet;
   TempDir dir;
   for (const std::string& strategy : strategy_names()) {
     RunConfig c = small_config("");
@@ -155,7 +155,6 @@ TEST(Export, OnnxRuntimeComputesMoelabsLogitsForEveryStrategy) {
     if (strategy == "expert_choice") c.router.capacity_factor = 1.25;  // no dropless expert choice
     expect_round_trip(c, dir, strategy);
   }
-  log::set_quiet(false);
 }
 
 // The other shapes a config can give the graph: MLP gates, SwiGLU, RoPE, interleaved dense
@@ -164,7 +163,7 @@ TEST(Export, OnnxRuntimeComputesMoelabsLogitsForEveryStrategy) {
 TEST(Export, OnnxRuntimeComputesMoelabsLogitsForOtherModelShapes) {
   const std::string missing = missing_tools();
   if (!missing.empty()) GTEST_SKIP() << missing;
-  log::set_quiet(true);
+  moelab::testing::Quiet quiet;
   TempDir dir;
   RunConfig a = small_config("");
   a.router.gate = "mlp";
@@ -192,5 +191,4 @@ TEST(Export, OnnxRuntimeComputesMoelabsLogitsForOtherModelShapes) {
   expect_round_trip(small_config(""), dir, "external-data", /*external_data=*/true);
   expect_round_trip(small_config(""), dir, "float16-weights", false, "float16");
   expect_round_trip(small_config(""), dir, "bfloat16-weights", false, "bfloat16");
-  log::set_quiet(false);
 }

@@ -40,7 +40,7 @@ const char* kTinySweep = R"({
 }  // namespace
 
 TEST(Sweep, RunsResumesAndSummarises) {
-  log::set_quiet(true);
+  moelab::testing::Quiet quiet;
   TempDir dir;
   write_file_atomic(dir / "sweep.jsonc", kTinySweep);
   SweepPlan plan = load_sweep(dir / "sweep.jsonc", dir / "out");
@@ -66,14 +66,13 @@ TEST(Sweep, RunsResumesAndSummarises) {
   options.moelab_binary = "/bin/false";
   EXPECT_EQ(run_sweep(plan, options), 1);
   EXPECT_EQ(std::filesystem::last_write_time(dir / "out/strategy-softk_capacity_factor-1.0/summary.json"), stamp);
-  log::set_quiet(false);
 }
 
 // A fine-tuning study: the pretrain run first, then grids of different keys (perft_r's N and
 // K, the other methods' none), each cell fine-tuning the pretrained base; the CSV gains the
 // fine-tuning columns and the report its table.
 TEST(Sweep, PretrainsOnceThenFineTunesEveryCell) {
-  log::set_quiet(true);
+  moelab::testing::Quiet quiet;
   TempDir dir;
   write_file_atomic(dir / "perft.jsonc", R"({
     "pretrain": {"data": {"builtin_stories": 150}, "model": {"layers": 1, "dim": 32, "heads": 2, "seq_len": 32},
@@ -102,7 +101,6 @@ TEST(Sweep, PretrainsOnceThenFineTunesEveryCell) {
     EXPECT_TRUE(file_exists(dir / "out/finetune_frontier.png"));
     EXPECT_TRUE(file_exists(dir / "out/adapter_load.png"));
   }
-  log::set_quiet(false);
 }
 
 TEST(Sweep, RefusesBadGridsBeforeRunningAnything) {

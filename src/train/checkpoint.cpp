@@ -130,11 +130,6 @@ void read_selected(torch::nn::Module& module, const std::string& prefix, const T
 }
 }  // namespace
 
-std::string checkpoint_checksum(const std::string& path) {
-  if (!file_exists(path)) throw UserError(path + ": no checkpoint there");
-  return verify_checksum(path);
-}
-
 std::string checkpoint_path(const std::string& run_dir) { return run_dir + "/checkpoints/latest.pt"; }
 
 std::string expert_shard_checkpoint_path(const std::string& run_dir, int shard, int shards) {
@@ -205,8 +200,8 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
 TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
                               const torch::Device& device, const TensorSelection& selection) {
   if (!file_exists(path)) throw UserError(path + ": no checkpoint there");
-  verify_checksum(path);
   TrainingState state;
+  state.file_checksum = verify_checksum(path);
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path, device);

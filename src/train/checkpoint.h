@@ -21,9 +21,11 @@ struct TrainingState {
   // resumed run logs the same interval loss as an uninterrupted one.
   double interval_loss_sum = 0, interval_seconds = 0;
   int64_t interval_steps = 0;
-  // A fine-tuning run's: the checksum of the base checkpoint it adapts (checkpoint_checksum),
-  // so that its adapters are never loaded onto other base weights. Empty otherwise.
+  // A fine-tuning run's: the checksum of the base checkpoint it adapts, so that its adapters
+  // are never loaded onto other base weights. Empty otherwise.
   std::string base_checksum;
+  // load_checkpoint: the checksum of the file read (16 hex digits); not written.
+  std::string file_checksum;
 };
 
 // Which of a model's parameters and buffers (by their named_parameters() names) a checkpoint
@@ -44,8 +46,5 @@ void save_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Opti
 TrainingState load_checkpoint(const std::string& path, TinyMoE& model, torch::optim::Optimizer* optimizer,
                               const torch::Device& device, const TensorSelection& selection = {});
 
-// The checksum a checkpoint file carries (16 hex digits), after verifying it; UserError for a
-// file that is not a moelab checkpoint or a damaged one.
-std::string checkpoint_checksum(const std::string& path);
 
 }  // namespace moelab

@@ -12,9 +12,7 @@
 namespace moelab {
 
 std::string adapt_base_model(TinyMoE& model, const FinetuneConfig& finetune) {
-  const std::string base_checkpoint = checkpoint_path(*finetune.base);
-  const std::string checksum = checkpoint_checksum(base_checkpoint);
-  load_checkpoint(base_checkpoint, model, nullptr, torch::kCPU);
+  const std::string checksum = load_checkpoint(checkpoint_path(*finetune.base), model, nullptr, torch::kCPU).file_checksum;
   model.attach_adapters(finetune);
   return checksum;
 }

@@ -89,7 +89,12 @@ json training_summary(const TrainingRun& run, const EvalResult& eval, const json
                            {"method", f.method},
                            {"rank", f.method == "full" ? json(nullptr) : json(f.rank)},
                            {"trainable_parameters", trainable},
-                           {"trainable_share", static_cast<double>(trainable) / static_cast<double>(model.parameter_count())}};
+                           {"trainable_share", static_cast<double>(trainable) / static_cast<double>(model.parameter_count())},
+                           {"final_base_val_loss", run.base_domain_eval.loss}};
+    if (run.initial_eval.tokens > 0) {
+      summary["finetune"]["initial_val_loss"] = run.initial_eval.loss;
+      summary["finetune"]["initial_base_val_loss"] = run.initial_base_domain_eval.loss;
+    }
     if (f.method == "perft_r") {
       summary["finetune"]["experts"] = f.experts;
       summary["finetune"]["top_k"] = f.top_k;

@@ -19,17 +19,6 @@ namespace moelab {
 namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-// The step-0 eval row of a fine-tuning run's metrics.jsonl.
-void read_initial_eval(const std::string& metrics_path, EvalResult& target, EvalResult& base) {
-  for (const std::string& line : split(read_text_file(metrics_path), '\n')) {
-    const json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!row.is_object() || row.value("kind", "") != "eval" || row.value("step", -1) != 0) continue;
-    target.loss = row.value("val_loss", 0.0);
-    target.tokens = row.value("eval_tokens", int64_t{0});
-    base.loss = row.value("base_val_loss", 0.0);
-  }
-}
 }  // namespace
 
 std::string resolve_device(const std::string& device) {
@@ -55,11 +44,11 @@ json train(RunConfig config, const TrainOptions& options) {
   TrainingStep training_step(r);
   if (r.device.is_cuda()) log::info(training_step.describe());
   json last_routing = json::object();
-  EvalResult last_eval, initial_eval, initial_base_eval;
+  EvalResult last_eval;
   bool evaluated = false;
 
   // A fine-tuning run scores its base first: the loss on the target that adapting starts from.
-  if (r.finetuning() && state.step == 0) initial_eval = r.evaluate(0), initial_base_eval = r.base_domain_eval;
+  if (r.finetuning() && state.step == 0) r.evaluate(0);
   r.model->train();
   const int64_t last_step = options.stop_after > 0 ? std::min(options.stop_after, tc.max_steps) : tc.max_steps;
   while (state.step < last_step) {
@@ -114,15 +103,6 @@ json train(RunConfig config, const TrainOptions& options) {
   }
   if (!evaluated) last_eval = r.evaluate(state.step);
   json summary = training_summary(r, last_eval, last_routing);
-  if (r.finetuning()) {
-    summary["finetune"]["final_base_val_loss"] = r.base_domain_eval.loss;
-    // A resumed run read its step-0 scores from its metrics (they are not in the checkpoint).
-    if (initial_eval.tokens == 0) read_initial_eval(r.run_dir + "/metrics.jsonl", initial_eval, initial_base_eval);
-    if (initial_eval.tokens > 0) {
-      summary["finetune"]["initial_val_loss"] = initial_eval.loss;
-      summary["finetune"]["initial_base_val_loss"] = initial_base_eval.loss;
-    }
-  }
   if (r.main_rank()) write_file_atomic(r.run_dir + "/summary.json", summary.dump(2) + "\n");
   summary["rank"] = r.dist.rank;
   finish_distributed(r.dist, r.device.is_cuda());

@@ -123,6 +123,18 @@ void adopt_base_run(RunConfig& config) {
   if (config.finetune.method == "perft_r") validate_router_config(adapter_router_config(config.finetune), "finetune");
 }
 
+// A resumed fine-tuning run's step-0 scores, from the eval row its metrics.jsonl kept (a
+// checkpoint does not hold them).
+void restore_initial_eval(TrainingRun& run) {
+  for (const std::string& line : split(read_text_file(run.run_dir + "/metrics.jsonl"), '\n')) {
+    const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!row.is_object() || row.value("kind", "") != "eval" || row.value("step", -1) != 0) continue;
+    run.initial_eval.loss = row.value("val_loss", 0.0);
+    run.initial_eval.tokens = row.value("eval_tokens", int64_t{0});
+    run.initial_base_domain_eval.loss = row.value("base_val_loss", 0.0);
+  }
+}
+
 // The model on its device (this rank's experts only under expert parallelism), its optimizer
 // and the batches; from the checkpoint when resuming.
 void build_model(TrainingRun& run, bool resuming) {
@@ -209,6 +221,7 @@ std::unique_ptr<TrainingRun> start_training_run(RunConfig config, const TrainOpt
   if (restarting) log::info(run->run_dir + " held no checkpoint (an attempt that stopped before its first one): starting again");
   if (run->main_rank())
     run->metrics = std::make_unique<MetricsLog>(run->run_dir + "/metrics.jsonl", resuming || restarting ? run->state.step : -1);
+  if (resuming && run->finetuning() && run->main_rank()) restore_initial_eval(*run);
   run->flops_per_token = run->model->flops_per_token();
   if (run->finetuning())
     log::info(strf("fine-tuning %s with %s: %s of %s parameters train (%.3f%%)", run->config.finetune.base->c_str(),
@@ -256,6 +269,10 @@ EvalResult TrainingRun::evaluate(int64_t step) {
     row["base_val_loss"] = base_domain_eval.loss;
     row["base_val_ppl"] = base_domain_eval.ppl;
     base_line = strf(" | base domain: val loss %.4f", base_domain_eval.loss);
+  }
+  if (step == 0) {
+    initial_eval = result;
+    initial_base_domain_eval = base_domain_eval;
   }
   if (metrics) metrics->write(row);
   log::info(strf("step %lld | val loss %.4f | ppl %.3f | %.3f bits/char%s", (long long)step, result.loss, result.ppl,

@@ -65,7 +65,9 @@ struct TrainingRun {
   // Scores the validation split (and a fine-tuning run's base-domain split, into
   // base_domain_eval), logs it and writes its metrics row.
   EvalResult evaluate(int64_t step);
-  EvalResult base_domain_eval;
+  // A fine-tuning run's base-domain scores at its last evaluation, and both scores at step 0
+  // (the base before adapting; restored from metrics.jsonl when resuming).
+  EvalResult base_domain_eval, initial_eval, initial_base_domain_eval;
 };
 
 // Checks the config, joins the other ranks, prepares the data, builds the model and restores
