@@ -280,9 +280,10 @@ int64_t TinyMoE::active_parameter_count() const {
   return split.shared + experts + std::llround(split.adapters);
 }
 
-double TinyMoE::flops_per_token() const {
+double TinyMoE::flops_per_token(double kept_share) const {
   const ParameterSplit split = parameter_split();
-  const double expert_passes = split.per_expert == 0 ? 0.0 : make_strategy(router_)->expert_passes_per_token(router_);
+  const double expert_passes =
+      split.per_expert == 0 ? 0.0 : make_strategy(router_)->expert_passes_per_token(router_) * kept_share;
   const double base = static_cast<double>(split.shared) + static_cast<double>(split.per_expert) * expert_passes;
   return (base_frozen() ? 4.0 : 6.0) * base + 6.0 * split.adapters +
          12.0 * static_cast<double>(model_.layers * model_.dim * model_.seq_len);

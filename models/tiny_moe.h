@@ -98,8 +98,10 @@ class TinyMoE : public torch::nn::Module {
   int64_t active_parameter_count() const;
   // Training FLOPs per token, nanoGPT's count: 6 per parameter a token passes through (its
   // experts as the strategy computes them: CF*k on average for expert choice) + attention;
-  // 4 per frozen parameter (no weight gradient).
-  double flops_per_token() const;
+  // 4 per frozen parameter (no weight gradient). `kept_share` scales the experts' term: the
+  // share of the router's assignments that capacity kept (1 - drop rate), so that the count
+  // is of the FLOPs actually routed (dropped assignments skip their expert).
+  double flops_per_token(double kept_share = 1.0) const;
   const ModelConfig& config() const { return model_; }
 
  private:

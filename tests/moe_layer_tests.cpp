@@ -10,6 +10,7 @@
 #include "kernels/routing_kernels.h"
 #include "models/moe_layer.h"
 #include "models/tiny_moe.h"
+#include "config/run_config.h"
 #include "routers/capacity.h"
 #include "routers/strategy.h"
 #include "test_support.h"
@@ -366,7 +367,25 @@ TEST(TinyMoE, FlopsCountTheExpertsEachStrategyComputes) {
     const int64_t routed = strategy == "top1" ? 1 : k;
     EXPECT_EQ(model.active_parameter_count(), shared + m.layers * routed * per_expert) << strategy;
     EXPECT_DOUBLE_EQ(model.flops_per_token(), 6.0 * (shared + m.layers * passes * per_expert) + attention) << strategy;
+    // Assignments capacity dropped skip their expert: 30% dropped, 70% of the experts' FLOPs.
+    EXPECT_DOUBLE_EQ(model.flops_per_token(0.7), 6.0 * (shared + m.layers * passes * 0.7 * per_expert) + attention)
+        << strategy;
   }
+}
+
+// experiments/medium.jsonc is the scale-out model: over a billion parameters, d >= 1024,
+// E >= 32, k >= 2, seq 1024, in bf16.
+TEST(TinyMoE, TheMediumConfigHasOverABillionParameters) {
+  RunConfig c = load_run_config(std::string(MOELAB_SOURCE_DIR) + "/experiments/medium.jsonc", {});
+  c.model.vocab_size = 128;
+  EXPECT_GE(c.model.dim, 1024);
+  EXPECT_GE(c.router.num_experts, 32);
+  EXPECT_GE(c.router.top_k, 2);
+  EXPECT_EQ(c.model.seq_len, 1024);
+  EXPECT_EQ(c.train.dtype, "bf16");
+  TinyMoE model(c.model, c.router);
+  EXPECT_GE(model.parameter_count(), 1000000000);
+  EXPECT_LT(model.active_parameter_count(), model.parameter_count() / 10);
 }
 
 TEST(TinyMoE, AttentionIsCausal) {

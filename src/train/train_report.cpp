@@ -27,7 +27,12 @@ json log_training_step(TrainingRun& run, int64_t step, double lr, double interva
   const json routing = routing_report(out.plans);
   const double steps = static_cast<double>(s.interval_steps);
   const double tokens_per_s = steps * static_cast<double>(run.tokens_per_step) / s.interval_seconds;
-  const double flops_per_token = run.flops_per_token;
+  const double kept_share = routing.contains("drop_rate") && routing["drop_rate"].is_number()
+                                ? 1.0 - routing["drop_rate"].get<double>()
+                                : 1.0;
+  const double flops_per_token = run.model->flops_per_token(kept_share);
+  run.routed_flops_sum += flops_per_token;
+  ++run.routed_flops_count;
   json row = {{"kind", "train"},
               {"step", step},
               {"lr", lr},
@@ -57,7 +62,7 @@ json log_training_step(TrainingRun& run, int64_t step, double lr, double interva
 json training_summary(const TrainingRun& run, const EvalResult& eval, const json& routing) {
   const RunConfig& c = run.config;
   const TinyMoE& model = *run.model;
-  const double flops_per_token = run.flops_per_token;
+  const double flops_per_token = run.routed_flops_per_token();
   const double tokens_per_s = static_cast<double>(run.state.tokens_seen) / run.state.train_seconds;
   json summary = {{"steps", run.state.step},
                   {"final_val_loss", eval.loss},
@@ -70,7 +75,8 @@ json training_summary(const TrainingRun& run, const EvalResult& eval, const json
                   {"unigram_entropy", run.data->unigram_entropy},
                   {"parameters", model.parameter_count()},
                   {"active_parameters", model.active_parameter_count()},
-                  {"flops_per_token", flops_per_token},
+                  {"flops_per_token", run.flops_per_token},
+                  {"routed_flops_per_token", flops_per_token},
                   {"strategy", c.model.dense ? std::string("dense") : c.router.strategy},
                   {"gate", c.router.gate},
                   {"capacity_factor", c.router.capacity_factor},

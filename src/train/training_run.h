@@ -54,7 +54,14 @@ struct TrainingRun {
   std::unique_ptr<MetricsLog> metrics;                  // rank 0 only
   TrainingState state;
   int64_t tokens_per_step = 0;  // over all ranks
-  double flops_per_token = 0;   // the model's (TinyMoE::flops_per_token), fixed for the run
+  double flops_per_token = 0;   // the model's (TinyMoE::flops_per_token) with nothing dropped
+  // The FLOPs actually routed: at each log step the step's kept share of assignments; the
+  // summary averages the logged steps' (this process's).
+  double routed_flops_sum = 0;
+  int64_t routed_flops_count = 0;
+  double routed_flops_per_token() const {
+    return routed_flops_count > 0 ? routed_flops_sum / static_cast<double>(routed_flops_count) : flops_per_token;
+  }
 
   bool main_rank() const { return dist.is_main(); }
   // "The last good checkpoint is ..." or how to start again: for a message that stops the run.
