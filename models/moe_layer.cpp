@@ -55,7 +55,7 @@ void MoeLayer::shard_experts(const std::shared_ptr<Communicator>& expert_group) 
   if (uniform_rows_)
     throw UserError("model.dispatcher masked_matmul runs every expert on every token and cannot shard them; use sparse with parallel.expert_parallel > 1");
   const int64_t per_rank = experts_->w1.size(0) / expert_group->size();
-  dispatcher_ = std::make_unique<AllToAllDispatcher>(expert_group, experts_->w1.size(0));
+  dispatcher_ = std::make_unique<AllToAllDispatcher>(expert_group, experts_->w1.size(0), router_->assigns_capacity_slots());
   experts_ = replace_module("experts", experts_->slice(expert_group->rank() * per_rank, per_rank));
   sharded_ = true;
 }

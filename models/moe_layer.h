@@ -33,6 +33,7 @@ class MoeLayer : public torch::nn::Module {
   // Whether a forward and backward on CUDA read nothing back to the host (so that a training
   // step can be captured as a CUDA graph): the dispatcher's and the experts' part.
   bool host_sync_free(bool bf16) const;
+  const TokenDispatcher& dispatcher() const { return *dispatcher_; }
 
   const RoutingPlan& last_plan() const { return last_plan_; }
   Router& router() { return *router_; }

@@ -31,6 +31,9 @@ class Router : public torch::nn::Module {
   // experts with its earlier tokens and drop the very token being predicted. Expert choice,
   // whose capacity is its definition, keeps it.
   void set_dropless(bool dropless);
+  // Whether training's plans carry capacity slots (RoutingPlan::slot): a capacity and a
+  // strategy that leaves applying it to the router.
+  bool assigns_capacity_slots() const { return trained_capacity_factor_ > 0 && !strategy_->applies_capacity(); }
   int64_t gate_parameter_count() const;
 
  private:

@@ -138,6 +138,26 @@ TEST(DistributedTraining, DataAndExpertParallelMatchOneProcessOnTheConcatenatedB
   EXPECT_FALSE(std::filesystem::exists(dir / "dp/checkpoints/latest.ep0of2.pt"));
 }
 
+// With a capacity every rank routes its own tokens under its own capacity whether the experts
+// are replicated or sharded, so expert parallelism (the capacity-padded exchange) must train
+// what data parallelism trains.
+TEST(DistributedTraining, ExpertParallelWithCapacityMatchesDataParallel) {
+  if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
+  testing::TempDir dir;
+  { std::ofstream(dir / "tiny.jsonc") << kTinyConfig; }
+  const std::vector<std::string> common = {"--config", dir / "tiny.jsonc", "--sample", "0", "--set", "router.capacity_factor=1.0",
+                                           "--set", "router.lb_coef=0.01", "--set", "router.strategy=topk_hard"};
+  std::vector<std::string> dp = common, ep = common;
+  dp.insert(dp.end(), {"--out", dir / "dp"});
+  ep.insert(ep.end(), {"--out", dir / "ep", "--set", "parallel.expert_parallel=2"});
+  ASSERT_TRUE(train_ranks(2, dp, dir / "dp"));
+  ASSERT_TRUE(train_ranks(2, ep, dir / "ep"));
+  const std::vector<double> dp_losses = train_losses(dir / "dp");
+  expect_same_curve(train_losses(dir / "ep"), dp_losses, "expert parallel 2 with capacity, against data parallel");
+  std::ifstream summary(dir / "ep/summary.json");
+  EXPECT_GT(nlohmann::json::parse(summary)["routing"]["drop_rate"].get<double>(), 0.0) << "capacity 1.0 should drop some";
+}
+
 TEST(DistributedTraining, ResumeOnTheSameWorldReproducesTheRun) {
   if (!gloo_available()) GTEST_SKIP() << "this libtorch build has no Gloo";
   testing::TempDir dir;
@@ -261,6 +281,8 @@ TEST(ReplicaCheck, ADivergedByteStopsEveryRank) {
 // Runs as a rank spawned by ExpertParallelLayer.*: for every router strategy and capacity
 // policy, the sharded layer's output and gradients must equal the whole layer's on this
 // rank's tokens; expert gradients are compared with the whole layer's summed over the ranks.
+// Plans with capacity slots take the capacity-padded exchange (static shapes, nothing read
+// back), the others (dropless, expert choice) the counted one.
 TEST(DistributedWorker, ExpertParallelLayerRank) {
   if (!std::getenv("MOELAB_TEST_WORKER")) GTEST_SKIP() << "runs only as a rank started by ExpertParallelLayer.*";
   torch::set_num_threads(1);
@@ -292,6 +314,7 @@ TEST(DistributedWorker, ExpertParallelLayerRank) {
       for (const auto& item : whole->named_parameters()) sharded->named_parameters()[item.key()].copy_(item.value());
     }
     sharded->shard_experts(dist.expert_group);
+    EXPECT_EQ(sharded->dispatcher().host_sync_free(), c.capacity_factor > 0 && c.strategy != "expert_choice");
     torch::manual_seed(100 + env.rank);  // each rank its own tokens
     torch::Tensor x = torch::randn({tokens, dim});
     torch::Tensor ids = torch::randint(0, 50, {tokens}, torch::kLong);

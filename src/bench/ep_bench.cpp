@@ -93,7 +93,7 @@ json run_ep_bench(const EpBenchOptions& o) {
   experts.to(bench.device(), dtype);
   torch::Tensor x = torch::randn({T, d}, options);
   torch::Tensor token_ids = torch::zeros({T}, options.dtype(torch::kLong));
-  AllToAllDispatcher dispatcher(dist.expert_group, E);
+  AllToAllDispatcher dispatcher(dist.expert_group, E, /*capacity_padded=*/false);
 
   auto route = [&] {
     CudaAutocast autocast(dtype == torch::kBFloat16);
