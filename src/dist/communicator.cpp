@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef MOELAB_HAVE_GLOO
@@ -237,6 +238,11 @@ std::shared_ptr<Communicator> make_group(const c10::intrusive_ptr<c10d::Store>& 
   return std::make_shared<Communicator>(impl);
 }
 }  // namespace
+
+std::shared_ptr<Communicator> single_process_group(bool cuda) {
+  return make_group(c10::make_intrusive<c10d::HashStore>(), "single", "single-process group", 0, 1, 0, "127.0.0.1",
+                    std::chrono::milliseconds(60000), cuda);
+}
 
 DistributedContext init_distributed(const LaunchEnvironment& env, const ParallelConfig& parallel, bool cuda) {
   DistributedContext ctx;

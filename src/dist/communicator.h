@@ -79,6 +79,11 @@ LaunchEnvironment read_launch_environment();
 // groups; `cuda` picks NCCL. Every wait is bounded by parallel.timeout_s.
 DistributedContext init_distributed(const LaunchEnvironment& env, const ParallelConfig& parallel, bool cuda);
 
+// A group of this process alone (an in-process store, no rendezvous): its collectives run
+// the backend's real code path with no peers. For checking that path where only one device
+// is at hand (a captured NCCL all-reduce, in the GPU tests).
+std::shared_ptr<Communicator> single_process_group(bool cuda);
+
 // Before a rank returns: NCCL's collectives are queued on the device, not finished, when they
 // return; a rank that exits with one still queued leaves its peers waiting. Synchronise the
 // device, then meet the others at a barrier.

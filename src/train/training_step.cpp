@@ -63,10 +63,13 @@ GradientNorm gradient_norm(const TrainingRun& run, double max_norm) {
 
 TrainingStep::TrainingStep(TrainingRun& run) : run_(run), last_checked_step_(run.state.step) {
   const TrainConfig& tc = run.config.train;
-  // The data-parallel paths keep eager steps (their collectives run from autograd hooks); an
-  // fp32 MoE step reads expert sizes back to the host, which a capture cannot contain.
-  use_graph_ = tc.cuda_graph && run.device.is_cuda() && !run.dist.distributed() && CudaGraph::available() &&
-               run.optimizer->fused() && run.model->host_sync_free(run.bf16);
+  // Distributed on CUDA the collectives are NCCL's, which a capture records like any kernel
+  // (the bucketed all-reduces launched from backward's hooks included; the hooks' host logic
+  // runs once, at the capture, and fixes the launch order). What cannot be captured is a read
+  // back to the host: an fp32 MoE step reads expert sizes, and expert parallelism's counted
+  // exchange (dropless) reads its row counts.
+  use_graph_ = tc.cuda_graph && run.device.is_cuda() && CudaGraph::available() && run.optimizer->fused() &&
+               run.model->host_sync_free(run.bf16);
   if (use_graph_) side_stream_ = std::make_unique<CudaSideStream>(run.device.index() < 0 ? 0 : run.device.index());
   profile_ = tc.profile_steps > 0 && run.device.is_cuda() && StepProfiler::available();
   if (tc.profile_steps > 0 && !profile_)
@@ -82,10 +85,11 @@ std::string TrainingStep::describe() const {
   if (use_graph_) return "training step: captured as a CUDA graph after " + std::to_string(kStepsBeforeCapture) + " eager steps";
   const TrainConfig& tc = run_.config.train;
   return "training step: eager (no CUDA graph: " +
-         std::string(!tc.cuda_graph                                               ? "train.cuda_graph is false"
-                     : run_.dist.distributed()                                    ? "distributed"
-                     : !CudaGraph::available() || !run_.optimizer->fused()        ? "not in this libtorch"
-                                                                                  : "fp32 experts read their sizes back to the host") +
+         std::string(!tc.cuda_graph                                        ? "train.cuda_graph is false"
+                     : !CudaGraph::available() || !run_.optimizer->fused() ? "not in this libtorch"
+                     : !run_.bf16                                          ? "fp32 experts read their sizes back to the host"
+                                  : "expert parallelism without a capacity (dropless, or expert choice) reads its "
+                                    "exchange's row counts back to the host") +
          ")";
 }
 
