@@ -5,11 +5,11 @@
 # width). Prints tokens/s, TFLOP/s and MFU (FLOPs actually routed, over a 989 TFLOP/s peak)
 # over the steady-state intervals, the MoE's MFU over the dense one's, and a profile of a few
 # MoE steps (kernels by time) into $OUT.
-#   bash scripts/gpu_medium.sh TRAIN_TXT [STEPS] [BATCH]
+#   bash scripts/gpu_medium.sh TRAIN_TXT [STEPS] [BATCH]     (BATCH: the config's, 96, when not given)
 set -euo pipefail
 data=$1
 steps=${2:-80}
-batch=${3:-64}
+batch=${3:-$(grep -o '"batch_size": [0-9]*' experiments/medium.jsonc | grep -o '[0-9]*$')}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 m=$PWD/build-gpu/moelab
