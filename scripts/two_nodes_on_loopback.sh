@@ -16,8 +16,12 @@ args=(--config experiments/quickstart.jsonc --out "$out" --sample 0 --set train.
       --set train.checkpoint_interval=40 --set train.device=$device --set parallel.expert_parallel=2)
 for node in 0 1; do
   gpu_var="NODE${node}_GPU"
-  CUDA_VISIBLE_DEVICES=${!gpu_var:-$node} torchrun --nnodes 2 --node-rank $node --nproc-per-node 1 \
-    --master-addr 127.0.0.1 --master-port "$port" --no-python "$moelab" train "${args[@]}" >"$out.node$node.log" 2>&1 &
+  # The underscore spellings work in torchrun 1.13 and 2.x. --redirects/--tee 2 (stderr to a
+  # file and the console) sidestep Debian's torchrun 1.13 on Python 3.11, whose parser turns
+  # the default "0" into None and fails before starting anything.
+  CUDA_VISIBLE_DEVICES=${!gpu_var:-$node} torchrun --nnodes 2 --node_rank $node --nproc_per_node 1 \
+    --master_addr 127.0.0.1 --master_port "$port" --redirects 2 --tee 2 \
+    --no_python "$moelab" train "${args[@]}" >"$out.node$node.log" 2>&1 &
   pids[$node]=$!
 done
 status=0
