@@ -65,7 +65,7 @@ struct TrainConfig {
   int64_t threads = 0;          // 0 = all cores
   double peak_tflops = 0;       // the device's peak, for MFU; 0 = not reported
   int64_t trace_interval = 0;   // every n steps, the step's routing to RUN/traces/train_routing.jsonl; 0 = off
-  bool cuda_graph = true;       // one CUDA device: capture the training step once and replay it
+  bool cuda_graph = true;       // CUDA: capture the training step once and replay it (NCCL collectives included)
   int64_t profile_steps = 0;    // CUDA: profile this many steps after the warm-up (RUN/profile.json, profile_kernels.txt)
 };
 
