@@ -228,6 +228,10 @@ TEST(ExpertParallelBench, TwoRanksPrintTheSeedMetricsAndTheOverlappedLayerEquals
     EXPECT_GT(row[key].get<double>(), 0.0) << key;
   EXPECT_GT(row["load_skew"].get<double>(), 1.5);  // two of six experts favoured by +2 logits
   EXPECT_LT(row["overlap_max_abs_diff"].get<double>(), 1e-5);
+  // The most any overlap can gain: (T_comm + T_comp) / max(T_comm, T_comp), in [1, 2].
+  const double comm = row["T_comm_ms"].get<double>(), comp = row["T_comp_ms"].get<double>();
+  EXPECT_NEAR(row["eta_overlap_bound"].get<double>(), (comm + comp) / std::max(comm, comp), 1e-9);
+  EXPECT_NE(read_text(dir / "rank0.log").find("overlap: at most eta"), std::string::npos);
 }
 
 // ---- the replica check -------------------------------------------------------------------
@@ -423,6 +427,47 @@ TEST(DistributedOnGpu, BucketedAllReducesAreCapturedAndReplayed) {
     torch::cuda::synchronize();
     expect_halved(raw1, "replayed again");
   }
+}
+
+// Two GPUs, NCCL, captured steps: data and expert parallelism train what one GPU trains on
+// the concatenated batch (dropless, no balancing loss), expert parallelism with a capacity
+// (the padded exchange) what data parallelism trains, and a resume after --stop-after the
+// uninterrupted run. bf16 autocast, so within bf16's rounding, not bit for bit.
+TEST(DistributedOnGpu, TwoGpusTrainWhatOneGpuTrains) {
+  if (torch::cuda::device_count() < 2 || !nccl_available() || !CudaGraph::available())
+    GTEST_SKIP() << "needs two CUDA devices, NCCL and CUDA graphs";
+  testing::TempDir dir;
+  { std::ofstream(dir / "tiny.jsonc") << kTinyConfig; }
+  auto args = [&](const std::string& out, std::vector<std::string> extra) {
+    std::vector<std::string> a = {"--config", dir / "tiny.jsonc", "--out", dir / out, "--sample", "0", "--set", "train.device=\"cuda\"",
+                                  "--set", "train.dtype=\"bf16\"", "--set", "train.max_steps=12", "--set", "train.checkpoint_interval=6"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const std::vector<std::string> capacity = {"--set", "router.capacity_factor=1.0", "--set", "router.lb_coef=0.01"};
+  std::vector<std::string> ep_capacity = capacity;
+  ep_capacity.insert(ep_capacity.end(), {"--set", "parallel.expert_parallel=2"});
+  ASSERT_TRUE(train_ranks(1, args("one", {"--set", "train.batch_size=8"}), dir / "one"));
+  ASSERT_TRUE(train_ranks(2, args("dp", {}), dir / "dp"));
+  ASSERT_TRUE(train_ranks(2, args("ep", {"--set", "parallel.expert_parallel=2"}), dir / "ep"));
+  ASSERT_TRUE(train_ranks(2, args("dp-cap", capacity), dir / "dp-cap"));
+  ASSERT_TRUE(train_ranks(2, args("ep-cap", ep_capacity), dir / "ep-cap"));
+  ASSERT_TRUE(train_ranks(2, args("resumed", {"--stop-after", "6"}), dir / "resumed"));
+  ASSERT_TRUE(train_ranks(2, {"--resume", dir / "resumed"}, dir / "resume"));
+
+  auto close_curves = [](const std::vector<double>& a, const std::vector<double>& b, double rel, const std::string& what) {
+    ASSERT_EQ(a.size(), b.size()) << what;
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], rel * std::abs(b[i])) << what << ", step " << i + 1;
+  };
+  const std::vector<double> one = train_losses(dir / "one");
+  ASSERT_EQ(one.size(), 12u);
+  close_curves(train_losses(dir / "dp"), one, 1e-2, "2 GPUs data parallel against 1 GPU");
+  close_curves(train_losses(dir / "ep"), one, 1e-2, "2 GPUs expert parallel (dropless) against 1 GPU");
+  close_curves(train_losses(dir / "ep-cap"), train_losses(dir / "dp-cap"), 1e-2, "expert parallel with capacity against data parallel");
+  close_curves(train_losses(dir / "resumed"), train_losses(dir / "dp"), 1e-3, "2 GPUs resumed after step 6");
+  for (const char* run : {"one", "dp", "dp-cap", "ep-cap"})
+    EXPECT_NE(read_text(dir / (std::string(run) + "0.log")).find("captured as a CUDA graph"), std::string::npos) << run;
+  EXPECT_NE(read_text(dir / "ep0.log").find("training step: eager"), std::string::npos);  // dropless EP reads counts back
 }
 
 }  // namespace moelab

@@ -164,6 +164,14 @@ int expert_parallel(int argc, char** argv) {
                     row["T_route_ms"].get<double>(), row["T_comm_ms"].get<double>(), row["T_comp_ms"].get<double>(),
                     row["load_skew"].get<double>(), row["load_cv"].get<double>(), row["sequential_ms"].get<double>(),
                     row["overlapped_ms"].get<double>(), row["eta_overlap"].get<double>());
+  // Where the exchange is small next to the experts' compute, no schedule can gain much.
+  const double bound = row["eta_overlap_bound"].get<double>(), comm = row["T_comm_ms"].get<double>();
+  const double share = comm / (comm + row["T_comp_ms"].get<double>());
+  std::cout << strf("overlap: at most eta %.2f at this shape (the exchange is %.0f%% of exchange + compute); %s\n", bound,
+                    100.0 * share,
+                    bound < 1.2 ? "a 1.2x gain from overlap is impossible here"
+                    : row["eta_overlap"].get<double>() >= 1.2 ? "overlap gains 1.2x or more here"
+                                                               : "overlap could gain 1.2x here but this schedule does not");
   write_rows({row}, args["out"].as<std::string>());
   return 0;
 }
