@@ -20,6 +20,7 @@
 #include "models/moe_layer.h"
 #include "routers/strategy.h"
 #include "test_support.h"
+#include "train/autocast.h"
 #include "train/cuda_graph.h"
 #include "util/process.h"
 
@@ -427,6 +428,81 @@ TEST(DistributedOnGpu, BucketedAllReducesAreCapturedAndReplayed) {
     torch::cuda::synchronize();
     expect_halved(raw1, "replayed again");
   }
+}
+
+// Expert parallelism's capacity-padded exchange on CUDA, inside a CUDA graph: the layer sharded
+// over a one-process NCCL group (its all-to-alls the backend's real path) and captured
+// forward and backward, replayed on new tokens, gives the whole layer's output and gradients
+// (bf16 autocast in both; the same rows reach the same kernels in the same order).
+TEST(DistributedOnGpu, CapacityPaddedExchangeIsCapturedAndEqualsTheWholeLayer) {
+  if (!torch::cuda::is_available() || !nccl_available() || !CudaGraph::available())
+    GTEST_SKIP() << "no CUDA device, NCCL or CUDA graphs in this build";
+  const int64_t experts = 8, dim = 64, hidden = 256, tokens = 512;
+  RouterConfig rc = testing::routing_config("topk_hard", experts, 2, 1.0);
+  torch::manual_seed(9);
+  auto whole = std::make_shared<MoeLayer>(rc, dim, hidden, false);
+  auto sharded = std::make_shared<MoeLayer>(rc, dim, hidden, false);
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& item : whole->named_parameters()) sharded->named_parameters()[item.key()].copy_(item.value());
+  }
+  whole->to(torch::kCUDA);
+  sharded->to(torch::kCUDA);
+  sharded->shard_experts(single_process_group(true));
+  ASSERT_TRUE(sharded->dispatcher().host_sync_free());
+  ASSERT_TRUE(sharded->host_sync_free(/*bf16=*/true));
+
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  const torch::Tensor ids = torch::randint(0, 50, {tokens}, cuda.dtype(torch::kLong));
+  const torch::Tensor upstream = torch::randn({tokens, dim}, cuda);
+  auto run = [&](MoeLayer& layer, const torch::Tensor& input) {
+    CudaAutocast autocast(true);
+    torch::Tensor out = layer.forward(input, ids);
+    ((out.to(torch::kFloat32) * upstream).sum() + layer.last_plan().lb_loss).backward();
+    return out;
+  };
+  auto clear = [](MoeLayer& layer) {
+    for (auto p : layer.parameters()) p.mutable_grad() = torch::Tensor();
+  };
+  // Within 1% of the largest magnitude of the whole layer's tensor.
+  auto expect_close = [](const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
+    const double err = (got.to(torch::kFloat32) - want.to(torch::kFloat32)).abs().max().item<double>();
+    EXPECT_LE(err, 1e-2 * want.abs().max().item<double>() + 1e-6) << what;
+  };
+  // The sharded layer's output `out`, its input's gradient and its experts' gradients against
+  // the whole layer run eagerly on `values`.
+  auto expect_whole_layer = [&](const torch::Tensor& out, const torch::Tensor& input_grad, const torch::Tensor& values,
+                                const std::string& what) {
+    clear(*whole);
+    torch::Tensor xw = values.clone().requires_grad_(true);
+    const torch::Tensor yw = run(*whole, xw);
+    expect_close(out, yw, what + ": output");
+    expect_close(input_grad, xw.grad(), what + ": input gradient");
+    for (const auto& item : whole->experts().named_parameters())
+      expect_close(sharded->experts().named_parameters()[item.key()].grad(), item.value().grad(), what + ": " + item.key());
+  };
+  const torch::Tensor x1 = torch::randn({tokens, dim}, cuda), x2 = torch::randn({tokens, dim}, cuda);
+  torch::Tensor x = torch::zeros({tokens, dim}, cuda).requires_grad_(true);
+  auto set_input = [&](const torch::Tensor& values) {  // x's storage stays: a graph reads it
+    torch::NoGradGuard no_grad;
+    x.copy_(values);
+  };
+
+  set_input(x1);
+  clear(*sharded);
+  torch::Tensor out = run(*sharded, x);  // eager, also the warm-up before the capture
+  expect_whole_layer(out, x.grad(), x1, "eager");
+
+  CudaSideStream side(0);
+  CudaGraph graph;
+  set_input(x1);
+  clear(*sharded);
+  x.mutable_grad() = torch::Tensor();  // the captured backward allocates it in the graph's memory
+  graph.capture([&] { out = run(*sharded, x); });
+  set_input(x2);
+  graph.replay();
+  torch::cuda::synchronize();
+  expect_whole_layer(out, x.grad(), x2, "captured, replayed on new tokens");
 }
 
 // Two GPUs, NCCL, captured steps: data and expert parallelism train what one GPU trains on
