@@ -82,11 +82,17 @@ ExpertInput AllToAllDispatcher::dispatch_padded(const torch::Tensor& x, const Ro
   const torch::Device device = x.device();
   const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(device);
 
-  kernels::PackedRows padded = kernels::packed_rows(plan.expert_ids.reshape(-1), plan.slot.reshape(-1),
-                                                    torch::full({experts}, slots, index_options), rows, columns);
-  state.row_of_entry = padded.row_of_entry.view({tokens, columns});
+  // Kept assignment -> row e*C + slot; each row's token (0 for padding rows, which are sent
+  // but never computed on). Entries not kept scatter into one extra row, cut off after.
+  const torch::Tensor slot = plan.slot.reshape(-1), kept = slot >= 0;
+  const torch::Tensor row_of_entry = torch::where(kept, plan.expert_ids.reshape(-1) * slots + slot, torch::full_like(slot, -1));
+  const torch::Tensor token_of_entry = torch::arange(tokens * columns, index_options).div(columns, "floor");
+  const torch::Tensor token_index = torch::zeros({rows + 1}, index_options)
+                                        .scatter_(0, torch::where(kept, row_of_entry, torch::full_like(slot, rows)), token_of_entry)
+                                        .narrow(0, 0, rows);
+  state.row_of_entry = row_of_entry.view({tokens, columns});
   state.gates = plan.gates;
-  torch::Tensor sent = kernels::permute(x, padded.token_index, state.row_of_entry);
+  torch::Tensor sent = kernels::permute(x, token_index, state.row_of_entry);
 
   const std::vector<int64_t> per_rank(ranks, local), rows_per_rank(ranks, local * slots);
   // [P, L]: rows rank j holds for this rank's local expert e (kept_counts is [E], global
@@ -112,10 +118,10 @@ ExpertInput AllToAllDispatcher::dispatch_padded(const torch::Tensor& x, const Ro
 
   // Each received row's packed row, for the way back (-1: padding).
   torch::Tensor received_index = torch::arange(rows, index_options);
-  torch::Tensor slot = received_index.remainder(slots), source_block = received_index.div(slots, "floor");
+  torch::Tensor received_slot = received_index.remainder(slots), source_block = received_index.div(slots, "floor");
   torch::Tensor from_rank = source_block.div(local, "floor"), to_expert = source_block.remainder(local);
-  torch::Tensor valid = slot < counts.reshape(-1).index_select(0, source_block);
-  torch::Tensor target = segment_start.index_select(0, to_expert * ranks + from_rank) + slot;
+  torch::Tensor valid = received_slot < counts.reshape(-1).index_select(0, source_block);
+  torch::Tensor target = segment_start.index_select(0, to_expert * ranks + from_rank) + received_slot;
   state.packed_of_received = torch::where(valid, target, torch::full_like(target, -1));
 
   ExpertInput in;
