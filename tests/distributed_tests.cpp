@@ -451,6 +451,9 @@ TEST(DistributedOnGpu, CapacityPaddedExchangeIsCapturedAndEqualsTheWholeLayer) {
   sharded->shard_experts(single_process_group(true));
   ASSERT_TRUE(sharded->dispatcher().host_sync_free());
   ASSERT_TRUE(sharded->host_sync_free(/*bf16=*/true));
+  // Everything on one side stream, the eager warm-up included, as in training: autograd
+  // remembers the stream each leaf's gradient was first accumulated on.
+  CudaSideStream side(0);
 
   const auto cuda = torch::TensorOptions().device(torch::kCUDA);
   const torch::Tensor ids = torch::randint(0, 50, {tokens}, cuda.dtype(torch::kLong));
@@ -493,7 +496,6 @@ TEST(DistributedOnGpu, CapacityPaddedExchangeIsCapturedAndEqualsTheWholeLayer) {
   torch::Tensor out = run(*sharded, x);  // eager, also the warm-up before the capture
   expect_whole_layer(out, x.grad(), x1, "eager");
 
-  CudaSideStream side(0);
   CudaGraph graph;
   set_input(x1);
   clear(*sharded);
