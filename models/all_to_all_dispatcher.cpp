@@ -107,7 +107,8 @@ ExpertInput AllToAllDispatcher::dispatch_padded(const torch::Tensor& x, const Ro
   torch::Tensor total = segment_end[-1];
 
   // Each packed row's received row (padding beyond the valid rows reads an appended zero row).
-  torch::Tensor packed_row = torch::arange(rows, index_options);
+  // Both layouts have E*C rows, so one index range serves both maps.
+  const torch::Tensor packed_row = torch::arange(rows, index_options), &received_index = packed_row;
   torch::Tensor segment = torch::searchsorted(segment_end, packed_row, /*out_int32=*/false, /*right=*/true)
                               .clamp_max(local * ranks - 1);
   torch::Tensor expert_of = segment.div(ranks, "floor"), rank_of = segment.remainder(ranks);
@@ -117,7 +118,6 @@ ExpertInput AllToAllDispatcher::dispatch_padded(const torch::Tensor& x, const Ro
   torch::Tensor packed = with_zero.index_select(0, received_of_packed);
 
   // Each received row's packed row, for the way back (-1: padding).
-  torch::Tensor received_index = torch::arange(rows, index_options);
   torch::Tensor received_slot = received_index.remainder(slots), source_block = received_index.div(slots, "floor");
   torch::Tensor from_rank = source_block.div(local, "floor"), to_expert = source_block.remainder(local);
   torch::Tensor valid = received_slot < counts.reshape(-1).index_select(0, source_block);
