@@ -49,7 +49,7 @@ for cfg in unified medium; do
           --set train.eval_interval=$cfg_steps --set train.eval_windows=16 --set train.log_interval=$interval
           --set train.checkpoint_interval=0 --set train.peak_tflops=989)
   rm -rf /tmp/$cfg-1 /tmp/$cfg-dp /tmp/$cfg-ep
-  $m train "${common[@]}" --out /tmp/$cfg-1 >"$out/${cfg}_1gpu.log" 2>&1
+  $m train "${common[@]}" --out /tmp/$cfg-1 >"$out/${cfg}_1.log" 2>&1
   run $m train "${common[@]}" --out /tmp/$cfg-dp >"$out/${cfg}_dp.log" 2>&1
   run $m train "${common[@]}" --out /tmp/$cfg-ep --set parallel.expert_parallel=$n >"$out/${cfg}_ep.log" 2>&1
   read one_tps one_mfu one_val < <(steady /tmp/$cfg-1)
