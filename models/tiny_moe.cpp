@@ -77,23 +77,28 @@ TinyMoE::TinyMoE(const ModelConfig& model, const RouterConfig& router) : model_(
   if (!model.tie_embeddings)
     head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(model.dim, model.vocab_size).bias(false)));
   torch::NoGradGuard no_grad;
-  if (model.init == "pytorch") {
-    // PyTorch's defaults: linear layers already have them (libtorch's nn::Linear draws
-    // U(+-1/sqrt(fan_in)) as Python's does) and so do the embeddings (N(0, 1)); the experts'
-    // stacked weights, their biases and the gates' own initialisation are redrawn the same way.
-    auto params = named_parameters();
-    for (auto& item : params) {
+  if (model.init == "seed") {
+    // The seed's Python model as PyTorch initialises it. Already so from construction: the
+    // linear layers (libtorch's nn::Linear draws weight and bias U(+-1/sqrt(fan_in)), as
+    // Python's does), the token embedding (N(0, 1)), the LayerNorms, the experts' zero biases
+    // and the gates (the seed's own N(0, 1/d) linear gate, PyTorch's defaults for the MLPs).
+    // Redrawn here:
+    // - the position embedding: the seed's zero parameter;
+    // - attention, as nn.MultiheadAttention: Xavier-uniform in-projection over the whole
+    //   [3d, d] weight, zero in- and out-projection biases;
+    // - experts: Xavier-uniform over each stacked [E, d, h] and [E, h, d] tensor, for which
+    //   PyTorch takes fan_in = d*h and fan_out = E*h (resp. h*d, E*d). The bound,
+    //   sqrt(6 / (fan_in + fan_out)), is about 15x smaller than a per-expert draw's at the
+    //   seed's shape: its experts start near zero.
+    auto ends_with = [](const std::string& s, const std::string& tail) {
+      return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    for (auto& item : named_parameters()) {
       const std::string& name = item.key();
-      if (name == "pos_emb.weight") item.value().zero_();
-      const bool expert = name.find(".experts.") != std::string::npos, gate = name.find(".router.gate.") != std::string::npos;
-      if (!expert && !gate) continue;
-      // The weight a parameter's fan-in comes from: experts' w1/b1 -> w1 [E, d, up] and w2/b2 ->
-      // w2 [E, h, d] (fan-in: dim 1); a gate layer's weight/bias -> its weight [out, in].
-      const size_t dot = name.rfind('.') + 1;
-      const std::string stem = name.substr(0, dot), leaf = name.substr(dot);
-      const int64_t fan_in = expert ? params[stem + "w" + leaf.substr(1)].size(1) : params[stem + "weight"].size(1);
-      const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-      item.value().uniform_(-bound, bound);
+      torch::Tensor& p = item.value();
+      if (name == "pos_emb.weight" || ends_with(name, ".attn.qkv.bias") || ends_with(name, ".attn.proj.bias")) p.zero_();
+      if (ends_with(name, ".attn.qkv.weight") || ends_with(name, ".experts.w1") || ends_with(name, ".experts.w2"))
+        torch::nn::init::xavier_uniform_(p);
     }
     return;
   }
@@ -128,7 +133,7 @@ void Block::route(const torch::Tensor& x, const torch::Tensor& normed, const tor
 torch::Tensor TinyMoE::embed(const torch::Tensor& tokens) {
   torch::Tensor x = tok_emb_(tokens);
   if (pos_emb_) x = x + pos_emb_(torch::arange(tokens.size(1), tokens.options()));
-  return dropout_(x);
+  return model_.embedding_dropout ? dropout_(x) : x;
 }
 
 kernels::ResidualNorm TinyMoE::through_blocks(const torch::Tensor& tokens, size_t count) {

@@ -1,34 +1,41 @@
 #!/usr/bin/env bash
 # On the GPU machine, after scripts/gpu.sh build: the seed's quality protocol (unified softk,
 # 1200 steps on TinyStories train.txt, validation over its last 10% every 60 steps) with
-# moelab's initialisation and with the seed model's (model.init=pytorch, attention dropout),
-# printing the validation loss at steps 420 and 1200; then `moelab trace` speed for the
-# unified model over the same text.
+# moelab's defaults (experiments/unified.jsonc) and with the seed's model and optimizer
+# (experiments/seed_protocol.jsonc) at two seeds, then that config with one seed setting put
+# back to moelab's default at a time; prints the validation loss at steps 420 and 1200. Then
+# `moelab trace` speed for the unified model over the same text.
 #   bash scripts/gpu_seed_protocol.sh TRAIN_TXT
 set -euo pipefail
 data=$1
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 m=./build-gpu/moelab
-common=(--config experiments/unified.jsonc --sample 0 --set "data.train=$data" --set train.eval_interval=60
-        --set train.log_interval=100 --set train.checkpoint_interval=0)
-run() {  # run NAME SETTINGS...
-  local name=$1; shift
+common=(--sample 0 --set "data.train=$data" --set train.eval_interval=60 --set train.log_interval=100
+        --set train.checkpoint_interval=0)
+run() {  # run NAME CONFIG SETTINGS...
+  local name=$1 config=$2; shift 2
   rm -rf "/tmp/q-$name"
-  $m train "${common[@]}" "$@" --out "/tmp/q-$name" >"$out/quality_$name.log" 2>&1
+  $m train --config "$config" "${common[@]}" "$@" --out "/tmp/q-$name" >"$out/quality_$name.log" 2>&1
   python3 - "/tmp/q-$name/metrics.jsonl" "$name" <<'PY' | tee -a "$out/seed_protocol.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ev = {r["step"]: r["val_loss"] for r in rows if r["kind"] == "eval"}
-print(f"{sys.argv[2]:<28} val@420 {ev.get(420, float('nan')):.4f}  val@1200 {ev.get(1200, float('nan')):.4f}")
+curve = " ".join(f"{s}:{ev[s]:.4f}" for s in sorted(ev))
+print(f"{sys.argv[2]:<22} val@420 {ev.get(420, float('nan')):.4f} val@1200 {ev.get(1200, float('nan')):.4f} | {curve}")
 PY
 }
-run normal
-run pytorch --set model.init=pytorch
-run pytorch_attn_dropout --set model.init=pytorch --set model.attention_dropout=0.1
+seed=experiments/seed_protocol.jsonc
+run moelab_default experiments/unified.jsonc
+run seed_protocol_s17 $seed
+run seed_protocol_s18 $seed --set seed=18
+run but_init_normal $seed --set model.init=normal
+run but_beta2_0.95 $seed --set train.adam_beta2=0.95
+run but_lb_coef_0.01 $seed --set router.lb_coef=0.01
+run but_emb_dropout $seed --set model.embedding_dropout=true
 # Trace export: the unified model (a short run), every token of the text, placement JSONL.
 rm -rf /tmp/q-trace
-$m train "${common[@]}" --set train.max_steps=50 --out /tmp/q-trace >"$out/trace_train.log" 2>&1
+$m train --config experiments/unified.jsonc "${common[@]}" --set train.max_steps=50 --out /tmp/q-trace >"$out/trace_train.log" 2>&1
 for bs in 32 256; do
   $m trace --run /tmp/q-trace --data "$data" --format jsonl --out /tmp/q-trace.jsonl --batch-size $bs 2>&1 | tail -1 | tee -a "$out/trace_speed.txt"
 done

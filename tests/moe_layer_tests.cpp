@@ -407,37 +407,41 @@ TEST(TinyMoE, AttentionIsCausal) {
   EXPECT_FALSE(torch::allclose(la.narrow(1, 8, 1), lb.narrow(1, 8, 1)));
 }
 
-// model.init "pytorch": PyTorch's module defaults, as the seed's Python model had them.
-TEST(TinyMoE, PytorchInitIsPytorchsModuleDefaults) {
+// model.init "seed": the seed's Python model as PyTorch initialises it.
+TEST(TinyMoE, SeedInitIsTheSeedModelsUnderPytorch) {
   ModelConfig m;
   m.layers = 2;
   m.dim = 64;
   m.heads = 4;
   m.seq_len = 16;
   m.vocab_size = 50;
-  m.init = "pytorch";
+  m.init = "seed";
   RouterConfig r = moelab::testing::routing_config("softk", 4, 2, 1.25);
   torch::manual_seed(3);
   TinyMoE model(m, r);
   auto params = model.named_parameters();
-  EXPECT_EQ(params["pos_emb.weight"].abs().max().item<double>(), 0.0);
-  EXPECT_NEAR(params["tok_emb.weight"].std().item<double>(), 1.0, 0.05);  // N(0, 1)
-  // U(-b, b) with b = 1/sqrt(fan_in): the largest draw is close to b, the std is b/sqrt(3).
-  auto check_uniform = [&](const std::string& name, int64_t fan_in) {
-    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  for (const char* zero : {"pos_emb.weight", "block0.attn.qkv.bias", "block1.attn.proj.bias", "block0.moe.experts.b1",
+                           "block1.moe.experts.b2", "block0.moe.router.gate.proj.bias"})
+    EXPECT_EQ(params[zero].abs().max().item<double>(), 0.0) << zero;
+  EXPECT_NEAR(params["tok_emb.weight"].std().item<double>(), 1.0, 0.05);  // nn.Embedding: N(0, 1)
+  // U(-b, b): the largest draw is close to b, the std is b/sqrt(3).
+  auto check_uniform = [&](const std::string& name, double bound) {
     torch::Tensor p = params[name];
     EXPECT_LE(p.abs().max().item<double>(), bound) << name;
-    if (p.numel() > 100) EXPECT_GT(p.abs().max().item<double>(), 0.9 * bound) << name;
+    EXPECT_GT(p.abs().max().item<double>(), 0.9 * bound) << name;
     if (p.numel() > 1000) EXPECT_NEAR(p.std().item<double>(), bound / std::sqrt(3.0), 0.05 * bound) << name;
   };
-  check_uniform("block0.moe.experts.w1", 64);
-  check_uniform("block0.moe.experts.b1", 64);
-  check_uniform("block1.moe.experts.w2", 4 * 64);
-  check_uniform("block1.moe.experts.b2", 4 * 64);
-  check_uniform("block0.moe.router.gate.proj.weight", 64);
-  check_uniform("block0.moe.router.gate.proj.bias", 64);
-  check_uniform("block0.attn.qkv.weight", 64);
-  check_uniform("head.weight", 64);
+  // nn.Linear's default: 1/sqrt(fan_in), weight and bias.
+  check_uniform("block0.attn.proj.weight", 1.0 / 8);
+  check_uniform("head.weight", 1.0 / 8);
+  // nn.MultiheadAttention's in-projection: Xavier over [3d, d], sqrt(6 / (d + 3d)).
+  check_uniform("block0.attn.qkv.weight", std::sqrt(6.0 / (64 + 3 * 64)));
+  // The stacked experts: Xavier with PyTorch's fans of a 3-D tensor [E, a, b]: fan_in = a*b,
+  // fan_out = E*b. At E 4, d 64, h 256: w1 sqrt(6 / (64*256 + 4*256)), w2 sqrt(6 / (256*64 + 4*64)).
+  check_uniform("block0.moe.experts.w1", std::sqrt(6.0 / (64 * 256 + 4 * 256)));
+  check_uniform("block1.moe.experts.w2", std::sqrt(6.0 / (256 * 64 + 4 * 64)));
+  // The seed's linear gate: N(0, 1/d), as moelab's own.
+  EXPECT_NEAR(params["block0.moe.router.gate.proj.weight"].std().item<double>(), 1.0 / 8, 0.015);
   // The default stays nanoGPT's N(0, 0.02).
   m.init = "normal";
   TinyMoE normal(m, r);

@@ -21,12 +21,12 @@ struct DataConfig {
 
 struct ModelConfig {
   int64_t layers = 4, dim = 256, heads = 4, seq_len = 256, ffn_mult = 4;
-  double dropout = 0.1;
+  double dropout = 0.1;              // on each block's residual branches (and the embeddings, below)
+  bool embedding_dropout = true;     // dropout also on token + position embedding (nanoGPT); the seed: none
   double attention_dropout = 0.0;    // dropout on the attention probabilities (training only)
   // normal: nanoGPT's N(0, 0.02) for embeddings and linear layers, zero biases (experts
-  // Xavier, the linear gate N(0, 1/d)); pytorch: PyTorch's module defaults, as the seed's
-  // Python model had them (every linear weight and bias, experts' and gate's included,
-  // U(+-1/sqrt(fan_in)); token embedding N(0, 1); a zero learned position embedding).
+  // Xavier per expert, the linear gate N(0, 1/d)); seed: the seed's Python model as PyTorch
+  // initialises it (see TinyMoE's constructor and docs/results.md).
   std::string init = "normal";
   std::string position = "learned";  // learned | rope
   std::string activation = "gelu";   // gelu | swiglu
@@ -57,6 +57,7 @@ struct RouterConfig {
 struct TrainConfig {
   int64_t batch_size = 32, max_steps = 1200;
   double lr = 3e-4, weight_decay = 0.01;
+  double adam_beta2 = 0.95;     // AdamW's second-moment decay (nanoGPT's 0.95; PyTorch's default, the seed's, 0.999)
   int64_t warmup_steps = 50;
   double grad_clip = 1.0;
   int64_t eval_interval = 200, eval_windows = 0, log_interval = 10, checkpoint_interval = 200;

@@ -44,13 +44,13 @@ torch::optim::AdamWParamState& adamw_state(torch::optim::AdamW& adamw, const tor
 }
 
 torch::optim::AdamWOptions adamw_options(const TrainConfig& train) {
-  return torch::optim::AdamWOptions(train.lr).betas({0.9, 0.95}).weight_decay(train.weight_decay);
+  return torch::optim::AdamWOptions(train.lr).betas({0.9, train.adam_beta2}).weight_decay(train.weight_decay);
 }
 
 }  // namespace
 
 TrainingOptimizer::TrainingOptimizer(const std::vector<torch::Tensor>& parameters, const TrainConfig& train)
-    : adamw_(decay_groups(parameters, adamw_options(train)), adamw_options(train)) {
+    : adamw_(decay_groups(parameters, adamw_options(train)), adamw_options(train)), beta2_(train.adam_beta2) {
   fused_ = fused_available() && !parameters.empty() && parameters.front().is_cuda();
   if (fused_) lr_ = torch::full({}, train.lr, parameters.front().options().dtype(torch::kFloat32));
 }

@@ -37,7 +37,7 @@ class TrainingOptimizer {
 
   torch::optim::AdamW adamw_;
   bool fused_ = false;
-  double beta1_ = 0.9, beta2_ = 0.95, eps_ = 1e-8;
+  double beta1_ = 0.9, beta2_, eps_ = 1e-8;
   kernels::AdamWState fused_state_;
   torch::Tensor lr_, step_;  // [] float32 on the device
 };
