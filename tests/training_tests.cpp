@@ -285,6 +285,29 @@ TEST(Checkpoints, AFailedWriteKeepsThePreviousCheckpointAndLeavesNoTempFile) {
     EXPECT_EQ(entry.path().filename(), "latest.pt") << "left behind: " << entry.path();
 }
 
+// AdamW by hand, two steps of different gradients, with train.adam_beta2 = 0.999 (the seed's):
+// decoupled decay on the matrix, bias-corrected moments, eps 1e-8.
+TEST(Optimizer, StepsAreAdamWWithTheConfiguredBeta2) {
+  torch::manual_seed(2);
+  TrainConfig tc;
+  tc.lr = 0.1;
+  tc.weight_decay = 0.5;
+  tc.adam_beta2 = 0.999;
+  torch::Tensor w = torch::randn({3, 2}, torch::dtype(torch::kDouble).requires_grad(true));
+  torch::Tensor expected = w.detach().clone(), m = torch::zeros_like(expected), v = torch::zeros_like(expected);
+  TrainingOptimizer optimizer({w}, tc);
+  for (int t = 1; t <= 2; ++t) {
+    torch::Tensor g = torch::randn({3, 2}, torch::kDouble);
+    w.mutable_grad() = g;
+    optimizer.step(torch::ones({}, torch::kDouble));
+    expected = expected * (1 - tc.lr * tc.weight_decay);
+    m = 0.9 * m + 0.1 * g;
+    v = 0.999 * v + 0.001 * g * g;
+    expected = expected - tc.lr * (m / (1 - std::pow(0.9, t))) / ((v / (1 - std::pow(0.999, t))).sqrt() + 1e-8);
+    EXPECT_TRUE(torch::allclose(w.detach(), expected, 1e-12, 1e-12)) << "step " << t << "\n" << w << "\n" << expected;
+  }
+}
+
 // Non-finite gradients: the optimizer skips the update (parameters, moments and step count
 // untouched) and the trainer stops naming the steps; no checkpoint holds non-finite weights.
 TEST(Checkpoints, NonFiniteGradientsAreNeverAppliedNorSaved) {
@@ -729,6 +752,7 @@ TEST(TrainingOnGpu, FusedAdamWMatchesLibtorchAdamW) {
   TrainConfig t;
   t.lr = 1e-2;
   t.weight_decay = 0.1;
+  t.adam_beta2 = 0.999;  // not the default: the fused kernel must take the configured one
   // A matrix (decayed) and a vector (not), as the model's groups are.
   std::vector<torch::Tensor> cpu = {torch::randn({33, 17}).requires_grad_(), torch::randn({17}).requires_grad_()};
   std::vector<torch::Tensor> gpu;
