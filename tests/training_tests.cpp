@@ -464,7 +464,7 @@ TEST(Tracing, RecordedRoutingIsWhatTheModelUsedAndChangesNothing) {
   o.max_sequences = 6;
   o.rows = 4;
   std::vector<TraceRecord> prefill;
-  record_routing(*run.model, tokens, o, run.device, [&](const TraceRecord& r, int64_t, int64_t) { prefill.push_back(r); });
+  record_routing({run.model.get()}, tokens, o, run.device, [&](const TraceRecord& r, int64_t, int64_t) { prefill.push_back(r); });
   ASSERT_EQ(prefill.size(), 4u);  // 2 batches x 2 MoE layers
   EXPECT_EQ(prefill[1].layer, 1);
   // Origin rows: round-robin by sequence.
@@ -484,20 +484,49 @@ TEST(Tracing, RecordedRoutingIsWhatTheModelUsedAndChangesNothing) {
     EXPECT_TRUE(torch::equal(ids, plan.expert_ids));
     EXPECT_TRUE(torch::equal(gates, plan.gates));
   }
-  record_routing(*run.model, tokens, o, run.device, [](const TraceRecord&, int64_t, int64_t) {});
+  record_routing({run.model.get()}, tokens, o, run.device, [](const TraceRecord&, int64_t, int64_t) {});
   EXPECT_TRUE(torch::equal(logits, run.model->forward(input).logits));
 
   // Decode: positions 1 and 5 of each sequence, as prefill recorded them.
   o.mode = "decode";
   o.positions = {1, 5};
   std::vector<std::pair<int64_t, TraceRecord>> decode;
-  record_routing(*run.model, tokens, o, run.device, [&](const TraceRecord& r, int64_t, int64_t p) { decode.emplace_back(p, r); });
+  record_routing({run.model.get()}, tokens, o, run.device, [&](const TraceRecord& r, int64_t, int64_t p) { decode.emplace_back(p, r); });
   ASSERT_EQ(decode.size(), 8u);  // 2 batches x 2 layers x 2 positions
   const auto& [position, at] = decode[1];  // batch 0, layer 0, position 5
   EXPECT_EQ(position, 5);
   ASSERT_EQ(at.tokens(), 3);
   for (int r = 0; r < 3; ++r)
     for (int j = 0; j < 2; ++j) EXPECT_EQ(at.experts[r * 2 + j], prefill[0].experts[(r * 32 + 4) * 2 + j]);
+
+  // Three replicas (7 sequences: batches of 3, 3 and 1 run at once, one per thread) record what
+  // one model records, in the same order, and leave the intra-op thread count as it was.
+  o.mode = "prefill";
+  o.max_sequences = 7;
+  o.origin = "random";
+  std::vector<std::tuple<int64_t, int64_t, TraceRecord>> one, three;
+  record_routing({run.model.get()}, tokens, o, run.device,
+                 [&](const TraceRecord& r, int64_t batch, int64_t p) { one.emplace_back(batch, p, r); });
+  LoadedRun second = load_run(dir / "run"), third = load_run(dir / "run");
+  const int threads = at::get_num_threads();
+  record_routing({run.model.get(), second.model.get(), third.model.get()}, tokens, o, run.device,
+                 [&](const TraceRecord& r, int64_t batch, int64_t p) { three.emplace_back(batch, p, r); });
+  EXPECT_EQ(at::get_num_threads(), threads);
+  ASSERT_EQ(one.size(), 6u);  // 3 batches x 2 layers
+  ASSERT_EQ(three.size(), one.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    const auto& [batch1, p1, r1] = one[i];
+    const auto& [batch3, p3, r3] = three[i];
+    EXPECT_EQ(batch1, batch3);
+    EXPECT_EQ(batch1, static_cast<int64_t>(i / 2));
+    EXPECT_EQ(p3, -1);
+    EXPECT_EQ(r1.layer, r3.layer);
+    EXPECT_EQ(r1.batch_id, r3.batch_id);
+    EXPECT_EQ(r1.origin_rows, r3.origin_rows);
+    EXPECT_EQ(r1.experts, r3.experts);
+    ASSERT_EQ(r1.weights.size(), r3.weights.size());
+    for (size_t j = 0; j < r1.weights.size(); ++j) EXPECT_NEAR(r1.weights[j], r3.weights[j], 1e-6);
+  }
 }
 
 #include "trace/neupims_csv.h"

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include <torch/torch.h>
 
@@ -46,10 +47,55 @@ void append_training_routing(const std::string& path, const std::vector<RoutingP
   }
 }
 
-int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,
+namespace {
+// One forward pass's worth of records, made on a worker and handed to the sink in order.
+struct BatchRecords {
+  struct Entry {
+    TraceRecord record;
+    int64_t position;
+  };
+  std::vector<Entry> entries;
+};
+
+// Routes one batch through `model` and turns each MoE layer's plan into the records `options`
+// asks for (every token, or the given positions of each sequence).
+BatchRecords route_batch(TinyMoE& model, const torch::Tensor& input, const std::vector<int32_t>& sequence_row, int64_t batch,
+                         const RecordOptions& options, const torch::Device& device) {
+  const int64_t rows = input.size(0), seq = input.size(1);
+  model.route(input.to(device));
+  const auto layers = model.moe_layers();
+  const auto layer_ids = model.moe_layer_ids();
+  BatchRecords out;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const RoutingPlan& plan = layers[l]->last_plan();
+    TraceRecord all = plan_to_record(plan, layer_ids[l], plan.top_k, options.gates_before_capacity);
+    all.batch_id = batch;
+    if (options.mode == "prefill") {
+      for (int64_t t = 0; t < rows * seq; ++t) all.origin_rows.push_back(sequence_row[t / seq]);
+      out.entries.push_back({std::move(all), -1});
+      continue;
+    }
+    for (int64_t p : options.positions) {
+      TraceRecord at = all;
+      at.experts.clear();
+      at.weights.clear();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = r * seq + (p - 1);
+        at.experts.insert(at.experts.end(), all.experts.begin() + t * all.k, all.experts.begin() + (t + 1) * all.k);
+        at.weights.insert(at.weights.end(), all.weights.begin() + t * all.k, all.weights.begin() + (t + 1) * all.k);
+        at.origin_rows.push_back(sequence_row[r]);
+      }
+      at.request_id = strf("position-%lld", (long long)p);
+      out.entries.push_back({std::move(at), p});
+    }
+  }
+  return out;
+}
+}  // namespace
+
+int64_t record_routing(const std::vector<TinyMoE*>& replicas, const TokenFile& tokens, const RecordOptions& options,
                        const torch::Device& device, const RecordSink& sink) {
-  c10::InferenceMode inference;
-  model.eval();
+  TinyMoE& model = *replicas.front();
   const int64_t seq = model.config().seq_len;
   int64_t sequences = (tokens.size() - 1) / seq;
   if (options.max_sequences > 0) sequences = std::min(sequences, options.max_sequences);
@@ -59,44 +105,58 @@ int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOpti
     for (int64_t p : options.positions)
       if (p < 1 || p > seq) throw UserError(strf("trace: position %lld is outside 1..seq_len = %lld", (long long)p, (long long)seq));
   }
-  const auto layers = model.moe_layers();
-  const auto layer_ids = model.moe_layer_ids();
+  for (TinyMoE* replica : replicas) replica->eval();
+  // With several replicas each worker runs one batch on one thread, so the intra-op pool is
+  // set to one thread for the trace (on every worker: OpenMP's thread count is per thread).
+  const bool parallel = replicas.size() > 1;
+  const int intra_op_threads = at::get_num_threads();
+  if (parallel) at::set_num_threads(1);
   std::mt19937_64 rng(options.seed);
-  int64_t recorded = 0;
-  for (int64_t first = 0, batch = 0; first < sequences; first += options.batch_size, ++batch) {
-    const int64_t rows = std::min(options.batch_size, sequences - first);
-    torch::Tensor input = torch::empty({rows, seq}, torch::kLong);
-    for (int64_t r = 0; r < rows; ++r) tokens.copy_window((first + r) * seq, seq, input.data_ptr<int64_t>() + r * seq);
-    std::vector<int32_t> sequence_row(rows);
-    for (int64_t r = 0; r < rows; ++r)
-      sequence_row[r] = static_cast<int32_t>(options.origin == "random" ? rng() % static_cast<uint64_t>(options.rows)
-                                                                         : (first + r) % options.rows);
-    model.route(input.to(device));
-    for (size_t l = 0; l < layers.size(); ++l) {
-      const RoutingPlan& plan = layers[l]->last_plan();
-      TraceRecord all = plan_to_record(plan, layer_ids[l], plan.top_k, options.gates_before_capacity);
-      all.batch_id = batch;
-      if (options.mode == "prefill") {
-        for (int64_t t = 0; t < rows * seq; ++t) all.origin_rows.push_back(sequence_row[t / seq]);
-        sink(all, batch, -1);
-        continue;
-      }
-      for (int64_t p : options.positions) {
-        TraceRecord at = all;
-        at.experts.clear();
-        at.weights.clear();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t t = r * seq + (p - 1);
-          at.experts.insert(at.experts.end(), all.experts.begin() + t * all.k, all.experts.begin() + (t + 1) * all.k);
-          at.weights.insert(at.weights.end(), all.weights.begin() + t * all.k, all.weights.begin() + (t + 1) * all.k);
-          at.origin_rows.push_back(sequence_row[r]);
-        }
-        at.request_id = strf("position-%lld", (long long)p);
-        sink(at, batch, p);
-      }
+  int64_t recorded = 0, batch = 0;
+  const int64_t group = static_cast<int64_t>(replicas.size());
+  for (int64_t first = 0; first < sequences;) {
+    // Inputs and origin rows are drawn here, in batch order, whatever the number of workers.
+    std::vector<torch::Tensor> inputs;
+    std::vector<std::vector<int32_t>> sequence_rows;
+    for (int64_t w = 0; w < group && first < sequences; ++w) {
+      const int64_t rows = std::min(options.batch_size, sequences - first);
+      torch::Tensor input = torch::empty({rows, seq}, torch::kLong);
+      for (int64_t r = 0; r < rows; ++r) tokens.copy_window((first + r) * seq, seq, input.data_ptr<int64_t>() + r * seq);
+      std::vector<int32_t> sequence_row(rows);
+      for (int64_t r = 0; r < rows; ++r)
+        sequence_row[r] = static_cast<int32_t>(options.origin == "random" ? rng() % static_cast<uint64_t>(options.rows)
+                                                                           : (first + r) % options.rows);
+      inputs.push_back(input);
+      sequence_rows.push_back(std::move(sequence_row));
+      first += rows;
     }
-    recorded += options.mode == "prefill" ? rows * seq : rows * static_cast<int64_t>(options.positions.size());
+    std::vector<BatchRecords> results(inputs.size());
+    std::vector<std::exception_ptr> errors(inputs.size());
+    auto work = [&](size_t w) {
+      try {
+        c10::InferenceMode inference;
+        if (parallel) at::set_num_threads(1);
+        results[w] = route_batch(*replicas[w], inputs[w], sequence_rows[w], batch + static_cast<int64_t>(w), options, device);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    };
+    std::vector<std::thread> workers;
+    for (size_t w = 1; w < inputs.size(); ++w) workers.emplace_back(work, w);
+    work(0);
+    for (std::thread& t : workers) t.join();
+    for (size_t w = 0; w < inputs.size(); ++w) {
+      if (errors[w]) {
+        if (parallel) at::set_num_threads(intra_op_threads);
+        std::rethrow_exception(errors[w]);
+      }
+      for (const BatchRecords::Entry& e : results[w].entries) sink(e.record, batch, e.position);
+      recorded += options.mode == "prefill" ? inputs[w].size(0) * seq
+                                            : inputs[w].size(0) * static_cast<int64_t>(options.positions.size());
+      ++batch;
+    }
   }
+  if (parallel) at::set_num_threads(intra_op_threads);
   return recorded;
 }
 

@@ -42,8 +42,11 @@ using RecordSink = std::function<void(const TraceRecord& record, int64_t batch, 
 void append_training_routing(const std::string& path, const std::vector<RoutingPlan>& plans,
                              const std::vector<int64_t>& layer_ids, int64_t step);
 
-// Returns the number of tokens whose routing was recorded (per layer).
-int64_t record_routing(TinyMoE& model, const TokenFile& tokens, const RecordOptions& options,
+// Returns the number of tokens whose routing was recorded (per layer). `replicas` are copies of
+// one model (the same weights): with more than one, consecutive batches run on them at once,
+// one thread each (on a CPU of few cores a small model's ops are too short to share cores
+// well); the sink still sees every batch in order. On a GPU pass one.
+int64_t record_routing(const std::vector<TinyMoE*>& replicas, const TokenFile& tokens, const RecordOptions& options,
                        const torch::Device& device, const RecordSink& sink);
 
 }  // namespace moelab
