@@ -4,7 +4,7 @@
 # moelab's defaults (experiments/unified.jsonc) and with the seed's model and optimizer
 # (experiments/seed_protocol.jsonc) at two seeds, then that config with one seed setting put
 # back to moelab's default at a time; prints the validation loss at steps 420 and 1200. Then
-# `moelab trace` speed for the unified model over the same text.
+# `moelab trace` speed for the unified model over the same text (TRACE=0 skips it).
 #   bash scripts/gpu_seed_protocol.sh TRAIN_TXT
 set -euo pipefail
 data=$1
@@ -33,6 +33,7 @@ run but_init_normal $seed --set model.init=normal
 run but_beta2_0.95 $seed --set train.adam_beta2=0.95
 run but_lb_coef_0.01 $seed --set router.lb_coef=0.01
 run but_emb_dropout $seed --set model.embedding_dropout=true
+[[ ${TRACE:-1} == 0 ]] && exit 0
 # Trace export: the unified model (a short run), every token of the text, placement JSONL.
 rm -rf /tmp/q-trace
 $m train --config experiments/unified.jsonc "${common[@]}" --set train.max_steps=50 --out /tmp/q-trace >"$out/trace_train.log" 2>&1
