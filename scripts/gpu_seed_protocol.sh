@@ -26,9 +26,9 @@ print(f"{sys.argv[2]:<22} val@420 {ev.get(420, float('nan')):.4f} val@1200 {ev.g
 PY
 }
 seed=experiments/seed_protocol.jsonc
-run moelab_default experiments/unified.jsonc
 run seed_protocol_s17 $seed
 run seed_protocol_s18 $seed --set seed=18
+run moelab_default experiments/unified.jsonc
 run but_init_normal $seed --set model.init=normal
 run but_beta2_0.95 $seed --set train.adam_beta2=0.95
 run but_lb_coef_0.01 $seed --set router.lb_coef=0.01
