@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <future>
 #include <iostream>
+#include <malloc.h>
 #include <map>
 #include <regex>
 #include <thread>
@@ -164,6 +165,13 @@ int record(int argc, char** argv) {
   // consecutive batches at once instead. Larger models split their ops well, and a replica
   // per core would multiply their memory.
   constexpr int64_t kReplicatedTraceParameters = 20'000'000;
+  // Each batch allocates and frees the same large activations; glibc would hand them back to
+  // the kernel (mmap/munmap, then a page fault per page on the next batch). Kept in the heap
+  // instead, they are reused.
+  if (run.device.is_cpu()) {
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  }
   std::vector<std::shared_ptr<TinyMoE>> extra_replicas;
   std::vector<TinyMoE*> replicas{run.model.get()};
   int64_t parameters = 0;
