@@ -109,7 +109,10 @@ int64_t record_routing(const std::vector<TinyMoE*>& replicas, const TokenFile& t
   // With several replicas each worker runs one batch on one thread, so the intra-op pool is
   // set to one thread for the trace (on every worker: OpenMP's thread count is per thread).
   const bool parallel = replicas.size() > 1;
-  const int intra_op_threads = at::get_num_threads();
+  struct RestoreIntraOpThreads {
+    int threads = at::get_num_threads();
+    ~RestoreIntraOpThreads() { at::set_num_threads(threads); }
+  } restore;  // also when a worker or the sink throws
   if (parallel) at::set_num_threads(1);
   std::mt19937_64 rng(options.seed);
   int64_t recorded = 0, batch = 0;
@@ -146,17 +149,13 @@ int64_t record_routing(const std::vector<TinyMoE*>& replicas, const TokenFile& t
     work(0);
     for (std::thread& t : workers) t.join();
     for (size_t w = 0; w < inputs.size(); ++w) {
-      if (errors[w]) {
-        if (parallel) at::set_num_threads(intra_op_threads);
-        std::rethrow_exception(errors[w]);
-      }
+      if (errors[w]) std::rethrow_exception(errors[w]);
       for (const BatchRecords::Entry& e : results[w].entries) sink(e.record, batch, e.position);
       recorded += options.mode == "prefill" ? inputs[w].size(0) * seq
                                             : inputs[w].size(0) * static_cast<int64_t>(options.positions.size());
       ++batch;
     }
   }
-  if (parallel) at::set_num_threads(intra_op_threads);
   return recorded;
 }
 
