@@ -160,11 +160,6 @@ int record(int argc, char** argv) {
   std::unique_ptr<JsonlFile> jsonl;
   if (format == "jsonl") jsonl = std::make_unique<JsonlFile>(out);
   LayerSummaries summaries{experts, {}, {}};
-  // On a CPU a small model's ops last microseconds, too short for the intra-op pool to share
-  // cores well (its barriers cost more than its threads gain): one replica per core routes
-  // consecutive batches at once instead. Larger models split their ops well, and a replica
-  // per core would multiply their memory.
-  constexpr int64_t kReplicatedTraceParameters = 20'000'000;
   // Each batch allocates and frees the same large activations; glibc would hand them back to
   // the kernel (mmap/munmap, then a page fault per page on the next batch). Kept in the heap
   // instead, they are reused.
@@ -172,11 +167,14 @@ int record(int argc, char** argv) {
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
     mallopt(M_TRIM_THRESHOLD, 512 << 20);
   }
+  // On a CPU a small model's ops last microseconds, too short for the intra-op pool to share
+  // cores well (its barriers cost more than its threads gain): one replica per core routes
+  // consecutive batches at once instead. Larger models split their ops well, and a replica
+  // per core would multiply their memory.
+  constexpr int64_t kReplicatedTraceParameters = 20'000'000;
   std::vector<std::shared_ptr<TinyMoE>> extra_replicas;
   std::vector<TinyMoE*> replicas{run.model.get()};
-  int64_t parameters = 0;
-  for (const torch::Tensor& p : run.model->parameters()) parameters += p.numel();
-  if (run.device.is_cpu() && parameters < kReplicatedTraceParameters)
+  if (run.device.is_cpu() && run.model->parameter_count() < kReplicatedTraceParameters)
     for (int i = 1; i < at::get_num_threads(); ++i) {
       extra_replicas.push_back(load_run(run_dir, "cpu").model);
       replicas.push_back(extra_replicas.back().get());
