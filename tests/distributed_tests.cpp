@@ -109,10 +109,12 @@ const char* kTinyConfig = R"({ "seed": 3, "data": {"builtin_stories": 300},
             "checkpoint_interval": 0, "threads": 1, "warmup_steps": 2},
   "parallel": {"timeout_s": 60} })";
 
-void expect_same_curve(const std::vector<double>& a, const std::vector<double>& b, const std::string& what) {
+// The same loss curve within `relative` (fp32 on CPU ranks: 1e-5; bf16 on GPUs: looser).
+void expect_same_curve(const std::vector<double>& a, const std::vector<double>& b, const std::string& what,
+                       double relative = 1e-5) {
   ASSERT_EQ(a.size(), b.size()) << what;
   ASSERT_FALSE(a.empty()) << what;
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * std::abs(b[i])) << what << ", step " << i + 1;
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], relative * std::abs(b[i])) << what << ", step " << i + 1;
 }
 
 // Dropless routing and no balancing loss: capacity and the Switch loss count a rank's own
@@ -533,16 +535,13 @@ TEST(DistributedOnGpu, TwoGpusTrainWhatOneGpuTrains) {
   ASSERT_TRUE(train_ranks(2, args("resumed", {"--stop-after", "6"}), dir / "resumed"));
   ASSERT_TRUE(train_ranks(2, {"--resume", dir / "resumed"}, dir / "resume"));
 
-  auto close_curves = [](const std::vector<double>& a, const std::vector<double>& b, double rel, const std::string& what) {
-    ASSERT_EQ(a.size(), b.size()) << what;
-    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], rel * std::abs(b[i])) << what << ", step " << i + 1;
-  };
   const std::vector<double> one = train_losses(dir / "one");
   ASSERT_EQ(one.size(), 12u);
-  close_curves(train_losses(dir / "dp"), one, 1e-2, "2 GPUs data parallel against 1 GPU");
-  close_curves(train_losses(dir / "ep"), one, 1e-2, "2 GPUs expert parallel (dropless) against 1 GPU");
-  close_curves(train_losses(dir / "ep-cap"), train_losses(dir / "dp-cap"), 1e-2, "expert parallel with capacity against data parallel");
-  close_curves(train_losses(dir / "resumed"), train_losses(dir / "dp"), 1e-3, "2 GPUs resumed after step 6");
+  expect_same_curve(train_losses(dir / "dp"), one, "2 GPUs data parallel against 1 GPU", 1e-2);
+  expect_same_curve(train_losses(dir / "ep"), one, "2 GPUs expert parallel (dropless) against 1 GPU", 1e-2);
+  expect_same_curve(train_losses(dir / "ep-cap"), train_losses(dir / "dp-cap"), "expert parallel with capacity against data parallel",
+                    1e-2);
+  expect_same_curve(train_losses(dir / "resumed"), train_losses(dir / "dp"), "2 GPUs resumed after step 6", 1e-3);
   for (const char* run : {"one", "dp", "dp-cap", "ep-cap"})
     EXPECT_NE(read_text(dir / (std::string(run) + "0.log")).find("captured as a CUDA graph"), std::string::npos) << run;
   EXPECT_NE(read_text(dir / "ep0.log").find("training step: eager"), std::string::npos);  // dropless EP reads counts back
