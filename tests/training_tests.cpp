@@ -648,6 +648,8 @@ TEST(Tracing, NeupimsFilesHoldTheRoutersChoicesAndReadBack) {
 // step reads expert sizes back to the host and stays eager). Runs go through `moelab train`
 // in a child process each, as users run them.
 
+#include "models/attention.h"
+#include "train/autocast.h"
 #include "train/cuda_graph.h"
 #include "train/optimizer.h"
 
@@ -700,6 +702,41 @@ TEST(TrainingOnGpu, CapturedStepsReproduceEagerSteps) {
     EXPECT_EQ(graph[0]["routing"]["expert_load"], eager[0]["routing"]["expert_load"]) << strategy;  // before any drift
     EXPECT_LT(graph.back()["loss"].get<double>(), graph.front()["loss"].get<double>()) << strategy;
   }
+}
+
+// Dropout on the attention probabilities happens inside libtorch's fused attention, inside
+// the captured step: every replay must advance the generator's offset and draw a new mask, or
+// each step would drop the same scores (a run with attention dropout would train on one fixed
+// mask). Head size 64 and bf16, as the unified model trains, so that the fused kernels run.
+TEST(TrainingOnGpu, AttentionDropoutDrawsANewMaskOnEveryReplay) {
+  REQUIRE_CUDA_GRAPHS();
+  torch::manual_seed(11);
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  CausalSelfAttention attention(256, 4, 128, /*rope=*/false, /*dropout=*/0.1);
+  attention.to(torch::kCUDA);
+  attention.train();
+  torch::Tensor x = torch::randn({4, 128, 256}, cuda), out = torch::zeros({4, 128, 256}, cuda);
+  torch::Tensor without_dropout, first, second;
+  {
+    CudaSideStream side(0);
+    CudaAutocast autocast(true);
+    auto forward = [&] { out.copy_(attention.forward(x).detach()); };
+    attention.eval();
+    forward();
+    without_dropout = out.clone();
+    attention.train();
+    for (int warmup = 0; warmup < 2; ++warmup) forward();
+    CudaGraph graph;
+    graph.capture(forward);
+    graph.replay();
+    torch::cuda::synchronize();
+    first = out.clone();
+    graph.replay();
+    torch::cuda::synchronize();
+    second = out.clone();
+  }
+  EXPECT_FALSE(torch::allclose(first, without_dropout)) << "the captured forward dropped nothing";
+  EXPECT_FALSE(torch::allclose(second, first)) << "two replays drew the same attention dropout mask";
 }
 
 TEST(TrainingOnGpu, ResumeWithCapturedSteps) {
