@@ -3,7 +3,6 @@
 #include <filesystem>
 #include <future>
 #include <iostream>
-#include <malloc.h>
 #include <map>
 #include <regex>
 #include <thread>
@@ -160,13 +159,6 @@ int record(int argc, char** argv) {
   std::unique_ptr<JsonlFile> jsonl;
   if (format == "jsonl") jsonl = std::make_unique<JsonlFile>(out);
   LayerSummaries summaries{experts, {}, {}};
-  // Each batch allocates and frees the same large activations; glibc would hand them back to
-  // the kernel (mmap/munmap, then a page fault per page on the next batch). Kept in the heap
-  // instead, they are reused.
-  if (run.device.is_cpu()) {
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
-  }
   // On a CPU a small model's ops last microseconds, too short for the intra-op pool to share
   // cores well (its barriers cost more than its threads gain): one replica per core routes
   // consecutive batches at once instead. Larger models split their ops well, and a replica
