@@ -101,7 +101,7 @@ TEST(Config, EveryKeyReadsAndWritesBack) {
                "hard_weight": "mean"},
     "train": {"batch_size": 4, "max_steps": 9, "lr": 0.001, "weight_decay": 0.5, "adam_beta2": 0.999, "warmup_steps": 2, "grad_clip": 0.5,
               "eval_interval": 3, "eval_windows": 5, "log_interval": 2, "checkpoint_interval": 4, "device": "cpu",
-              "dtype": "fp32", "threads": 2, "peak_tflops": 100.0, "trace_interval": 3, "cuda_graph": false,
+              "dtype": "fp32", "threads": 2, "peak_tflops": 100.0, "trace_interval": 3, "cuda_graph": false, "cuda_kernels": false,
               "profile_steps": 2},
     "parallel": {"expert_parallel": 2, "timeout_s": 30.0, "bucket_mb": 10.0},
     "finetune": {"base": "runs/base", "method": "lora", "rank": 16, "experts": 8, "top_k": 2, "strategy": "topk_hard",

@@ -254,6 +254,7 @@ const std::vector<Field>& fields() {
       field("train", &R::train, "peak_tflops", &TrainConfig::peak_tflops, number(0.0, 1e6)),
       field("train", &R::train, "trace_interval", &TrainConfig::trace_interval, integer(0)),
       field("train", &R::train, "cuda_graph", &TrainConfig::cuda_graph, flag()),
+      field("train", &R::train, "cuda_kernels", &TrainConfig::cuda_kernels, flag()),
       field("train", &R::train, "profile_steps", &TrainConfig::profile_steps, integer(0)),
 
       field("parallel", &R::parallel, "expert_parallel", &ParallelConfig::expert_parallel, integer(1, 4096)),

@@ -67,6 +67,7 @@ struct TrainConfig {
   double peak_tflops = 0;       // the device's peak, for MFU; 0 = not reported
   int64_t trace_interval = 0;   // every n steps, the step's routing to RUN/traces/train_routing.jsonl; 0 = off
   bool cuda_graph = true;       // CUDA: capture the training step once and replay it (NCCL collectives included)
+  bool cuda_kernels = true;     // CUDA: moelab's kernels serve the ops they cover; false = the libtorch references
   int64_t profile_steps = 0;    // CUDA: profile this many steps after the warm-up (RUN/profile.json, profile_kernels.txt)
 };
 

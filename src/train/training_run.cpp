@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "kernels/device.h"
 #include "models/adapters.h"
 #include "routers/strategy.h"
 #include "train/autocast.h"
@@ -208,6 +209,7 @@ std::unique_ptr<TrainingRun> start_training_run(RunConfig config, const TrainOpt
     run->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank));
   if (tc.dtype == "bf16" && !run->device.is_cuda()) throw UserError("train.dtype bf16 needs a CUDA device (CPU training is fp32)");
   run->bf16 = run->device.is_cuda() && tc.dtype != "fp32";
+  kernels::set_cuda_kernels_enabled(tc.cuda_kernels);
   // The checks above ran on every rank before the rendezvous.
   run->dist = init_distributed(launch, run->config.parallel, run->device.is_cuda());
   if (!run->main_rank()) log::set_quiet(true);

@@ -68,7 +68,7 @@ TrainingStep::TrainingStep(TrainingRun& run) : run_(run), last_checked_step_(run
   // runs once, at the capture, and fixes the launch order). What cannot be captured is a read
   // back to the host: an fp32 MoE step reads expert sizes, and expert parallelism's counted
   // exchange (dropless) reads its row counts.
-  use_graph_ = tc.cuda_graph && run.device.is_cuda() && CudaGraph::available() && run.optimizer->fused() &&
+  use_graph_ = tc.cuda_graph && tc.cuda_kernels && run.device.is_cuda() && CudaGraph::available() && run.optimizer->fused() &&
                run.model->host_sync_free(run.bf16);
   if (use_graph_) side_stream_ = std::make_unique<CudaSideStream>(run.device.index() < 0 ? 0 : run.device.index());
   profile_ = tc.profile_steps > 0 && run.device.is_cuda() && StepProfiler::available();
@@ -86,6 +86,7 @@ std::string TrainingStep::describe() const {
   const TrainConfig& tc = run_.config.train;
   return "training step: eager (no CUDA graph: " +
          std::string(!tc.cuda_graph                                        ? "train.cuda_graph is false"
+                     : !tc.cuda_kernels ? "train.cuda_kernels is false; the libtorch references are not checked for capture"
                      : !CudaGraph::available() || !run_.optimizer->fused() ? "not in this libtorch"
                      : !run_.bf16                                          ? "fp32 experts read their sizes back to the host"
                                   : "expert parallelism without a capacity (dropless, or expert choice) reads its "
