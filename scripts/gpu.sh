@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root (with .deps/ carried, see ../shared/device):
+# On the GPU machine, from the repository root (with .deps/ carried, see ../shared/device; fetch
+# it with the extra packages moelab needs: fetch-debs.sh libzip-dev libzip4 libjemalloc2 libjemalloc-dev):
 # builds moelab with its CUDA kernels against the machine's PyTorch libtorch, runs the test
 # suite (CUDA kernel tests included) and the kernel benchmarks; results go to $OUT (or ./gpu-out).
 #   bash scripts/gpu.sh [build|test|bench|all]

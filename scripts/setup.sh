@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libtorch-dev libopenblas0-openmp
           libcxxopts-dev libspdlog-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev
-          libgloo-dev gnuplot-nox libzip-dev libonnx-dev python3-onnx)
+          libgloo-dev gnuplot-nox libzip-dev libjemalloc-dev libonnx-dev python3-onnx)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

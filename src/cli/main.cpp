@@ -1,6 +1,4 @@
 // moelab: train small Mixture-of-Experts language models and study how they route.
-#include <malloc.h>
-
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -33,14 +31,18 @@ commands:
 
 }  // namespace
 
+// moelab links jemalloc, so every malloc (libtorch's CPU tensors included) is jemalloc's, read
+// with these options. glibc's malloc served each training step's tensors, whose sizes change
+// with the experts' loads, by growing its heap: tens of MB a step at the seed's model shape on
+// the CPU, until the system killed the run. jemalloc's size classes reuse freed extents, and
+// with purging off it keeps them mapped, so a step's buffers are not faulted in again: the
+// resident size stays at the largest step's working set.
+extern "C" {
+const char* malloc_conf = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
+}
+
 int main(int argc, char** argv) {
   moelab::relaunch_with_cpu_blas_kernels();
-  // libtorch's CPU tensors come from malloc: glibc serves the large ones from fresh mmaps and
-  // returns freed heap tops to the system, so every step faulted its buffers in again (a fifth
-  // of a CPU trace's time went to page faults). Buffers up to 256 MB stay in the heap and the
-  // heap is kept.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
