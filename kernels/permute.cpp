@@ -19,8 +19,7 @@ torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, 
 #ifdef MOELAB_CUDA
   if (cuda_kernels_enabled() && x.is_cuda()) return cuda::permute(x, token_index, row_of_entry);
 #endif
-  (void)row_of_entry;
-  return reference::permute(x, token_index);
+  return reference::permute(x, token_index, row_of_entry);
 }
 
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates) {

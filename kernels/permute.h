@@ -26,7 +26,7 @@ torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, 
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);
 
 namespace reference {
-torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index);
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry);
 PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
                        int64_t columns);
 torch::Tensor unpermute(const torch::Tensor& y, const torch::Tensor& row_of_entry, const torch::Tensor& gates);

@@ -7,7 +7,17 @@
 
 namespace moelab::kernels::reference {
 
-torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index) { return x.index_select(0, token_index); }
+// Padding rows (no kept entry maps to them) copy token 0's row and give it no gradient: the
+// grouped GEMM after them leaves their gradient unwritten, and whatever it holds must not
+// reach token 0 (autograd's index_select backward would add it there).
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_index, const torch::Tensor& row_of_entry) {
+  const int64_t rows = token_index.size(0);
+  torch::Tensor target = torch::where(row_of_entry >= 0, row_of_entry, torch::full_like(row_of_entry, rows)).reshape(-1);
+  torch::Tensor kept_row =
+      torch::zeros({rows + 1}, token_index.options().dtype(torch::kBool)).scatter_(0, target, true).narrow(0, 0, rows);
+  torch::Tensor packed = x.index_select(0, token_index);
+  return torch::where(kept_row.unsqueeze(1), packed, packed.detach());
+}
 
 PackedRows packed_rows(const torch::Tensor& expert_ids, const torch::Tensor& slot, const torch::Tensor& kept_counts, int64_t rows,
                        int64_t columns) {

@@ -187,7 +187,7 @@ TEST(CudaKernels, PermuteAndUnpermuteMatchReferenceWithGradients) {
         Routing r = random_routing(tokens, k, 0.8, torch::kCUDA);
         torch::Tensor x = torch::randn({tokens, dim}, torch::kCUDA).to(dtype).requires_grad_(true);
         torch::Tensor packed = kernels::permute(x, r.token_index, r.rows);
-        ASSERT_TRUE(torch::equal(packed, kernels::reference::permute(x, r.token_index)));
+        ASSERT_TRUE(torch::equal(packed, kernels::reference::permute(x, r.token_index, r.rows)));
         torch::Tensor y = torch::randn({r.packed_rows, dim}, torch::kCUDA).to(dtype).requires_grad_(true);
         torch::Tensor gates = r.gates.clone().requires_grad_(true);
         torch::Tensor out = kernels::unpermute(y, r.rows, gates);

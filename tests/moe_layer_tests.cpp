@@ -211,6 +211,24 @@ TEST(Kernels, UnpermuteValuesAndGradients) {
   EXPECT_EQ(gates.grad()[2][1].item<double>(), 0.0);
 }
 
+// Packed rows past the kept ones copy token 0 (packed_rows gives them token index 0) and
+// must send it no gradient: the grouped GEMM after them leaves their gradient unwritten, so
+// it may hold anything, NaN included.
+TEST(Kernels, PermutePaddingRowsGiveNoGradient) {
+  torch::Tensor x = torch::arange(12, torch::kFloat32).view({3, 4}).requires_grad_(true);
+  // Tokens 0-2, two choices each; token 1's second is dropped. Kept entries fill rows 0-4 of 7.
+  torch::Tensor row_of_entry = torch::tensor({0, 3, 1, -1, 2, 4}, torch::kLong).view({3, 2});
+  torch::Tensor token_index = torch::tensor({0, 1, 2, 0, 2, 0, 0}, torch::kLong);
+  torch::Tensor packed = kernels::permute(x, token_index, row_of_entry);
+  EXPECT_TRUE(torch::equal(packed, x.detach().index_select(0, token_index)));
+  torch::Tensor upstream = torch::ones({7, 4});
+  upstream[5].fill_(std::nan(""));
+  upstream[6].fill_(1000.0);
+  (packed * upstream).sum().backward();
+  // Token 0 is in rows 0 and 3, token 1 in row 1, token 2 in rows 2 and 4.
+  EXPECT_TRUE(torch::equal(x.grad(), torch::tensor({2.0f, 1.0f, 2.0f}).view({3, 1}).expand({3, 4})));
+}
+
 class MoeLayerMatchesPerTokenLoop : public ::testing::TestWithParam<std::tuple<std::string, double>> {};
 
 TEST_P(MoeLayerMatchesPerTokenLoop, OnRandomInputs) {
