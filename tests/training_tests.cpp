@@ -707,7 +707,8 @@ TEST(TrainingOnGpu, CapturedStepsReproduceEagerSteps) {
 // train.cuda_kernels=false runs every op moelab has a kernel for on its libtorch reference:
 // the same training in other arithmetic. Dropout is off so that both draw nothing; bf16
 // rounds differently in the two (where a sum is taken, in which dtype a bias is added), so
-// the step losses agree to 5e-3 relative at the first step and 2e-2 over ten.
+// the step losses agree to 5e-3 relative at the first step and 2e-2 over ten. The references
+// run asks for the CUDA graph and must be refused it (both runs are then eager).
 TEST(TrainingOnGpu, KernelsAndReferencesTrainAlike) {
   REQUIRE_CUDA_GRAPHS();
   TempDir dir;

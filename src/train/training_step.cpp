@@ -86,7 +86,8 @@ std::string TrainingStep::describe() const {
   const TrainConfig& tc = run_.config.train;
   return "training step: eager (no CUDA graph: " +
          std::string(!tc.cuda_graph                                        ? "train.cuda_graph is false"
-                     : !tc.cuda_kernels ? "train.cuda_kernels is false; the libtorch references are not checked for capture"
+                     : !tc.cuda_kernels                                    ? "train.cuda_kernels is false; the libtorch "
+                                                                             "references are not checked for capture"
                      : !CudaGraph::available() || !run_.optimizer->fused() ? "not in this libtorch"
                      : !run_.bf16                                          ? "fp32 experts read their sizes back to the host"
                                   : "expert parallelism without a capacity (dropless, or expert choice) reads its "
