@@ -2,6 +2,7 @@
 // batch sampling.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <fstream>
 #include <set>
 
@@ -16,6 +17,7 @@
 #include "util/error.h"
 #include "util/files.h"
 #include "util/strings.h"
+#include "util/thread_pool.h"
 
 using namespace moelab;
 using moelab::testing::TempDir;
@@ -350,4 +352,29 @@ TEST(BatchSampler, WindowsAreShiftedAndResumable) {
   EXPECT_EQ(x, x2);
   EXPECT_EQ(y, y2);
   EXPECT_NE(error_of([&] { b.restore("not a state"); }).find("sampler state"), std::string::npos);
+}
+
+TEST(ThreadPool, RunsTasksInOrderWithTheirResultsAndErrors) {
+  std::vector<int> order;
+  {
+    ThreadPool one(1);  // one worker: tasks run in submission order
+    std::vector<std::future<int>> squares;
+    for (int i = 0; i < 50; ++i) squares.push_back(one.submit([i, &order] { order.push_back(i); return i * i; }));
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(squares[i].get(), i * i);
+    std::future<void> failing = one.submit([] { throw UserError("task failed"); });
+    EXPECT_THROW(failing.get(), UserError);
+  }
+  std::vector<int> expected(50);
+  for (int i = 0; i < 50; ++i) expected[i] = i;
+  EXPECT_EQ(order, expected);
+
+  std::atomic<int> done{0};
+  {
+    ThreadPool two(2);
+    for (int i = 0; i < 200; ++i) two.submit([&done] { ++done; });
+  }  // the destructor finishes what was queued
+  EXPECT_EQ(done.load(), 200);
+
+  ThreadPool none(0);  // no workers: the caller runs the task
+  EXPECT_EQ(none.submit([] { return std::this_thread::get_id(); }).get(), std::this_thread::get_id());
 }

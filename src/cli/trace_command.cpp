@@ -20,6 +20,7 @@
 #include "train/run.h"
 #include "util/files.h"
 #include "util/strings.h"
+#include "util/thread_pool.h"
 
 namespace moelab::cli {
 namespace {
@@ -56,7 +57,7 @@ class JsonlFile {
  public:
   explicit JsonlFile(const std::string& path) : file_(with_folder(path)) {}
   void write(const TraceRecord& r) {
-    pending_.push_back(std::async(std::launch::async, [r] { return placement_jsonl_line(r); }));
+    pending_.push_back(formatters_.submit([r] { return placement_jsonl_line(r); }));
     if (pending_.size() > max_pending_) write_oldest();
   }
   void commit() {
@@ -73,6 +74,7 @@ class JsonlFile {
   AtomicFileWriter file_;
   std::deque<std::future<std::string>> pending_;
   const size_t max_pending_ = std::max(2u, std::thread::hardware_concurrency());
+  ThreadPool formatters_{max_pending_};
 };
 
 // Per-layer expert frequency (CSV + bars) and co-activation (CSV + heatmap) of records.

@@ -2,8 +2,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
-#include <thread>
 
 #include <torch/torch.h>
 
@@ -11,6 +11,7 @@
 #include "util/error.h"
 #include "util/files.h"
 #include "util/strings.h"
+#include "util/thread_pool.h"
 
 namespace moelab {
 
@@ -114,6 +115,7 @@ int64_t record_routing(const std::vector<TinyMoE*>& replicas, const TokenFile& t
     ~RestoreIntraOpThreads() { at::set_num_threads(threads); }
   } restore;  // also when a worker or the sink throws
   if (parallel) at::set_num_threads(1);
+  ThreadPool helpers(replicas.size() - 1);  // replica 0 runs on this thread
   std::mt19937_64 rng(options.seed);
   int64_t recorded = 0, batch = 0;
   const int64_t group = static_cast<int64_t>(replicas.size());
@@ -144,10 +146,10 @@ int64_t record_routing(const std::vector<TinyMoE*>& replicas, const TokenFile& t
         errors[w] = std::current_exception();
       }
     };
-    std::vector<std::thread> workers;
-    for (size_t w = 1; w < inputs.size(); ++w) workers.emplace_back(work, w);
+    std::vector<std::future<void>> others;
+    for (size_t w = 1; w < inputs.size(); ++w) others.push_back(helpers.submit([&work, w] { work(w); }));
     work(0);
-    for (std::thread& t : workers) t.join();
+    for (std::future<void>& f : others) f.get();
     for (size_t w = 0; w < inputs.size(); ++w) {
       if (errors[w]) std::rethrow_exception(errors[w]);
       for (const BatchRecords::Entry& e : results[w].entries) sink(e.record, batch, e.position);
