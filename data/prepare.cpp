@@ -25,7 +25,8 @@ static double unigram_entropy(const std::vector<uint32_t>& ids, int64_t vocab_si
   return entropy;
 }
 
-static int64_t text_chars(const std::string& text) {
+static int64_t text_chars(const std::string& text, bool plain_text) {
+  if (plain_text) return static_cast<int64_t>(count_code_points(text));
   int64_t chars = 0;
   for (const std::string& story : split_stories(text)) chars += static_cast<int64_t>(count_code_points(story)) + 1;
   return chars;  // each story's end-of-text counts as one character
@@ -37,6 +38,7 @@ json data_source(const DataConfig& data, int64_t seed, const std::string& tokeni
   if (!tokenizer_run.empty()) source["tokenizer_from"] = tokenizer_run;
   if (!data.valid) source["val_fraction"] = data.val_fraction;
   if (data.tokenizer == "bpe") source["bpe_vocab_size"] = data.bpe_vocab_size;
+  if (data.end_of_text != "token") source["end_of_text"] = data.end_of_text;
   if (data.train == "builtin") {
     source["builtin_stories"] = data.builtin_stories;
     if (data.builtin_style != "tales") source["builtin_style"] = data.builtin_style;
@@ -111,10 +113,13 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   if (split_stories(train_text).empty()) throw UserError(data.train + ": no text left for training");
   if (split_stories(valid_text).empty()) throw UserError("data: the validation text is empty");
 
+  if (data.end_of_text == "text" && (data.tokenizer != "char" || !tokenizer_run.empty()))
+    throw UserError("data.end_of_text: \"text\" needs data.tokenizer \"char\" trained on this run's text (the BPE "
+                    "tokenizer, or a fine-tuning base's, keeps its own end of text)");
   if (!tokenizer_run.empty()) {
     out.tokenizer = load_tokenizer(tokenizer_run);
   } else if (data.tokenizer == "char") {
-    out.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::train(train_text));
+    out.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::train(train_text, data.end_of_text == "text"));
   } else {
     out.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::train(train_text, data.bpe_vocab_size, run_dir));
   }
@@ -131,11 +136,12 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   write_token_file(out.train_tokens, train_ids, out.tokenizer->vocab_size());
   write_token_file(out.valid_tokens, valid_ids, out.tokenizer->vocab_size());
   out.tokenizer->save(run_dir);
-  out.valid_chars = text_chars(valid_text);
+  const bool plain_text = data.end_of_text == "text";
+  out.valid_chars = text_chars(valid_text, plain_text);
   out.valid_token_count = static_cast<int64_t>(valid_ids.size());
   out.unigram_entropy = unigram_entropy(train_ids, out.tokenizer->vocab_size());
   json info = {{"train_tokens", train_ids.size()},   {"valid_tokens", valid_ids.size()},
-               {"train_chars", text_chars(train_text)}, {"valid_chars", out.valid_chars},
+               {"train_chars", text_chars(train_text, plain_text)}, {"valid_chars", out.valid_chars},
                {"vocab_size", out.tokenizer->vocab_size()}, {"tokenizer", out.tokenizer->kind()},
                {"unknown_in_valid", unknown_valid}, {"unigram_entropy", out.unigram_entropy},
                {"source", wanted}};
@@ -154,7 +160,8 @@ int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, con
     log::warn(strf("%s: %lld characters unknown to the tokenizer map to <unk>", text_path.c_str(),
                    (long long)(tokenizer.unknown_count() - before)));
   write_token_file(token_path, ids, tokenizer.vocab_size());
-  return text_chars(text);
+  const auto* chars = dynamic_cast<const CharTokenizer*>(&tokenizer);
+  return text_chars(text, chars && chars->plain_text());
 }
 
 EncodedText encode_text_for_run(Tokenizer& tokenizer, const std::string& text_path, const std::string& scratch_dir,

@@ -16,22 +16,23 @@
 namespace moelab {
 using nlohmann::json;
 
-CharTokenizer::CharTokenizer(std::vector<char32_t> code_points) : code_points_(std::move(code_points)) {}
+CharTokenizer::CharTokenizer(std::vector<char32_t> code_points, bool plain_text)
+    : code_points_(std::move(code_points)), plain_text_(plain_text) {}
 
-CharTokenizer CharTokenizer::train(const std::string& text) {
+CharTokenizer CharTokenizer::train(const std::string& text, bool plain_text) {
   std::set<char32_t> seen;
-  for (const std::string& story : split_stories(text)) {
-    for (size_t pos = 0; pos < story.size();) seen.insert(next_code_point(story, pos));
-  }
-  return CharTokenizer(std::vector<char32_t>(seen.begin(), seen.end()));
+  const std::vector<std::string> parts = plain_text ? std::vector<std::string>{text} : split_stories(text);
+  for (const std::string& part : parts)
+    for (size_t pos = 0; pos < part.size();) seen.insert(next_code_point(part, pos));
+  return CharTokenizer(std::vector<char32_t>(seen.begin(), seen.end()), plain_text);
 }
 
 std::vector<uint32_t> CharTokenizer::encode(const std::string& text) {
   std::vector<uint32_t> ids;
   ids.reserve(text.size());
-  for (const std::string& story : split_stories(text)) {
-    for (size_t pos = 0; pos < story.size();) {
-      char32_t cp = next_code_point(story, pos);
+  auto encode_characters = [&](const std::string& part) {
+    for (size_t pos = 0; pos < part.size();) {
+      char32_t cp = next_code_point(part, pos);
       auto it = std::lower_bound(code_points_.begin(), code_points_.end(), cp);
       if (it != code_points_.end() && *it == cp) {
         ids.push_back(static_cast<uint32_t>(it - code_points_.begin()) + 2);
@@ -40,6 +41,13 @@ std::vector<uint32_t> CharTokenizer::encode(const std::string& text) {
         ++unknown_;
       }
     }
+  };
+  if (plain_text_) {
+    encode_characters(text);
+    return ids;
+  }
+  for (const std::string& story : split_stories(text)) {
+    encode_characters(story);
     ids.push_back(eot_id());
   }
   return ids;
@@ -57,6 +65,7 @@ std::string CharTokenizer::decode(const std::vector<uint32_t>& ids) const {
 
 void CharTokenizer::save(const std::string& run_dir) const {
   json j = {{"type", "char"}, {"code_points", json::array()}};
+  if (plain_text_) j["end_of_text"] = "text";
   for (char32_t cp : code_points_) j["code_points"].push_back(static_cast<uint32_t>(cp));
   write_file_atomic(run_dir + "/tokenizer.json", j.dump() + "\n");
 }
@@ -168,7 +177,10 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& run_dir) {
       std::vector<char32_t> cps;
       for (const json& v : j.at("code_points")) cps.push_back(static_cast<char32_t>(v.get<uint32_t>()));
       if (!std::is_sorted(cps.begin(), cps.end())) throw UserError(path + ": 'code_points' must be sorted");
-      return std::make_unique<CharTokenizer>(std::move(cps));
+      const std::string end_of_text = j.value("end_of_text", std::string("token"));
+      if (end_of_text != "token" && end_of_text != "text")
+        throw UserError(path + ": field 'end_of_text': must be \"token\" or \"text\", got \"" + end_of_text + "\"");
+      return std::make_unique<CharTokenizer>(std::move(cps), end_of_text == "text");
     }
     if (type == "bpe") {
       std::string model = run_dir + "/" + j.at("model").get<std::string>();

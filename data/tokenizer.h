@@ -26,8 +26,10 @@ class Tokenizer {
 // training text.
 class CharTokenizer : public Tokenizer {
  public:
-  static CharTokenizer train(const std::string& text);
-  explicit CharTokenizer(std::vector<char32_t> code_points);
+  // plain_text: the text's characters as they are, separator lines included (data.end_of_text
+  // "text"); otherwise each story ends in the end-of-text token.
+  static CharTokenizer train(const std::string& text, bool plain_text = false);
+  explicit CharTokenizer(std::vector<char32_t> code_points, bool plain_text = false);
   std::vector<uint32_t> encode(const std::string& text) override;
   std::string decode(const std::vector<uint32_t>& ids) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(code_points_.size()) + 2; }
@@ -36,9 +38,11 @@ class CharTokenizer : public Tokenizer {
   std::string kind() const override { return "char"; }
   void save(const std::string& run_dir) const override;
   const std::vector<char32_t>& code_points() const { return code_points_; }
+  bool plain_text() const { return plain_text_; }
 
  private:
   std::vector<char32_t> code_points_;
+  bool plain_text_;
   int64_t unknown_ = 0;
 };
 

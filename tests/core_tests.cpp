@@ -93,7 +93,7 @@ TEST(Config, EveryKeyReadsAndWritesBack) {
   const nlohmann::json all = nlohmann::json::parse(R"({
     "seed": 3, "out": "elsewhere",
     "data": {"train": "t.txt", "valid": "v.txt", "val_fraction": 0.2, "tokenizer": "bpe", "bpe_vocab_size": 512,
-             "builtin_stories": 99, "builtin_style": "fables"},
+             "builtin_stories": 99, "builtin_style": "fables", "end_of_text": "text"},
     "model": {"layers": 3, "dim": 64, "heads": 8, "seq_len": 32, "ffn_mult": 2, "dropout": 0.2, "embedding_dropout": false,
               "attention_dropout": 0.05, "init": "seed", "position": "rope", "activation": "swiglu", "tie_embeddings": true, "moe_every": 2,
               "dense": true, "dense_width": 2.5, "dispatcher": "masked_matmul"},
@@ -249,6 +249,31 @@ TEST(CharTokenizer, RoundTripsGeneratedText) {
   EXPECT_EQ(tok.decode(ids), text);
   EXPECT_EQ(tok.unknown_count(), 0);
   EXPECT_EQ(std::count(ids.begin(), ids.end(), tok.eot_id()), 300);
+}
+
+// data.end_of_text "text": the file's characters as they are, separator lines included, as the
+// seed's character loader reads them; the mode is saved with the tokenizer.
+TEST(CharTokenizer, PlainTextKeepsSeparatorLinesAsCharacters) {
+  const std::string text = "Hi.\n<|endoftext|>\nBye.\n";
+  CharTokenizer plain = CharTokenizer::train(text, /*plain_text=*/true);
+  std::vector<uint32_t> ids = plain.encode(text);
+  EXPECT_EQ(ids.size(), text.size());  // ASCII: one token per byte, newlines and marker included
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), plain.eot_id()), 0);
+  EXPECT_EQ(plain.decode(ids), text);
+  std::set<char32_t> expected(text.begin(), text.end());
+  EXPECT_EQ(plain.code_points(), std::vector<char32_t>(expected.begin(), expected.end()));
+
+  CharTokenizer stories = CharTokenizer::train(text);  // the default: one end-of-text token per story
+  std::vector<uint32_t> story_ids = stories.encode(text);
+  EXPECT_EQ(story_ids.size(), 3u + 1 + 4 + 1);
+  EXPECT_EQ(std::count(story_ids.begin(), story_ids.end(), stories.eot_id()), 2);
+
+  moelab::testing::TempDir dir;
+  plain.save(dir.path());
+  std::unique_ptr<Tokenizer> loaded = load_tokenizer(dir.path());
+  EXPECT_EQ(loaded->encode(text), ids);
+  stories.save(dir.path());
+  EXPECT_EQ(load_tokenizer(dir.path())->encode(text), story_ids);
 }
 
 TEST(CharTokenizer, RoundTripsRealTinyStoriesAndCountsUnknowns) {

@@ -202,6 +202,7 @@ const std::vector<Field>& fields() {
       field("data", &R::data, "bpe_vocab_size", &DataConfig::bpe_vocab_size, integer(64, 1 << 20)),
       field("data", &R::data, "builtin_stories", &DataConfig::builtin_stories, integer(10, 2000000)),
       field("data", &R::data, "builtin_style", &DataConfig::builtin_style, one_of({"tales", "fables"})),
+      field("data", &R::data, "end_of_text", &DataConfig::end_of_text, one_of({"token", "text"})),
 
       field("model", &R::model, "layers", &ModelConfig::layers, integer(1, 256)),
       field("model", &R::model, "dim", &ModelConfig::dim, integer(8, 65536)),

@@ -17,6 +17,11 @@ struct DataConfig {
   int64_t bpe_vocab_size = 2048;
   int64_t builtin_stories = 20000;   // stories the generator writes when train = builtin
   std::string builtin_style = "tales";  // the generator's style: tales | fables (a domain shift for fine-tuning)
+  // What a "<|endoftext|>" line becomes (char tokenizer): "token", one end-of-text token that
+  // takes the place of the line and the newlines around it; "text", its characters and
+  // newlines as they are, the file read as plain text (the seed's character loader, whose
+  // per-character loss so counts the 13 nearly certain characters after each story's "<").
+  std::string end_of_text = "token";
 };
 
 struct ModelConfig {
