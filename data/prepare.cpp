@@ -25,11 +25,14 @@ static double unigram_entropy(const std::vector<uint32_t>& ids, int64_t vocab_si
   return entropy;
 }
 
-static int64_t text_chars(const std::string& text, bool plain_text) {
-  if (plain_text) return static_cast<int64_t>(count_code_points(text));
+// Characters of `text` as `tokenizer` reads it: a plain-text char tokenizer counts every one;
+// otherwise each story counts its own and one for its end of text.
+static int64_t text_chars(const std::string& text, const Tokenizer& tokenizer) {
+  const auto* char_tokenizer = dynamic_cast<const CharTokenizer*>(&tokenizer);
+  if (char_tokenizer && char_tokenizer->plain_text()) return static_cast<int64_t>(count_code_points(text));
   int64_t chars = 0;
   for (const std::string& story : split_stories(text)) chars += static_cast<int64_t>(count_code_points(story)) + 1;
-  return chars;  // each story's end-of-text counts as one character
+  return chars;
 }
 
 json data_source(const DataConfig& data, int64_t seed, const std::string& tokenizer_run) {
@@ -136,12 +139,11 @@ PreparedData prepare_data(const DataConfig& data, int64_t seed, const std::strin
   write_token_file(out.train_tokens, train_ids, out.tokenizer->vocab_size());
   write_token_file(out.valid_tokens, valid_ids, out.tokenizer->vocab_size());
   out.tokenizer->save(run_dir);
-  const bool plain_text = data.end_of_text == "text";
-  out.valid_chars = text_chars(valid_text, plain_text);
+  out.valid_chars = text_chars(valid_text, *out.tokenizer);
   out.valid_token_count = static_cast<int64_t>(valid_ids.size());
   out.unigram_entropy = unigram_entropy(train_ids, out.tokenizer->vocab_size());
   json info = {{"train_tokens", train_ids.size()},   {"valid_tokens", valid_ids.size()},
-               {"train_chars", text_chars(train_text, plain_text)}, {"valid_chars", out.valid_chars},
+               {"train_chars", text_chars(train_text, *out.tokenizer)}, {"valid_chars", out.valid_chars},
                {"vocab_size", out.tokenizer->vocab_size()}, {"tokenizer", out.tokenizer->kind()},
                {"unknown_in_valid", unknown_valid}, {"unigram_entropy", out.unigram_entropy},
                {"source", wanted}};
@@ -160,8 +162,7 @@ int64_t encode_text_file(Tokenizer& tokenizer, const std::string& text_path, con
     log::warn(strf("%s: %lld characters unknown to the tokenizer map to <unk>", text_path.c_str(),
                    (long long)(tokenizer.unknown_count() - before)));
   write_token_file(token_path, ids, tokenizer.vocab_size());
-  const auto* chars = dynamic_cast<const CharTokenizer*>(&tokenizer);
-  return text_chars(text, chars && chars->plain_text());
+  return text_chars(text, tokenizer);
 }
 
 EncodedText encode_text_for_run(Tokenizer& tokenizer, const std::string& text_path, const std::string& scratch_dir,
